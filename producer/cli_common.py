@@ -1,0 +1,29 @@
+"""Options and helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from worker.config import Settings, load_settings
+from worker.errors import CascadeError
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                             help="cascade.toml to use (default: $CASCADE_CONFIG or config/cascade.toml).")
+redis_option = click.option("--redis-url", help="Redis URL; empty runs embedded (default: $CASCADE_REDIS_URL or config).")
+
+
+def load(config_path: str | None, redis_url: str | None) -> Settings:
+    """Settings with command-line flags taking precedence, or a ClickException naming the problem."""
+    try:
+        return load_settings(config_path, overrides={"redis.url": redis_url})
+    except CascadeError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def redact(url: str) -> str:
+    """A Redis URL without its password, for messages."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
+
+

@@ -1,0 +1,109 @@
+"""Commands that run services: `cascade worker` and `cascade sim`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+import click
+
+from producer.cli_common import config_option, load, redact, redis_option
+from worker.errors import CascadeError
+
+
+@click.command()
+@click.option("--tier", "-t", required=True, help="The tier whose queue this worker consumes.")
+@click.option("--concurrency", "-c", type=int, help="Threads (default: the tier's concurrency in config).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@config_option
+@redis_option
+def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str | None, redis_url: str | None) -> None:
+    """Run a Celery worker for one tier's queue on the threads pool.
+
+    Example: CASCADE_REDIS_URL=redis://localhost:6379/0 cascade worker --tier cheap
+    """
+    from worker.backends import worker_engine
+    from worker.celery_app import create_app
+
+    settings = load(config_path, redis_url)
+    if settings.embedded:
+        raise click.UsageError("a worker needs a Redis URL (--redis-url or CASCADE_REDIS_URL)")
+    if tier not in settings.tiers:
+        raise click.BadParameter(f"unknown tier '{tier}' (known: {', '.join(sorted(settings.tiers))})",
+                                 param_hint="--tier")
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine_box: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def get_engine() -> object:
+        with lock:
+            if "engine" not in engine_box:
+                engine_box["engine"] = worker_engine(settings, app, tier)
+            return engine_box["engine"]
+
+    app = create_app(settings, get_engine)
+    try:
+        get_engine()   # build the engine (and the tier's SDK client) before taking any message
+    except CascadeError as e:
+        raise click.ClickException(str(e)) from None
+    tier_cfg = settings.tiers[tier]
+    click.echo(f"cascade worker: tier {tier} ({tier_cfg.provider} {tier_cfg.model}), queue {tier_cfg.queue_name}, "
+               f"{concurrency or tier_cfg.concurrency} threads, broker {redact(settings.redis.url)}", err=True)
+    app.worker_main([
+        "worker", "--queues", tier_cfg.queue_name, "--pool", "threads",
+        "--concurrency", str(concurrency or tier_cfg.concurrency), "--prefetch-multiplier", "1",
+        "--loglevel", loglevel, "--hostname", f"{tier}@%h-{os.getpid()}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
+
+
+@click.group()
+def sim() -> None:
+    """The provider simulator: OpenAI and Anthropic wire protocols on 127.0.0.1.
+
+    Example: cascade sim exec --scenario examples/scenario.toml -- cascade-submit in.jsonl -p ticket-triage
+    """
+
+
+@sim.command("serve")
+@click.option("--scenario", "-s", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--port", type=int, default=0, show_default=True, help="0 picks a free port.")
+@click.option("--port-file", type=click.Path(dir_okay=False), help="Write the chosen port here.")
+def sim_serve(scenario: str, port: int, port_file: str | None) -> None:
+    """Serve the simulator until interrupted.
+
+    Example: cascade sim serve --scenario examples/scenario.toml --port 8900
+    """
+    from simulator.server import serve_forever
+
+    try:
+        serve_forever(scenario, "127.0.0.1", port, port_file)
+    except CascadeError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@sim.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("--scenario", "-s", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def sim_exec(scenario: str, command: tuple[str, ...]) -> None:
+    """Start the simulator, run COMMAND with every tier pointed at it, stop it; exit with COMMAND's status.
+
+    Example: cascade sim exec -s examples/scenario.toml -- cascade-submit examples/tickets.jsonl -p ticket-triage --wait
+    """
+    from simulator.scenario import load_scenario
+    from simulator.server import SimServer
+
+    try:
+        server = SimServer(load_scenario(scenario)).start()
+    except CascadeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"simulator: {server.url} (scenario {scenario})", err=True)
+    try:
+        env = dict(os.environ, CASCADE_PROVIDER_BASE_URL=server.url)
+        code = subprocess.call(list(command), env=env)
+    finally:
+        server.stop()
+    sys.exit(code)

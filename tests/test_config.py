@@ -1,0 +1,105 @@
+"""Configuration: the shipped files load, and every mistake is named by file and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import copy_config
+from worker.config import load_settings
+from worker.errors import ConfigError
+
+
+def test_shipped_config_loads_with_its_pipeline(tmp_path):
+    settings = load_settings(copy_config(tmp_path), environ={})
+    assert list(settings.tiers) == ["cheap", "mid", "frontier"]
+    assert settings.tiers["cheap"].queue_name == "tier.cheap"
+    pipeline = settings.pipeline("ticket-triage")
+    assert pipeline.ladder == ("cheap", "mid", "frontier")
+    assert pipeline.prompt.fields == ("subject", "body")
+    assert settings.embedded
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = copy_config(tmp_path, lambda t: t.replace("concurrency = 16", "concurency = 16"))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value) == f"{path}: tiers.cheap.concurency: unknown key"
+
+
+def test_bad_value_names_file_and_key(tmp_path):
+    path = copy_config(tmp_path, lambda t: t.replace('provider = "openai"', 'provider = "openia"'))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value) == f"{path}: tiers.cheap.provider: Input should be 'openai' or 'anthropic'"
+
+
+def test_ladder_naming_a_missing_tier(tmp_path):
+    path = copy_config(tmp_path)
+    pipe = path.parent / "pipelines" / "ticket-triage.toml"
+    pipe.write_text(pipe.read_text().replace('"frontier"]', '"frontir"]'))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value) == f"{pipe}: ladder[2]: unknown tier 'frontir' ({path} has: cheap, frontier, mid)"
+
+
+def test_verifier_option_that_does_not_exist(tmp_path):
+    path = copy_config(tmp_path)
+    pipe = path.parent / "pipelines" / "ticket-triage.toml"
+    pipe.write_text(pipe.read_text().replace('{ name = "refusal" }', '{ name = "refusal", phrase = ["x"] }'))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value) == f"{pipe}: verifiers.default[1].phrase: unknown option for verifier 'refusal'"
+
+
+def test_unknown_key_in_a_pipeline(tmp_path):
+    path = copy_config(tmp_path)
+    pipe = path.parent / "pipelines" / "ticket-triage.toml"
+    pipe.write_text("ladders = []\n" + pipe.read_text())
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value) == f"{pipe}: ladders: unknown key"
+
+
+def test_model_without_price(tmp_path):
+    path = copy_config(tmp_path, lambda t: t.replace('model = "gpt-4o-mini"', 'model = "gpt-9"', 1))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value) == f"{path}: tiers.cheap.model: no price for 'gpt-9' in [prices]"
+
+
+def test_template_with_non_field_placeholder(tmp_path):
+    path = copy_config(tmp_path)
+    pipe = path.parent / "pipelines" / "ticket-triage.toml"
+    pipe.write_text(pipe.read_text().replace("{body}", "{body[0]}"))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value).startswith(f"{pipe}: prompt.user: Value error, placeholder {{body[0]}} is not a plain field")
+
+
+def test_environment_overrides_file_and_flag_overrides_environment(tmp_path):
+    path = copy_config(tmp_path)
+    env = {"CASCADE_TIER_CHEAP_CONCURRENCY": "3", "CASCADE_REDIS_URL": "redis://env:6379/0"}
+    settings = load_settings(path, environ=env)
+    assert settings.tiers["cheap"].concurrency == 3
+    assert settings.redis.url == "redis://env:6379/0"
+    flagged = load_settings(path, overrides={"redis.url": "redis://flag:6379/1"}, environ=env)
+    assert flagged.redis.url == "redis://flag:6379/1"
+
+
+def test_unknown_tier_key_in_environment(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_settings(copy_config(tmp_path), environ={"CASCADE_TIER_CHEAP_THREADS": "3"})
+    assert str(e.value) == "environment CASCADE_TIER_CHEAP_THREADS: unknown key 'threads' for tier 'cheap'"
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_settings(tmp_path / "nope.toml", environ={})
+    assert str(e.value) == f"{tmp_path / 'nope.toml'}: config file not found (set --config or CASCADE_CONFIG)"
+
+
+def test_unknown_pipeline_lists_known_ones(tmp_path):
+    settings = load_settings(copy_config(tmp_path), environ={})
+    with pytest.raises(ConfigError) as e:
+        settings.pipeline("triage")
+    assert str(e.value) == f"unknown pipeline 'triage' (in {tmp_path / 'config' / 'pipelines'}: ticket-triage)"

@@ -1,0 +1,41 @@
+"""An ordered list of verifiers run cheapest first, stopping at the first failure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from verifiers.base import Verifier, VerifyContext
+from worker.models import Attempt, Job, Verdict
+
+log = logging.getLogger("cascade.verifiers")
+
+
+class VerifierChain:
+    """Runs its verifiers by cost rank (stable: config order among equals) until one fails."""
+
+    def __init__(self, verifiers: Iterable[Verifier]):
+        self.verifiers: tuple[Verifier, ...] = tuple(sorted(verifiers, key=lambda v: v.cost_rank))
+
+    def __len__(self) -> int:
+        """How many verifiers the chain holds."""
+        return len(self.verifiers)
+
+    def run(self, job: Job, attempt: Attempt, ctx: VerifyContext) -> tuple[Verdict, ...]:
+        """The verdicts up to and including the first failure (all of them when every one passes)."""
+        verdicts: list[Verdict] = []
+        for verifier in self.verifiers:
+            verdict = self._check(verifier, job, attempt, ctx)
+            verdicts.append(verdict)
+            if not verdict.passed:
+                break
+        return tuple(verdicts)
+
+    @staticmethod
+    def _check(verifier: Verifier, job: Job, attempt: Attempt, ctx: VerifyContext) -> Verdict:
+        """One verifier's verdict; a crash becomes a failed verdict carrying the exception, and is logged."""
+        try:
+            return verifier.check(job, attempt, ctx)
+        except Exception as e:  # a buggy check must reject this attempt, not kill the job or the worker
+            log.warning("verifier %s crashed on job %s", verifier.name, job.id, exc_info=True)
+            return Verdict(verifier.name, False, f"error: {type(e).__name__}: {e}")

@@ -1,0 +1,67 @@
+"""Open the store and dispatcher for a run: embedded (one process) or distributed (Redis + Celery)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.config.schema import Settings
+from worker.store import BatchStore
+
+
+@dataclass
+class Backend:
+    """A store and a dispatcher that share one Redis; `mode` is embedded or distributed."""
+
+    mode: str
+    store: BatchStore
+    dispatcher: Any
+
+    def backlog(self, tier_name: str) -> int:
+        """Messages waiting (or, embedded, running) on a tier."""
+        return self.dispatcher.backlog(self.store, tier_name)
+
+    def close(self) -> None:
+        """Stop local pools or release broker connections."""
+        self.dispatcher.close()
+
+
+def open_backend(settings: Settings, providers: Any = None) -> Backend:
+    """The backend the settings ask for: embedded when no Redis URL is configured."""
+    if settings.embedded:
+        return _embedded(settings, providers)
+    from worker.celery_app import create_app
+    from worker.dispatch.celery_dispatch import CeleryDispatcher
+
+    client = redis.Redis.from_url(settings.redis.url)
+    store = BatchStore(client, settings.redis.namespace)
+    app = create_app(settings)
+    return Backend("distributed", store, CeleryDispatcher(app, settings))
+
+
+def _embedded(settings: Settings, providers: Any) -> Backend:
+    import fakeredis
+
+    from worker.dispatch.local import LocalDispatcher
+    from worker.engine import Engine
+    from worker.runtime import ProviderPool
+
+    store = BatchStore(fakeredis.FakeRedis(), settings.redis.namespace)
+    dispatcher = LocalDispatcher(settings)
+    engine = Engine(settings, store, providers or ProviderPool(settings), dispatcher)
+    dispatcher.bind(engine.handle)
+    return Backend("embedded", store, dispatcher)
+
+
+def worker_engine(settings: Settings, app: Any, tier_name: str) -> Any:
+    """The engine a Celery worker process runs: real Redis store, escalations published through `app`."""
+    from worker.dispatch.celery_dispatch import CeleryDispatcher
+    from worker.engine import Engine
+    from worker.runtime import ProviderPool
+
+    providers = ProviderPool(settings)
+    providers.get(tier_name)            # fail at startup, not on the first job, when the key is missing
+    store = BatchStore(redis.Redis.from_url(settings.redis.url), settings.redis.namespace)
+    return Engine(settings, store, providers, CeleryDispatcher(app, settings))

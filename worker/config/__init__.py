@@ -1,0 +1,15 @@
+"""Configuration: TOML parsed once into frozen, validated objects."""
+
+from worker.config.load import load_settings
+from worker.config.schema import EngineConfig, Pipeline, Price, ProducerConfig, RedisConfig, Settings, Tier
+
+__all__ = [
+    "EngineConfig",
+    "Pipeline",
+    "Price",
+    "ProducerConfig",
+    "RedisConfig",
+    "Settings",
+    "Tier",
+    "load_settings",
+]

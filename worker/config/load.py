@@ -1,0 +1,143 @@
+"""Read the TOML files, apply CASCADE_* overrides, validate, and cross-check references.
+
+Precedence: command-line flag (passed in as `overrides`), then CASCADE_* environment, then file.
+Every error is a ConfigError that names the file (or variable) and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from worker.config.schema import Pipeline, Settings, Tier
+from worker.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/cascade.toml")
+
+#: CASCADE_* variables that set a top-level key: variable -> (section, key)
+ENV_KEYS = {
+    "CASCADE_REDIS_URL": ("redis", "url"),
+    "CASCADE_NAMESPACE": ("redis", "namespace"),
+    "CASCADE_VISIBILITY_TIMEOUT_S": ("redis", "visibility_timeout_s"),
+    "CASCADE_HIGH_WATER": ("producer", "high_water"),
+    "CASCADE_MAX_RETRIES": ("engine", "max_retries"),
+}
+TIER_ENV_PREFIX = "CASCADE_TIER_"   # CASCADE_TIER_<NAME>_<KEY>=value, e.g. CASCADE_TIER_CHEAP_CONCURRENCY=8
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load cascade.toml and every pipeline beside it into one validated Settings."""
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get("CASCADE_CONFIG") or DEFAULT_CONFIG)
+    raw = _read_toml(path)
+    _apply_env(raw, environ)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            section, key = dotted.split(".", 1)
+            raw.setdefault(section, {})[key] = value
+    for name, tier in raw.get("tiers", {}).items():
+        if isinstance(tier, dict):
+            tier["name"] = name
+    config_dir = path.parent
+    raw["config_dir"] = config_dir
+    raw["provider_base_url"] = environ.get("CASCADE_PROVIDER_BASE_URL", "")
+    raw["pipelines"] = _load_pipelines(config_dir / "pipelines")
+    settings = _validate(Settings, raw, str(path))
+    _check_references(settings, str(path))
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (set --config or CASCADE_CONFIG)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for var, (section, key) in ENV_KEYS.items():
+        if var in environ:
+            raw.setdefault(section, {})[key] = environ[var]
+    tiers = raw.get("tiers", {})
+    by_env_name = {name.upper().replace("-", "_"): name for name in tiers}
+    for var, value in environ.items():
+        if not var.startswith(TIER_ENV_PREFIX):
+            continue
+        rest = var[len(TIER_ENV_PREFIX):]
+        name = next((n for env_name, n in by_env_name.items() if rest.startswith(env_name + "_")), None)
+        if name is None:
+            raise ConfigError(f"environment {var}: no tier matches (tiers: {', '.join(sorted(tiers))})")
+        key = rest[len(name) + 1:].lower()
+        if key not in Tier.model_fields or key == "name":
+            raise ConfigError(f"environment {var}: unknown key '{key}' for tier '{name}'")
+        tiers[name][key] = value
+
+
+def _load_pipelines(folder: Path) -> dict[str, Pipeline]:
+    pipelines = {}
+    for file in sorted(folder.glob("*.toml")):
+        raw = _read_toml(file)
+        raw.setdefault("name", file.stem)
+        raw["source"] = file
+        pipeline = _validate(Pipeline, raw, str(file))
+        if pipeline.name != file.stem:
+            raise ConfigError(f"{file}: name: '{pipeline.name}' differs from the file name '{file.stem}'")
+        pipelines[pipeline.name] = pipeline
+    return pipelines
+
+
+def _validate(model: type, raw: dict[str, Any], where: str):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"{where}: {_dotted(first['loc'])}: {_problem(first)}") from None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing required key"
+    return error["msg"]
+
+
+def _check_references(settings: Settings, where: str) -> None:
+    from verifiers.registry import build_verifier
+
+    for name, tier in settings.tiers.items():
+        if tier.model not in settings.prices:
+            raise ConfigError(f"{where}: tiers.{name}.model: no price for '{tier.model}' in [prices]")
+    known = ", ".join(sorted(settings.tiers))
+    for pipeline in settings.pipelines.values():
+        file = pipeline.source
+        for i, tier in enumerate(pipeline.ladder):
+            if tier not in settings.tiers:
+                raise ConfigError(f"{file}: ladder[{i}]: unknown tier '{tier}' ({where} has: {known})")
+        if pipeline.output == "label" and not pipeline.labels:
+            raise ConfigError(f"{file}: labels: a label pipeline needs its list of labels")
+        for key, specs in pipeline.verifiers.items():
+            if key != "default" and key not in pipeline.ladder:
+                raise ConfigError(f"{file}: verifiers.{key}: '{key}' is neither 'default' nor a tier of the ladder")
+            for i, spec in enumerate(specs):
+                build_verifier(spec, settings.config_dir, f"{file}: verifiers.{key}[{i}]")

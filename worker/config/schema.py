@@ -1,0 +1,167 @@
+"""The shape of config/cascade.toml and config/pipelines/*.toml, with defaults and reasons."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Frozen(BaseModel):
+    """Base: immutable, and an unknown key is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisConfig(Frozen):
+    """Where the queues and the batch records live."""
+
+    url: str = ""                       # empty: embedded mode (in-process fakeredis, no server)
+    namespace: str = "cascade"          # prefix of every key Cascade writes, so deployments can share a Redis
+    visibility_timeout_s: int = Field(3600, ge=1)  # far above the longest call: a slow job is not redelivered
+
+
+class EngineConfig(Frozen):
+    """How a worker treats a failing provider."""
+
+    max_retries: int = Field(6, ge=0)   # retryable errors (429, 5xx, timeouts) before the job fails on that tier
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(20.0, ge=0)  # capped: a thread never sleeps long on one job
+
+
+class ProducerConfig(Frozen):
+    """How input is fed to the first tier."""
+
+    high_water: int = Field(2000, ge=1)   # messages on the first queue before the producer waits
+    chunk_size: int = Field(500, ge=1)    # rows registered and published per round trip
+    max_row_bytes: int = Field(65536, ge=64)  # a row larger than this is rejected, not sent to a model
+
+
+class Price(Frozen):
+    """USD per million tokens for one model."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)   # None: same as input
+    batch_discount: float = Field(0.0, ge=0, le=1)   # share off when the tier is billed at batch rates
+    as_of: str = ""
+    source: str = ""
+
+
+class Tier(Frozen):
+    """One model endpoint with its own queue and limits."""
+
+    name: str = ""
+    provider: Literal["openai", "anthropic"]
+    model: str
+    base_url: str = ""                  # empty: the provider's public endpoint
+    api_key_env: str = ""               # empty: OPENAI_API_KEY / ANTHROPIC_API_KEY by provider
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    timeout_s: float = Field(60.0, gt=0)
+    concurrency: int = Field(4, ge=1)   # threads per worker process for this tier's queue
+    context_window: int = Field(128000, ge=1)
+    rpm: int = Field(0, ge=0)           # provider requests/minute for the whole cluster; 0 = no limit
+    tpm: int = Field(0, ge=0)           # provider tokens/minute; 0 = no limit
+    batch_pricing: bool = False         # bill at the price table's batch discount
+    queue: str = ""                     # empty: tier.<name>
+
+    @property
+    def queue_name(self) -> str:
+        """The Celery queue this tier's workers consume."""
+        return self.queue or f"tier.{self.name}"
+
+    @property
+    def key_env(self) -> str:
+        """The environment variable that holds this tier's API key."""
+        return self.api_key_env or {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}[self.provider]
+
+
+class Prompt(Frozen):
+    """System and user templates with {field} placeholders."""
+
+    system: str = ""
+    user: str
+
+    @field_validator("system", "user")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        template_fields(value)
+        return value
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Every job field the templates use, in order of first use."""
+        seen: dict[str, None] = {}
+        for text in (self.system, self.user):
+            for name in template_fields(text):
+                seen.setdefault(name, None)
+        return tuple(seen)
+
+
+def template_fields(text: str) -> list[str]:
+    """The {field} names in a template; raises ValueError on a malformed or non-simple placeholder."""
+    names = []
+    for _, name, _, _ in string.Formatter().parse(text):
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"placeholder {{{name}}} is not a plain field name (write {{{{ and }}}} for braces)")
+        names.append(name)
+    return names
+
+
+class Pipeline(Frozen):
+    """One task definition: prompt, output format, ladder of tiers, verifiers per tier."""
+
+    name: str
+    description: str = ""
+    prompt: Prompt
+    output: Literal["text", "json", "label"] = "text"
+    labels: tuple[str, ...] = ()
+    ladder: tuple[str, ...] = Field(min_length=1)
+    on_last_failure: Literal["accept_flagged", "fail"] = "accept_flagged"
+    verifiers: dict[str, tuple[dict[str, Any], ...]] = Field(default_factory=dict)  # "default" or a tier name
+    source: Path = Path(".")            # the file it came from (set by the loader)
+
+    def verifier_specs(self, tier: str) -> tuple[dict[str, Any], ...]:
+        """The verifier chain for a tier: its own list, else the pipeline's default list."""
+        return self.verifiers.get(tier, self.verifiers.get("default", ()))
+
+    def next_tier(self, index: int) -> str | None:
+        """The tier after ladder position `index`, or None at the last."""
+        return self.ladder[index + 1] if index + 1 < len(self.ladder) else None
+
+
+class Settings(Frozen):
+    """Everything a process needs, parsed once."""
+
+    redis: RedisConfig = RedisConfig()
+    engine: EngineConfig = EngineConfig()
+    producer: ProducerConfig = ProducerConfig()
+    tiers: dict[str, Tier] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    pipelines: dict[str, Pipeline] = Field(default_factory=dict)
+    config_dir: Path = Path("config")
+    provider_base_url: str = ""         # CASCADE_PROVIDER_BASE_URL: every tier to one endpoint (the simulator)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis URL is configured: everything runs in this process."""
+        return not self.redis.url
+
+    def price(self, tier: Tier) -> Price:
+        """The price of a tier's model (validated to exist at load time)."""
+        return self.prices[tier.model]
+
+    def pipeline(self, name: str) -> Pipeline:
+        """A pipeline by name, or a ConfigError listing the known ones."""
+        from worker.errors import ConfigError
+
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pipelines)) or "none"
+            raise ConfigError(f"unknown pipeline '{name}' (in {self.config_dir / 'pipelines'}: {known})") from None

@@ -1,0 +1,38 @@
+"""The message a tier queue carries: ids and plain values, the attempt history included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from worker.models import Attempt, Job
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptMessage:
+    """Run job `job` of `batch` on ladder position `tier` of `pipeline`."""
+
+    batch: str
+    pipeline: str
+    tier: int
+    job: Job
+    history: tuple[dict[str, Any], ...] = ()   # earlier attempts, as Attempt.to_dict()
+
+    def to_wire(self) -> dict[str, Any]:
+        """Compact JSON-safe form for a Celery message."""
+        return {"b": self.batch, "p": self.pipeline, "t": self.tier, "id": self.job.id,
+                "f": self.job.fields, "l": self.job.line, "h": list(self.history)}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> AttemptMessage:
+        """Inverse of `to_wire`."""
+        return cls(d["b"], d["p"], d["t"], Job(d["id"], d["f"], d.get("l", 0)), tuple(d.get("h", ())))
+
+    def escalated(self, attempt: Attempt) -> AttemptMessage:
+        """The message for the next tier, carrying this attempt in the history."""
+        return AttemptMessage(self.batch, self.pipeline, self.tier + 1, self.job, (*self.history, attempt.to_dict()))
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """The history as Attempt values."""
+        return [Attempt.from_dict(a) for a in self.history]

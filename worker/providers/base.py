@@ -1,0 +1,20 @@
+"""The provider interface and the registry that config names providers by."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from worker.models import Completion, CompletionRequest
+
+
+class Provider(Protocol):
+    """One model endpoint behind an official SDK (or a replay of recorded answers)."""
+
+    #: whether `complete` can return token logprobs (config rejects a logprob verifier otherwise)
+    supports_logprobs: bool
+    #: whether `n > 1` is one call (else the caller makes parallel calls)
+    supports_n: bool
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        """Send one request; return the answer or raise a `worker.errors.ProviderError`."""
+        ...

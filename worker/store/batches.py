@@ -1,0 +1,133 @@
+"""Batch bookkeeping over Redis: a few round trips per job, each a Lua script where it must be atomic."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from enum import IntEnum
+from importlib import resources
+from typing import Any
+
+from worker.errors import ConfigError
+from worker.store.keys import Keys, check_batch_id
+
+
+class Begin(IntEnum):
+    """What `begin_attempt` decided."""
+
+    GO = 0
+    DONE = 1            # the job is already final: a redelivered message, nothing to do
+    COUNTED = 2         # this tier already ran for the job (redelivered after it escalated)
+    NO_BUDGET = 3       # the call does not fit the batch budget
+
+
+def _script(name: str) -> str:
+    return resources.files("worker.store").joinpath(f"lua/{name}.lua").read_text()
+
+
+class BatchStore:
+    """Batch records, per-job state, counters and result streams of one namespace."""
+
+    def __init__(self, redis: Any, namespace: str = "cascade"):
+        self.redis = redis
+        self.keys = Keys(namespace)
+        self._register = redis.register_script(_script("register_jobs"))
+        self._begin = redis.register_script(_script("begin_attempt"))
+        self._finish = redis.register_script(_script("finish_attempt"))
+
+    # -- batches -------------------------------------------------------------------------
+
+    def open_batch(self, batch: str, pipeline: str, budget_nanos: int = 0, mode: str = "") -> int:
+        """Create the batch (or reopen it for the same pipeline); return this submission's run number."""
+        check_batch_id(batch)
+        key = self.keys.batch(batch)
+        existing = self.redis.hget(key, "pipeline")
+        if existing is not None and existing.decode() != pipeline:
+            raise ConfigError(f"batch '{batch}' already exists for pipeline '{existing.decode()}'")
+        pipe = self.redis.pipeline()
+        pipe.hsetnx(key, "pipeline", pipeline)
+        pipe.hsetnx(key, "created", f"{time.time():.3f}")
+        pipe.hset(key, mapping={"state": "submitting", "mode": mode})
+        if budget_nanos:
+            pipe.hset(key, "budget", budget_nanos)
+        pipe.hincrby(key, "runs", 1)
+        pipe.zadd(self.keys.batches(), {batch: time.time()}, nx=True)
+        return int(pipe.execute()[-2])
+
+    def register_jobs(self, batch: str, run: int, jobs: Sequence[tuple[str, int]]) -> list[int]:
+        """Register (job id, line) pairs of one run: 1 publish, 0 already submitted, -L duplicate of line L."""
+        args: list[Any] = [run]
+        for job_id, line in jobs:
+            args += (job_id, line)
+        return self._register(keys=[self.keys.jobs(batch), self.keys.batch(batch)], args=args)
+
+    def mark_published(self, batch: str, run: int, line: int) -> None:
+        """Confirm that every registered row up to `line` of this run is on the queue."""
+        self.redis.hset(self.keys.batch(batch), f"published:{run}", line)
+
+    def mark_submitted(self, batch: str, rejected: int) -> None:
+        """The producer has read the whole input: the batch is complete once `done == total`."""
+        self.redis.hset(self.keys.batch(batch), mapping={"state": "submitted", "rejected": rejected})
+
+    def batch_info(self, batch: str) -> dict[str, str | int]:
+        """Every field of the batch record, counters as ints."""
+        raw = self.redis.hgetall(self.keys.batch(check_batch_id(batch)))
+        out: dict[str, str | int] = {}
+        for k, v in raw.items():
+            text = v.decode()
+            out[k.decode()] = int(text) if text.lstrip("-").isdigit() else text
+        return out
+
+    def pipeline_counters(self, pipeline: str) -> dict[str, int]:
+        """Counters of a pipeline over all its batches."""
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.pipeline(pipeline)).items()}
+
+    def list_batches(self, limit: int = 20) -> list[str]:
+        """The newest batch ids, newest first."""
+        return [b.decode() for b in self.redis.zrevrange(self.keys.batches(), 0, limit - 1)]
+
+    # -- attempts --------------------------------------------------------------------------
+
+    def begin_attempt(self, batch: str, job_id: str, tier_index: int, reserve_nanos: int) -> Begin:
+        """Check the job is still to do at this tier and reserve the call's expected cost."""
+        code = self._begin(
+            keys=[self.keys.jobs(batch), self.keys.batch(batch)], args=[job_id, tier_index, reserve_nanos]
+        )
+        return Begin(int(code))
+
+    def finish_attempt(
+        self,
+        batch: str,
+        pipeline: str,
+        job_id: str,
+        *,
+        tier_index: int,
+        release_nanos: int,
+        cost_nanos: int,
+        final: bool,
+        record: bytes = b"",
+        counters: Iterable[tuple[str, int]] = (),
+    ) -> bool:
+        """Count one attempt and, when `final`, finalize the job once; False for a duplicate."""
+        args: list[Any] = [job_id, tier_index, release_nanos, cost_nanos, "1" if final else "0", record]
+        for field, n in counters:
+            args += (field, n)
+        keys = [self.keys.jobs(batch), self.keys.batch(batch), self.keys.results(batch), self.keys.pipeline(pipeline)]
+        return bool(self._finish(keys=keys, args=args))
+
+    # -- results ---------------------------------------------------------------------------
+
+    def read_results(self, batch: str, after: bytes = b"-", count: int = 1000) -> list[tuple[bytes, bytes]]:
+        """Up to `count` result records after stream id `after` (exclusive), as (id, record)."""
+        start = after if after == b"-" else b"(" + after
+        entries = self.redis.xrange(self.keys.results(batch), min=start, count=count)
+        return [(entry_id, fields[b"r"]) for entry_id, fields in entries]
+
+    def delete_results(self, batch: str, ids: Sequence[bytes]) -> None:
+        """Drop records that have been written out, so the stream stays bounded."""
+        if ids:
+            self.redis.xdel(self.keys.results(batch), *ids)
+
+    def queue_depth(self, queue_name: str) -> int:
+        """Messages waiting on a tier's queue."""
+        return int(self.redis.llen(Keys.queue(queue_name)))
