@@ -1,0 +1,158 @@
+"""What the simulator answers to each HTTP request, decided without doing any I/O."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+import orjson
+
+from simulator import anthropic_wire, openai_wire
+from simulator.outcomes import text_digest
+from simulator.ratelimit import RollingWindow
+from simulator.scenario import Scenario
+from simulator.stats import Stats
+from simulator.tokens import prompt_tokens
+from simulator.wire import ERROR_STATUS, BadRequest, SimRequest
+
+#: the API each POST path speaks ("/chat/completions" too, for a base_url set without /v1)
+_ROUTES: Mapping[str, ModuleType] = MappingProxyType({
+    openai_wire.PATH: openai_wire,
+    "/chat/completions": openai_wire,
+    anthropic_wire.PATH: anthropic_wire,
+})
+_JSON = MappingProxyType({"content-type": "application/json"})
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer to send after `delay_s`; `body` None means close the connection unanswered."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = b""
+    delay_s: float = 0.0
+
+
+def _json_reply(status: int, document: Any, headers: dict[str, str] | None = None, delay_s: float = 0.0) -> Reply:
+    return Reply(status, {**_JSON, **(headers or {})}, orjson.dumps(document), delay_s)
+
+
+class SimEngine:
+    """Routes requests, keeps the counters, the per-model limiters and the seen-request tally."""
+
+    def __init__(self, scenario: Scenario):
+        self.scenario = scenario
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], int] = {}
+        self._limiters: dict[str, RollingWindow] = {}
+        self._ids = itertools.count(1)
+
+    def route(self, method: str, target: str, raw: bytes) -> Reply:
+        """The reply to `method target` with request body `raw`."""
+        path = target.split("?", 1)[0].rstrip("/") or "/"
+        if method == "GET" and path == "/health":
+            return _json_reply(200, {"status": "ok"})
+        if method == "GET" and path == "/stats":
+            return _json_reply(200, self.stats.snapshot())
+        if method == "POST" and path == "/stats/reset":
+            self.reset()
+            return _json_reply(200, {"reset": True})
+        wire = _ROUTES.get(path)
+        if wire is None or method != "POST":
+            wire = anthropic_wire if path.startswith("/v1/messages") else openai_wire
+            return _json_reply(404, wire.error("not_found", f"Invalid URL ({method} {path})"))
+        return self.call(wire, raw)
+
+    def reset(self) -> None:
+        """Zero the counters and forget which requests were seen (rate-limit windows stay)."""
+        self.stats.reset()
+        with self._lock:
+            self._seen.clear()
+
+    def _occurrence(self, model: str, user_text: str) -> int:
+        key = (model, text_digest(user_text))
+        with self._lock:
+            count = self._seen.get(key, 0)
+            self._seen[key] = count + 1
+        return count
+
+    def _limiter(self, model: str) -> RollingWindow | None:
+        profile = self.scenario.profile(model)
+        if not profile.rpm and not profile.tpm:
+            return None
+        with self._lock:
+            limiter = self._limiters.get(model)
+            if limiter is None:
+                limiter = self._limiters[model] = RollingWindow(profile.rpm, profile.tpm)
+        return limiter
+
+    def call(self, wire: ModuleType, raw: bytes) -> Reply:
+        """One model call in `wire`'s protocol: validate, limit, maybe fail, else answer."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            self.stats.request(wire.API, None)
+            return self._error(wire, "invalid_request", "the request body is not a JSON object")
+        model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else None
+        self.stats.request(wire.API, model)
+        try:
+            request = wire.parse(body)
+        except BadRequest as e:
+            if model is not None:
+                self.stats.bump(model, "bad_request_400")
+            return self._error(wire, "invalid_request", str(e))
+        return self._answer(wire, request)
+
+    def _error(self, wire: ModuleType, kind: str, message: str, headers: dict[str, str] | None = None,
+               *, limit: str = "", delay_s: float = 0.0) -> Reply:
+        return _json_reply(ERROR_STATUS[kind], wire.error(kind, message, limit=limit), headers, delay_s)
+
+    def _answer(self, wire: ModuleType, request: SimRequest) -> Reply:
+        model, scenario = request.model, self.scenario
+        profile = scenario.profile(model)
+        prompt = prompt_tokens(request.message_texts)
+        if profile.context_window and prompt > profile.context_window:
+            self.stats.bump(model, "context_400")
+            return self._error(wire, "context_length", wire.context_message(prompt, profile.context_window))
+
+        limiter = self._limiter(model)
+        admission = limiter.admit(prompt + request.budget_tokens) if limiter else None
+        limit_headers = wire.limit_headers(admission) if admission else {}
+        if admission is not None and not admission.allowed:
+            self.stats.bump(model, "rate_limited_429")
+            message = wire.rate_limit_message(model, admission, prompt + request.budget_tokens)
+            headers = {**wire.retry_headers(admission.retry_after_s, whole=True), **limit_headers}
+            return self._error(wire, "rate_limit", message, headers, limit=admission.reason)
+
+        occurrence = self._occurrence(model, request.user_text)
+        latency = scenario.latency_s(model, request.user_text, occurrence)
+        injected = scenario.injected_error(model, request.user_text, occurrence)
+        if injected is not None:
+            self.stats.bump(model, "errors", injected)
+        if injected == "429":
+            headers = {**wire.retry_headers(profile.retry_after_s, whole=False), **limit_headers}
+            return self._error(wire, "rate_limit", f"Rate limit reached for {model} (simulated).", headers)
+        if injected == "500":
+            return self._error(wire, "server", "The server had an error while processing your request (simulated).",
+                               delay_s=latency)
+        if injected == "timeout":
+            return Reply(0, body=None, delay_s=profile.timeout_s)
+
+        answers = [
+            scenario.answer(model, request.user_text, sample, max_tokens=request.max_tokens)
+            for sample in range(request.n)
+        ]
+        output = sum(answer.output_tokens for answer in answers)
+        self.stats.answered(model, [answer.outcome for answer in answers], prompt, output)
+        rid = wire.response_id(next(self._ids))
+        document = wire.completion(request, answers, prompt, rid, int(time.time()))
+        return _json_reply(200, document, {**limit_headers, **wire.request_id_headers(rid)}, latency)

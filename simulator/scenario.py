@@ -1,0 +1,86 @@
+"""A simulation scenario: which answer each prompt deserves and how each model gets it right or wrong.
+
+Every draw is a pure function of the seed, the model, the sample or occurrence index and the
+sha256 of the last user message, so tests can predict the simulator without talking to it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from simulator.outcomes import SimAnswer, pick, render_answer, text_digest, unit
+from simulator.schema import ModelProfile, Rule, parse_document
+from worker.errors import ConfigError
+
+#: the answer to a prompt no rule matches (a scenario without a catch-all rule)
+FALLBACK_RULE = Rule(".*", "ok")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Rules, per-model profiles and the seed; see the module docstring for determinism."""
+
+    seed: int = 0
+    rules: tuple[Rule, ...] = ()
+    defaults: ModelProfile = ModelProfile()
+    models: Mapping[str, ModelProfile] = field(default_factory=dict)
+    source: str = "<scenario>"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+
+    def profile(self, model: str) -> ModelProfile:
+        """The model's profile; a model the scenario does not list gets [defaults], always correct."""
+        return self.models.get(model, self.defaults)
+
+    def rule_for(self, user_text: str) -> Rule:
+        """The first rule matching the last user message (FALLBACK_RULE when none does)."""
+        return next((rule for rule in self.rules if rule.matches(user_text)), FALLBACK_RULE)
+
+    def outcome(self, model: str, user_text: str, sample: int = 0) -> str:
+        """How `model`'s `sample`-th answer to `user_text` comes out: correct, wrong, malformed, ..."""
+        weights = self.profile(model).outcome
+        u = unit("outcome", self.seed, model, sample, text_digest(user_text))
+        drawn = pick(u, weights)
+        if drawn is None:  # rounding left u just past the last slot
+            drawn = [name for name, p in weights if p > 0][-1]
+        return drawn
+
+    def answer(self, model: str, user_text: str, sample: int = 0, *, max_tokens: int | None = None) -> SimAnswer:
+        """The exact answer the simulator gives (text, finish, outcome, logprobs, output tokens)."""
+        rule = self.rule_for(user_text)
+        outcome = self.outcome(model, user_text, sample)
+        key = (self.seed, model, sample, text_digest(user_text))
+        return render_answer(outcome, rule.answer, rule.wrong, key, max_tokens)
+
+    def injected_error(self, model: str, user_text: str, occurrence: int) -> str | None:
+        """The injected error ("429", "500", "timeout") or None for the `occurrence`-th (0-based) sight."""
+        u = unit("error", self.seed, model, text_digest(user_text), occurrence)
+        return pick(u, self.profile(model).error_rate)
+
+    def latency_s(self, model: str, user_text: str, occurrence: int) -> float:
+        """Seconds the `occurrence`-th answer to this request takes, uniform in the model's range."""
+        low, high = self.profile(model).latency_ms
+        return (low + (high - low) * unit("latency", self.seed, model, text_digest(user_text), occurrence)) / 1000
+
+
+def parse_scenario(text: str, source: str = "<string>") -> Scenario:
+    """A Scenario from TOML text; errors name `source` and the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return Scenario(**parse_document(source, data), source=source)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """A Scenario from a TOML file; unknown keys and bad values raise ConfigError naming file and key."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read scenario: {e.strerror or e}") from None
+    return parse_scenario(text, str(path))

@@ -1,0 +1,169 @@
+"""The scenario file's parts as frozen dataclasses, and their validation from parsed TOML."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from simulator.outcomes import OUTCOMES
+from worker.errors import ConfigError
+
+#: injected error kinds, in the order their probabilities are stacked
+ERROR_KINDS = ("429", "500", "timeout")
+_PROFILE_KEYS = ("latency_ms", "error_rate", "retry_after_s", "timeout_s", "rpm", "tpm", "context_window")
+_MODEL_KEYS = ("outcome", *_PROFILE_KEYS)
+_TOP_KEYS = ("seed", "description", "rules", "defaults", "models")
+_RULE_KEYS = ("match", "answer", "wrong")
+_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a prompt's correct answer is derived: the first rule whose regex finds a match wins."""
+
+    match: str
+    answer: str
+    wrong: tuple[str, ...] = ()
+    pattern: re.Pattern[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", re.compile(self.match))
+
+    def matches(self, text: str) -> bool:
+        """Whether this rule applies to a user message."""
+        return self.pattern.search(text) is not None
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """How one model behaves: outcome mix, latency, injected errors, limits and context window."""
+
+    outcome: tuple[tuple[str, float], ...] = (("correct", 1.0),)
+    latency_ms: tuple[float, float] = (0.0, 0.0)
+    error_rate: tuple[tuple[str, float], ...] = tuple((kind, 0.0) for kind in ERROR_KINDS)
+    retry_after_s: float = 1.0
+    timeout_s: float = 30.0
+    rpm: int = 0               # requests per rolling minute; 0 = unlimited
+    tpm: int = 0               # prompt + max_tokens per rolling minute; 0 = unlimited
+    context_window: int = 0    # prompt tokens; 0 = unlimited
+
+
+class _Reader:
+    """Validation helpers whose errors name the file and the dotted key."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {path}: {message}")
+
+    def table(self, value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(path, "must be a table")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(f"{path}.{key}" if path else key, "unknown key")
+        return value
+
+    def number(self, value: Any, path: str, low: float = 0.0, high: float = math.inf) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(path, "must be a number")
+        if not low <= value <= high:
+            raise self.fail(path, f"must be between {low:g} and {high:g}")
+        return float(value)
+
+    def integer(self, value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(path, "must be a non-negative integer")
+        return value
+
+    def text(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(path, "must be a string")
+        return value
+
+    def probabilities(self, value: Any, path: str, names: tuple[str, ...]) -> dict[str, float]:
+        table = self.table(value, path, names)
+        return {name: self.number(p, f"{path}.{name}", 0.0, 1.0) for name, p in table.items()}
+
+
+def parse_rules(reader: _Reader, value: Any) -> tuple[Rule, ...]:
+    """The [[rules]] array."""
+    if not isinstance(value, list):
+        raise reader.fail("rules", "must be an array of tables ([[rules]])")
+    rules = []
+    for index, item in enumerate(value):
+        path = f"rules[{index}]"
+        table = reader.table(item, path, _RULE_KEYS)
+        for required in ("match", "answer"):
+            if required not in table:
+                raise reader.fail(f"{path}.{required}", "missing")
+        match = reader.text(table["match"], f"{path}.match")
+        try:
+            re.compile(match)
+        except re.error as e:
+            raise reader.fail(f"{path}.match", f"bad regex: {e}") from None
+        wrong = table.get("wrong", [])
+        if not isinstance(wrong, list):
+            raise reader.fail(f"{path}.wrong", "must be an array of strings")
+        wrong_texts = tuple(reader.text(w, f"{path}.wrong[{i}]") for i, w in enumerate(wrong))
+        rules.append(Rule(match, reader.text(table["answer"], f"{path}.answer"), wrong_texts))
+    return tuple(rules)
+
+
+def parse_profile(reader: _Reader, value: Any, path: str, base: ModelProfile, *, model: bool) -> ModelProfile:
+    """A [defaults] table (model=False) or a [models."name"] table layered over `base`."""
+    table = reader.table(value, path, _MODEL_KEYS if model else _PROFILE_KEYS)
+    changes: dict[str, Any] = {}
+    if "outcome" in table:
+        weights = reader.probabilities(table["outcome"], f"{path}.outcome", OUTCOMES)
+        total = sum(weights.values())
+        if abs(total - 1.0) > _TOLERANCE:
+            raise reader.fail(f"{path}.outcome", f"probabilities sum to {total:g}, not 1")
+        changes["outcome"] = tuple((name, weights[name]) for name in OUTCOMES if name in weights)
+    if "latency_ms" in table:
+        span = table["latency_ms"]
+        if not isinstance(span, list) or len(span) != 2:
+            raise reader.fail(f"{path}.latency_ms", "must be [min, max] in milliseconds")
+        low, high = (reader.number(v, f"{path}.latency_ms[{i}]") for i, v in enumerate(span))
+        if low > high:
+            raise reader.fail(f"{path}.latency_ms", "min is above max")
+        changes["latency_ms"] = (low, high)
+    if "error_rate" in table:
+        rates = dict(base.error_rate)
+        rates.update(reader.probabilities(table["error_rate"], f"{path}.error_rate", ERROR_KINDS))
+        total = sum(rates.values())
+        if total > 1.0 + _TOLERANCE:
+            raise reader.fail(f"{path}.error_rate", f"probabilities sum to {total:g}, more than 1")
+        changes["error_rate"] = tuple((kind, rates[kind]) for kind in ERROR_KINDS)
+    for key in ("retry_after_s", "timeout_s"):
+        if key in table:
+            changes[key] = reader.number(table[key], f"{path}.{key}")
+    for key in ("rpm", "tpm", "context_window"):
+        if key in table:
+            changes[key] = reader.integer(table[key], f"{path}.{key}")
+    return replace(base, **changes)
+
+
+def parse_document(source: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated fields of a Scenario (seed, rules, defaults, models) from a parsed TOML document."""
+    reader = _Reader(source)
+    reader.table(data, "", _TOP_KEYS)
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise reader.fail("seed", "must be an integer")
+    if "description" in data:
+        reader.text(data["description"], "description")
+    rules = parse_rules(reader, data.get("rules", []))
+    defaults = parse_profile(reader, data.get("defaults", {}), "defaults", ModelProfile(), model=False)
+    models_table = data.get("models", {})
+    if not isinstance(models_table, Mapping):
+        raise reader.fail("models", "must be a table")
+    models = {
+        name: parse_profile(reader, value, f"models.{name}", defaults, model=True)
+        for name, value in models_table.items()
+    }
+    return {"seed": seed, "rules": rules, "defaults": defaults, "models": models}

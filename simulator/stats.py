@@ -1,0 +1,92 @@
+"""Counters of everything the simulator did, per model, as GET /stats reports them."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+from simulator.outcomes import OUTCOMES
+from simulator.schema import ERROR_KINDS
+
+
+def _empty_record() -> dict[str, Any]:
+    return {
+        "requests": 0,                                   # every request naming the model
+        "ok": 0,                                         # requests answered 200
+        "answers": {outcome: 0 for outcome in OUTCOMES},  # per sampled answer (n counts n)
+        "errors": {kind: 0 for kind in ERROR_KINDS},     # injected by error_rate
+        "rate_limited_429": 0,                           # refused by the rpm / tpm limiter
+        "context_400": 0,                                # prompt above the context window
+        "bad_request_400": 0,                            # malformed request bodies
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+    }
+
+
+def _add(into: dict[str, Any], record: dict[str, Any]) -> None:
+    for key, value in record.items():
+        if isinstance(value, dict):
+            _add(into[key], value)
+        else:
+            into[key] += value
+
+
+class Stats:
+    """Thread-safe counters; `snapshot()` is the GET /stats document."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[str, dict[str, Any]] = {}
+        self._apis = {"openai": 0, "anthropic": 0}
+        self._unparsed = 0
+
+    def _record(self, model: str) -> dict[str, Any]:
+        record = self._models.get(model)
+        if record is None:
+            record = self._models[model] = _empty_record()
+        return record
+
+    def request(self, api: str, model: str | None) -> None:
+        """A request arrived; `model` is None when the body named none."""
+        with self._lock:
+            self._apis[api] = self._apis.get(api, 0) + 1
+            if model is None:
+                self._unparsed += 1
+            else:
+                self._record(model)["requests"] += 1
+
+    def bump(self, model: str, counter: str, kind: str | None = None) -> None:
+        """Add one to a model's counter ("rate_limited_429", or "errors" with `kind`, ...)."""
+        with self._lock:
+            record = self._record(model)
+            if kind is None:
+                record[counter] += 1
+            else:
+                record[counter][kind] += 1
+
+    def answered(self, model: str, outcomes: list[str], prompt_tokens: int, completion_tokens: int) -> None:
+        """A 200 answer with one outcome per sampled choice."""
+        with self._lock:
+            record = self._record(model)
+            record["ok"] += 1
+            for outcome in outcomes:
+                record["answers"][outcome] += 1
+            record["prompt_tokens"] += prompt_tokens
+            record["completion_tokens"] += completion_tokens
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per model counters, their totals, requests per API and unparseable requests."""
+        with self._lock:
+            models = copy.deepcopy(self._models)
+            totals = _empty_record()
+            for record in models.values():
+                _add(totals, record)
+            return {"models": models, "totals": totals, "apis": dict(self._apis), "unparsed_400": self._unparsed}
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        with self._lock:
+            self._models.clear()
+            self._apis = {"openai": 0, "anthropic": 0}
+            self._unparsed = 0
