@@ -20,7 +20,7 @@ def register_tasks(app: Celery, get_engine: Callable[[], Any] | None) -> None:
     """Register `cascade.attempt` on the app."""
     from worker.celery_app import ATTEMPT_TASK
 
-    @app.task(name=ATTEMPT_TASK, ignore_result=True)
+    @app.task(name=ATTEMPT_TASK, ignore_result=True, shared=False)   # per-app closure, not a global task
     def attempt(message: dict[str, Any]) -> str:
         """Run one attempt of one job on this worker's tier."""
         if get_engine is None:

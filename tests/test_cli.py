@@ -1,0 +1,144 @@
+"""The cascade-submit CLI: bad rows named by line, valid rows processed, resubmission without duplicates."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import redis
+from click.testing import CliRunner
+
+from producer.cli import EXIT_REJECTED, cascade, submit_command
+from simulator import SimServer, load_scenario
+from tests.cluster import SCENARIO, cascade_env, cluster_config, delete_namespace, read_jsonl
+from tests.helpers import copy_config
+
+GOOD = [{"id": f"r{i}", "subject": "Refund", "body": f"I was charged twice, order {i}"} for i in range(1, 6)]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimServer(load_scenario(SCENARIO)) as server:
+        yield server
+
+
+def lines(*rows) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in rows)
+
+
+def invoke(command, args, env):
+    return CliRunner().invoke(command, args, env=env, catch_exceptions=False)
+
+
+def test_bad_rows_are_named_by_line_and_valid_rows_still_run(tmp_path, sim):
+    # Given a file with one row of each kind of mistake among valid rows
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(
+        GOOD[0],
+        b'{"id": "r-bad", "subject": "x", "body": ',                 # line 2: bad JSON
+        {"subject": "no id", "body": "b"},                           # line 3: missing id
+        GOOD[1],
+        {"id": "r1", "subject": "again", "body": "dup"},             # line 5: duplicate id
+        {"id": "r-nobody", "subject": "only a subject"},             # line 6: missing template field
+        b"",                                                         # blank lines are not rows
+        GOOD[2],
+    ))
+    out = tmp_path / "out.jsonl"
+    # When it is submitted in embedded mode
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
+                                     "--config", str(copy_config(tmp_path))], cascade_env(None, sim.url))
+    # Then each bad row is reported with its line, the valid ones ran, and the exit status says so
+    assert result.exit_code == EXIT_REJECTED
+    stderr = result.stderr
+    assert "rejected: line 2: invalid JSON: " in stderr
+    assert "rejected: line 3: missing 'id'" in stderr
+    assert "rejected: line 5: duplicate id 'r1' (first on line 1)" in stderr
+    assert "rejected: line 6: missing field 'body' used by the prompt" in stderr
+    assert "4 rows rejected" in stderr
+    assert sorted(r["id"] for r in read_jsonl(out)) == ["r1", "r2", "r3"]
+    rejected = read_jsonl(tmp_path / "out.jsonl.rejected.jsonl")
+    assert sorted(r["line"] for r in rejected) == [2, 3, 5, 6]   # duplicates are found when a chunk registers
+    assert {"line": 3, "reason": "missing 'id'"} in rejected
+
+
+def test_csv_input_and_an_oversized_row(tmp_path, sim):
+    config = copy_config(tmp_path, lambda t: t.replace("max_row_bytes = 65536", "max_row_bytes = 100"))
+    source = tmp_path / "jobs.csv"
+    source.write_text("id,subject,body\nc1,Login,I cannot log in\nc2,Big," + "x" * 200 + "\nc3,Box,Package lost\n")
+    out = tmp_path / "out.jsonl"
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
+                                     "--config", str(config)], cascade_env(None, sim.url))
+    assert result.exit_code == EXIT_REJECTED
+    assert "rejected: line 3: row is 205 bytes, over the limit of 100" in result.stderr
+    assert sorted(r["id"] for r in read_jsonl(out)) == ["c1", "c3"]
+
+
+def test_a_clean_file_exits_zero_and_prints_the_savings(tmp_path, sim):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(tmp_path / "o.jsonl"),
+                                     "--no-progress", "--config", str(copy_config(tmp_path))],
+                    cascade_env(None, sim.url))
+    assert result.exit_code == 0, result.stderr
+    assert "jobs: 5 of 5 done" in result.stderr
+    assert "every job on frontier alone: $" in result.stderr and "savings $" in result.stderr
+
+
+def test_json_summary_on_stdout(tmp_path, sim):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(tmp_path / "o.jsonl"),
+                                     "--json", "--no-progress", "--config", str(copy_config(tmp_path))],
+                    cascade_env(None, sim.url))
+    summary = orjson.loads(result.stdout)
+    assert summary["done"] == 5 and summary["mode"] == "embedded"
+    assert sum(summary["statuses"].values()) == 5
+
+
+def test_unknown_pipeline_is_a_clear_error(tmp_path, sim):
+    result = invoke(submit_command, ["-", "-p", "triage", "--config", str(copy_config(tmp_path))],
+                    cascade_env(None, sim.url))
+    assert result.exit_code == 2
+    assert "unknown pipeline 'triage'" in result.stderr
+
+
+def test_resubmitting_a_batch_id_enqueues_no_job_twice(tmp_path, redis_url, sim):
+    # Given a batch submitted to Redis with no worker running
+    config, ns = cluster_config(tmp_path)
+    env = cascade_env(redis_url, sim.url)
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD[:3]))
+    args = [str(source), "-p", "ticket-triage", "--batch-id", "again-1", "--no-progress", "--config", str(config)]
+    try:
+        first = invoke(submit_command, args, env)
+        assert first.exit_code == 0, first.stderr
+        queue = f"{ns}.tier.cheap"
+        client = redis.Redis.from_url(redis_url)
+        assert client.llen(queue) == 3
+        # When the same file, with two more rows, is submitted again under the same batch id
+        source.write_bytes(lines(*GOOD))
+        second = invoke(submit_command, args, env)
+        # Then only the new rows are enqueued
+        assert second.exit_code == 0, second.stderr
+        assert "2 jobs queued, 3 already submitted earlier" in second.stderr
+        assert client.llen(queue) == 5
+        status = invoke(cascade, ["status", "again-1", "--json", "--config", str(config)], env)
+        assert orjson.loads(status.stdout)["jobs"] == 5
+    finally:
+        delete_namespace(redis_url, ns)
+
+
+def test_status_needs_a_redis_url(tmp_path):
+    result = invoke(cascade, ["status", "b1", "--config", str(copy_config(tmp_path))], {"CASCADE_REDIS_URL": ""})
+    assert result.exit_code == 2
+    assert "this command needs a Redis URL" in result.stderr
+
+
+def test_every_command_has_help_with_an_example():
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            yield f"{prefix} {name}", command
+            if hasattr(command, "commands"):
+                yield from walk(command, f"{prefix} {name}")
+
+    for name, command in [("cascade-submit", submit_command), *walk(cascade, "cascade")]:
+        assert "Example:" in (command.help or ""), name
