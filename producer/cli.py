@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 import click
 import orjson
 
-from producer.cli_common import config_option, load, redact, redis_option
+from producer.cli_common import Command, Group, config_option, load, redact, redis_option
 from producer.cli_ops import sim, worker
 from producer.reader import read_rows
 from producer.report import format_summary, summarize
@@ -48,7 +48,7 @@ class Progress:
         self.bar.close()
 
 
-@click.command("submit")
+@click.command("submit", cls=Command)
 @click.argument("source", type=click.Path(allow_dash=True, dir_okay=False, exists=False))
 @click.option("--pipeline", "-p", required=True, help="Pipeline name (a file in config/pipelines/).")
 @click.option("--batch-id", help="Batch id; reuse one to resume a stopped submission without duplicates.")
@@ -163,7 +163,7 @@ class _RejectedFile:
             self._file.close()
 
 
-@click.group()
+@click.group(cls=Group)
 @click.version_option(package_name="cascade")
 def cascade() -> None:
     """Cascade: batch LLM work through cheap-first model tiers with verified escalation.

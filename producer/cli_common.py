@@ -27,3 +27,25 @@ def redact(url: str) -> str:
     return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
 
 
+
+
+class Command(click.Command):
+    """A command whose store and configuration errors end in one clear line, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        """Run the command, turning Redis and Cascade errors into ClickException."""
+        from worker.store import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except StoreError as e:
+            raise click.ClickException(f"Redis: {e}") from None
+        except CascadeError as e:
+            raise click.ClickException(str(e)) from None
+
+
+class Group(click.Group):
+    """A group whose subcommands are `Command`s."""
+
+    command_class = Command
+    group_class = type

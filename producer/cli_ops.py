@@ -10,11 +10,11 @@ import threading
 
 import click
 
-from producer.cli_common import config_option, load, redact, redis_option
+from producer.cli_common import Command, Group, config_option, load, redact, redis_option
 from worker.errors import CascadeError
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--tier", "-t", required=True, help="The tier whose queue this worker consumes.")
 @click.option("--concurrency", "-c", type=int, help="Threads (default: the tier's concurrency in config).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
@@ -60,7 +60,7 @@ def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str |
     ])
 
 
-@click.group()
+@click.group(cls=Group)
 def sim() -> None:
     """The provider simulator: OpenAI and Anthropic wire protocols on 127.0.0.1.
 

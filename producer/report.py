@@ -93,7 +93,8 @@ def format_summary(s: dict[str, Any], title: str) -> str:
     if s["reject_reasons"]:
         lines.append("  reject reasons:")
         for r in s["reject_reasons"]:
-            lines.append(f"    {r['tier']:<10} {r['reason']:<50} {r['count']:>6}")
+            reason = r["reason"].replace(":", ": ", 1)   # "json:invalid JSON" -> "json: invalid JSON"
+            lines.append(f"    {r['tier']:<10} {reason:<50} {r['count']:>6}")
     if s["errors"]:
         lines.append("  provider errors (after retries): " +
                      ", ".join(f"{e['tier']} {e['kind']} {e['count']}" for e in s["errors"]))

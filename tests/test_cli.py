@@ -142,3 +142,13 @@ def test_every_command_has_help_with_an_example():
 
     for name, command in [("cascade-submit", submit_command), *walk(cascade, "cascade")]:
         assert "Example:" in (command.help or ""), name
+
+
+def test_unreachable_redis_is_one_clear_line(tmp_path):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(GOOD[0]))
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--no-progress",
+                                     "--config", str(copy_config(tmp_path))], {"CASCADE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.exit_code == 1
+    assert "Error: Redis: Error 111 connecting to 127.0.0.1:1. Connection refused." in result.stderr
+    assert "Traceback" not in result.output
