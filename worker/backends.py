@@ -46,22 +46,28 @@ def _embedded(settings: Settings, providers: Any) -> Backend:
 
     from worker.dispatch.local import LocalDispatcher
     from worker.engine import Engine
+    from worker.limiter import RedisLimiter
     from worker.runtime import ProviderPool
 
-    store = BatchStore(fakeredis.FakeRedis(), settings.redis.namespace)
+    client = fakeredis.FakeRedis()
+    store = BatchStore(client, settings.redis.namespace)
     dispatcher = LocalDispatcher(settings)
-    engine = Engine(settings, store, providers or ProviderPool(settings), dispatcher)
+    limiter = RedisLimiter(client, settings.redis.namespace)   # same scripts as distributed, in-process
+    engine = Engine(settings, store, providers or ProviderPool(settings), dispatcher, limiter)
     dispatcher.bind(engine.handle)
     return Backend("embedded", store, dispatcher)
 
 
-def worker_engine(settings: Settings, app: Any, tier_name: str) -> Any:
+def worker_engine(settings: Settings, app: Any, tier_name: str, providers: Any = None) -> Any:
     """The engine a Celery worker process runs: real Redis store, escalations published through `app`."""
     from worker.dispatch.celery_dispatch import CeleryDispatcher
     from worker.engine import Engine
+    from worker.limiter import RedisLimiter
     from worker.runtime import ProviderPool
 
-    providers = ProviderPool(settings)
+    providers = providers or ProviderPool(settings)
     providers.get(tier_name)            # fail at startup, not on the first job, when the key is missing
-    store = BatchStore(redis.Redis.from_url(settings.redis.url), settings.redis.namespace)
-    return Engine(settings, store, providers, CeleryDispatcher(app, settings))
+    client = redis.Redis.from_url(settings.redis.url)
+    store = BatchStore(client, settings.redis.namespace)
+    limiter = RedisLimiter(client, settings.redis.namespace)   # tier limits shared by every worker process
+    return Engine(settings, store, providers, CeleryDispatcher(app, settings), limiter)

@@ -187,13 +187,14 @@ class Engine:
             try:
                 completion = provider.complete(request)
                 used = completion.usage.prompt_tokens + completion.usage.output_tokens
-                return completion
             except ProviderError as error:
                 if getattr(error, "retry_after", None) is not None or error.status == 429:
                     self.limiter.cool_down(tier, getattr(error, "retry_after", None) or 1.0)
                 raise
             finally:
                 self.limiter.settle(tier, lease, used)
+            self.limiter.observe(tier, completion.rate_limit)   # slow down before the provider says 429
+            return completion
 
         def on_retry(error: Retryable, delay: float) -> None:
             log.info("tier %s: %s, retrying in %.2fs", tier.name, error.kind, delay)

@@ -1,10 +1,33 @@
-"""The interface the engine uses to stay within a tier's provider limits."""
+"""Stay within a tier's provider limits: rpm, tpm and calls in flight, shared by every process of the cluster.
+
+`RedisLimiter` keeps two token buckets per tier in Redis (requests and tokens) and a set of in-flight
+leases. A caller books the next free slot in one Lua round trip and sleeps until it; it never polls
+for a rate slot. Buckets are sized so that no rolling minute ever holds more than the limit, which is
+how providers count; a small burst absorbs threads that wake late.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import itertools
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from worker.config.schema import Tier
+from worker.store.limits import Bucket, LimiterStore
+
+WINDOW_S = 60.0          # providers count rpm / tpm over a rolling minute
+MARGIN_S = 0.5           # our admission time vs the provider's clock: network and thread-wake jitter
+BURST_S = 0.5            # a bucket holds half a second of calls, so late wake-ups do not lose slots
+MAX_WAIT_S = 5.0         # a slot is booked at most this far ahead; a refused caller re-asks at most this often
+LEASE_SLACK_S = 30.0     # an in-flight lease outlives the call's timeout by this, then lapses (crashed worker)
+COOLDOWN_POLL_S = 0.5    # tiers without limits look for another process's 429 cooldown this often
+LOW_REQUESTS = 1         # provider hint: this many requests left before its reset -> pause until the reset
+HINT_MAX_PAUSE_S = 2.0   # a pause from hints is short: the hint's reset is when the window is *fully* refilled
 
 
 class Limiter(Protocol):
@@ -22,6 +45,10 @@ class Limiter(Protocol):
         """The provider said 429: no worker of this tier calls for `seconds`."""
         ...
 
+    def observe(self, tier: Tier, rate_limit: Mapping[str, float]) -> None:
+        """Read a successful call's rate-limit hints; pause the tier before the provider refuses."""
+        ...
+
 
 class NoLimiter:
     """Admits every call at once (tiers without rpm / tpm limits)."""
@@ -35,3 +62,123 @@ class NoLimiter:
 
     def cool_down(self, tier: Tier, seconds: float) -> None:
         """Nothing shared to pause."""
+
+    def observe(self, tier: Tier, rate_limit: Mapping[str, float]) -> None:
+        """Nothing to slow down."""
+
+
+def request_bucket(rpm: int) -> Bucket:
+    """Requests bucket whose admissions in any window of WINDOW_S + MARGIN_S never exceed `rpm`."""
+    if rpm <= 0:
+        return Bucket()
+    capacity = max(1.0, math.floor(rpm * BURST_S / WINDOW_S))
+    # calls are whole: capacity + floor(rate * window) <= rpm needs rate * window < rpm - capacity + 1
+    return Bucket(capacity, (rpm - capacity + 1) / (WINDOW_S + MARGIN_S) / 1000)
+
+
+def token_bucket(tpm: int) -> Bucket:
+    """Tokens bucket whose reservations in any window of WINDOW_S + MARGIN_S never exceed `tpm`."""
+    if tpm <= 0:
+        return Bucket()
+    capacity = tpm * BURST_S / WINDOW_S
+    return Bucket(capacity, (tpm - capacity) / (WINDOW_S + MARGIN_S) / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One admitted call: what it reserved and when it started."""
+
+    tier: str
+    lease_id: str       # in-flight lease ("" when the tier has no cap)
+    tokens: int         # reserved: prompt estimate + max_tokens
+    started: float      # clock() when the call could start
+
+
+class RedisLimiter:
+    """The cluster-wide limiter: state in Redis (or fakeredis when embedded), one script call per step."""
+
+    def __init__(self, redis: Any, namespace: str = "cascade", *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 max_wait_s: float = MAX_WAIT_S):
+        self.store = LimiterStore(redis, namespace)
+        self.sleep = sleep
+        self.clock = clock
+        self.max_wait_s = max_wait_s
+        self._rng = rng or random.Random()
+        self._prefix = uuid.uuid4().hex[:12] + "-"
+        self._ids = itertools.count(1)
+        self._cool_until: dict[str, float] = {}      # tier -> clock() at which a known cooldown ends
+        self._cool_checked: dict[str, float] = {}    # tier -> clock() of the last look (tiers without limits)
+
+    def acquire(self, tier: Tier, tokens: int) -> Lease:
+        """Block until one call of about `tokens` tokens may start on `tier`; return its lease."""
+        requests, token_limit = request_bucket(tier.rpm), token_bucket(tier.tpm)
+        if not (requests.per_ms or token_limit.per_ms or tier.max_in_flight):
+            self._honour_cooldown_unlimited(tier.name)
+            return Lease(tier.name, "", tokens, self.clock())
+        lease_id = f"{self._prefix}{next(self._ids)}" if tier.max_in_flight else ""
+        refusals = 0
+        while True:
+            self._sleep_out_cooldown(tier.name)
+            admission = self.store.acquire(
+                tier.name, requests, token_limit, tokens, max_in_flight=tier.max_in_flight, lease_id=lease_id,
+                lease_ttl_s=tier.timeout_s + LEASE_SLACK_S, max_book_s=self.max_wait_s, refusals=refusals)
+            if admission.cooldown_s:
+                self._note_cooldown(tier.name, admission.cooldown_s)
+            if admission.admitted:
+                if admission.wait_s > 0:
+                    self.sleep(admission.wait_s)      # our booked slot: no jitter needed, no second ask
+                self._sleep_out_cooldown(tier.name)   # a 429 seen by this process while we slept
+                return Lease(tier.name, lease_id, tokens, self.clock())
+            if not admission.cooldown_s:
+                refusals += 1
+            self.sleep(self._jittered(min(admission.wait_s, self.max_wait_s)))
+
+    def settle(self, tier: Tier, lease: object, used_tokens: int) -> None:
+        """Free the lease's in-flight slot and refund (or debit) the tokens it did not (or over) use."""
+        if not isinstance(lease, Lease):
+            return
+        token_limit = token_bucket(tier.tpm)
+        delta = used_tokens - lease.tokens if token_limit.per_ms else 0
+        if lease.lease_id or delta:
+            self.store.settle(tier.name, token_limit, delta, lease.lease_id, max(0.0, self.clock() - lease.started))
+
+    def cool_down(self, tier: Tier, seconds: float) -> None:
+        """Pause every worker of the tier for `seconds`; an already-set cooldown that ends later wins."""
+        self._note_cooldown(tier.name, self.store.cool_down(tier.name, seconds))
+
+    def observe(self, tier: Tier, rate_limit: Mapping[str, float]) -> None:
+        """Pause the tier briefly when the provider says its requests or tokens are nearly spent."""
+        pause = 0.0
+        remaining, reset = rate_limit.get("remaining_requests"), rate_limit.get("reset_requests_s")
+        if remaining is not None and remaining <= LOW_REQUESTS and reset:
+            pause = min(reset, HINT_MAX_PAUSE_S)
+        remaining, reset = rate_limit.get("remaining_tokens"), rate_limit.get("reset_tokens_s")
+        if remaining is not None and remaining < tier.max_tokens and reset:
+            pause = max(pause, min(reset, HINT_MAX_PAUSE_S))
+        if pause > 0 and self._cool_until.get(tier.name, 0.0) < self.clock() + pause:
+            self.cool_down(tier, pause)
+
+    # -- local view of the shared cooldown ----------------------------------------------------
+
+    def _note_cooldown(self, tier: str, left_s: float) -> None:
+        until = self.clock() + left_s
+        if until > self._cool_until.get(tier, 0.0):
+            self._cool_until[tier] = until
+
+    def _sleep_out_cooldown(self, tier: str) -> None:
+        while (left := self._cool_until.get(tier, 0.0) - self.clock()) > 0:
+            self.sleep(self._jittered(min(left, self.max_wait_s)))
+
+    def _honour_cooldown_unlimited(self, tier: str) -> None:
+        now = self.clock()
+        if now - self._cool_checked.get(tier, -math.inf) >= COOLDOWN_POLL_S:
+            self._cool_checked[tier] = now
+            left = self.store.cooldown_left(tier)
+            if left:
+                self._note_cooldown(tier, left)
+        self._sleep_out_cooldown(tier)
+
+    def _jittered(self, seconds: float) -> float:
+        # spread callers that were told the same wait, so they do not all ask again at once
+        return seconds + self._rng.uniform(0.0, 0.1 * seconds + 0.005)

@@ -65,6 +65,7 @@ class Tier(Frozen):
     context_window: int = Field(128000, ge=1)
     rpm: int = Field(0, ge=0)           # provider requests/minute for the whole cluster; 0 = no limit
     tpm: int = Field(0, ge=0)           # provider tokens/minute; 0 = no limit
+    max_in_flight: int = Field(0, ge=0)  # calls in flight for the whole cluster (provider concurrency cap); 0 = none
     batch_pricing: bool = False         # bill at the price table's batch discount
     queue: str = ""                     # empty: tier.<name>
 

@@ -26,6 +26,8 @@ class Keys:
     batch:{id}:results  stream: one result record per finished job, trimmed once drained
     pipeline:{name}     hash: the same counters summed over every batch of the pipeline
     batches             sorted set: batch ids by creation time
+    limiter:{tier}:state   hash: a tier's rate buckets, 429 cooldown and mean call time (cluster-wide)
+    limiter:{tier}:leases  sorted set: calls in flight on a tier, by lease expiry
     """
 
     namespace: str = "cascade"
@@ -49,6 +51,10 @@ class Keys:
     def batches(self) -> str:
         """Index of batches by creation time."""
         return f"{self.namespace}:batches"
+
+    def limiter(self, tier: str, part: str) -> str:
+        """Shared limiter state of a tier: `part` is "state" or "leases"."""
+        return f"{self.namespace}:limiter:{tier}:{part}"
 
     @staticmethod
     def queue(queue_name: str) -> str:

@@ -1,0 +1,299 @@
+"""The shared tier limiter: one suite over real Redis and fakeredis (the same Lua), plus processes on real Redis."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from tests.helpers import ScriptedProvider, copy_config
+from worker.config import load_settings
+from worker.config.schema import Tier
+from worker.engine import Engine
+from worker.errors import RateLimited
+from worker.limiter import MARGIN_S, WINDOW_S, NoLimiter, RedisLimiter, request_bucket, token_bucket
+from worker.messages import AttemptMessage
+from worker.models import Completion, Job, Usage
+from worker.runtime import ProviderPool
+from worker.store import BatchStore
+
+
+def tier(**limits) -> Tier:
+    return Tier(name=limits.pop("name", "t"), provider="openai", model="m", max_tokens=100, timeout_s=5, **limits)
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def client(request) -> Iterator[tuple[redis.Redis, str]]:
+    """(client, namespace): a unique namespace on real Redis or fakeredis; its keys deleted afterwards."""
+    ns = f"limtest-{uuid.uuid4().hex[:10]}"
+    conn = redis.Redis.from_url(request.getfixturevalue("redis_url")) if request.param == "redis" \
+        else fakeredis.FakeRedis()
+    yield conn, ns
+    conn.delete(*conn.scan_iter(f"{ns}:*"), f"{ns}:none")
+    conn.close()
+
+
+class Recorder:
+    """A sleep that only records, and a clock that the recorded sleeps advance."""
+
+    def __init__(self):
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+    def clock(self) -> float:
+        return 1000.0 + sum(self.sleeps)
+
+
+def booked_limiter(conn, ns, rec: Recorder) -> RedisLimiter:
+    return RedisLimiter(conn, ns, sleep=rec.sleep, clock=rec.clock, max_wait_s=300)
+
+
+def book(limiter: RedisLimiter, rec: Recorder, t: Tier, tokens: int) -> tuple[object, float]:
+    """Acquire once; return the lease and the wall-clock moment its booked slot starts."""
+    before, now = len(rec.sleeps), time.time()
+    return limiter.acquire(t, tokens), now + sum(rec.sleeps[before:])
+
+
+# -- bucket sizing (no Redis) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 2, 7, 60, 119, 1200, 10_000])
+def test_greedy_callers_never_put_more_than_the_limit_in_any_rolling_window(limit):
+    # Given callers that take every slot the requests bucket books, as early as it allows
+    bucket = request_bucket(limit)
+    per_s = bucket.per_ms * 1000
+    starts, level, now = [], bucket.capacity, 0.0
+    for _ in range(3 * limit + 5):
+        level -= 1
+        starts.append(now + max(0.0, -level / per_s))
+    # Then no window of a minute plus the margin holds more than `limit` starts
+    window, first, most = WINDOW_S + MARGIN_S - 1e-9, 0, 0
+    for last, start in enumerate(starts):
+        while start - starts[first] > window:
+            first += 1
+        most = max(most, last - first + 1)
+    assert most <= limit
+    # And the long-run rate stays close to the limit (>= 97% for limits of 60 rpm and up)
+    if limit >= 60:
+        assert (len(starts) - 1) / (starts[-1] - starts[0]) * 60 >= 0.97 * limit
+
+
+def test_tokens_bucket_refills_below_the_limit():
+    bucket = token_bucket(60_000)
+    assert bucket.capacity + bucket.per_ms * 1000 * (WINDOW_S + MARGIN_S) <= 60_000
+
+
+# -- one suite over real Redis and fakeredis ---------------------------------------------------
+
+
+def test_a_minute_of_requests_is_admitted_and_the_next_one_waits_past_it(client):
+    conn, ns = client
+    rec = Recorder()
+    limiter = booked_limiter(conn, ns, rec)
+    t = tier(rpm=120)
+    # When 121 callers ask at once
+    slots = [book(limiter, rec, t, 10)[1] for _ in range(121)]
+    # Then the first is admitted at once and slots are booked in order
+    assert rec.sleeps == [] or slots[0] == min(slots)
+    assert slots == sorted(slots)
+    # And 120 start within one minute of the first, while the 121st waits past it
+    assert slots[119] - slots[0] < 60.0 + 0.05
+    assert slots[120] - slots[0] >= 60.0 - 0.05
+
+
+def test_tokens_are_reserved_then_refunded_or_debited_to_what_was_used(client):
+    conn, ns = client
+    rec = Recorder()
+    limiter = booked_limiter(conn, ns, rec)
+    t = tier(tpm=60_000)                  # bucket of 500 tokens, ~983 tokens/s
+    per_s = token_bucket(60_000).per_ms * 1000
+    first, _ = book(limiter, rec, t, 500)
+    assert rec.sleeps == []              # a full bucket admits at once
+    big, start = book(limiter, rec, t, 10 * int(per_s))
+    assert start - time.time() > 8       # ten seconds of tokens: booked ~10 s ahead
+    limiter.settle(t, first, 500)
+    # When the big call used only 800 of its reservation, the rest comes back
+    limiter.settle(t, big, 800)
+    _, start = book(limiter, rec, t, 100)
+    assert start - time.time() < 3
+    # When a call overshoots its reservation by ten seconds of tokens, the overshoot is debited
+    small, _ = book(limiter, rec, t, 100)
+    limiter.settle(t, small, 100 + 10 * int(per_s))
+    _, start = book(limiter, rec, t, 1)
+    assert start - time.time() > 8
+
+
+def test_in_flight_cap_holds_across_callers_and_frees_on_settle(client):
+    conn, ns = client
+    t = tier(max_in_flight=3)
+    a, b = RedisLimiter(conn, ns), RedisLimiter(conn, ns)   # two worker processes, say
+    leases = [a.acquire(t, 10), b.acquire(t, 10), a.acquire(t, 10)]
+    assert a.store.in_flight("t") == 3
+    # When a fourth caller asks, it waits
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(b.acquire(t, 10)), daemon=True)
+    waiter.start()
+    waiter.join(0.5)
+    assert got == [] and waiter.is_alive()
+    # Until one call settles
+    a.settle(t, leases[0], 10)
+    waiter.join(10)
+    assert len(got) == 1
+    assert a.store.in_flight("t") == 3
+    for lease in [*leases[1:], *got]:
+        a.settle(t, lease, 10)
+    assert a.store.in_flight("t") == 0
+
+
+def test_a_crashed_callers_lease_lapses(client):
+    conn, ns = client
+    limiter = RedisLimiter(conn, ns)
+    none, store = token_bucket(0), limiter.store
+    for i in range(2):
+        assert store.acquire("t", none, none, 1, max_in_flight=2, lease_id=f"dead-{i}", lease_ttl_s=0.2).admitted
+    assert not store.acquire("t", none, none, 1, max_in_flight=2, lease_id="live", lease_ttl_s=5).admitted
+    time.sleep(0.4)
+    assert store.acquire("t", none, none, 1, max_in_flight=2, lease_id="live", lease_ttl_s=5).admitted
+
+
+def test_cooldown_is_shared_and_the_later_expiry_wins(client):
+    conn, ns = client
+    a, b = RedisLimiter(conn, ns), RedisLimiter(conn, ns)
+    t = tier(rpm=600)
+    a.cool_down(t, 5)
+    assert 4 < b.store.cooldown_left("t") <= 5
+    refused = b.store.acquire("t", request_bucket(600), token_bucket(0), 1)
+    assert not refused.admitted and 4 < refused.wait_s <= 5
+    # A shorter second 429 does not cut the cooldown short; a longer one extends it
+    b.cool_down(t, 1)
+    assert 4 < a.store.cooldown_left("t") <= 5
+    b.cool_down(t, 8)
+    assert 7 < a.store.cooldown_left("t") <= 8
+
+
+@pytest.mark.parametrize("limits", [{"rpm": 600}, {}], ids=["limited", "unlimited"])
+def test_acquire_waits_out_another_processs_cooldown(client, limits):
+    conn, ns = client
+    a, b = RedisLimiter(conn, ns), RedisLimiter(conn, ns)
+    t = tier(**limits)
+    a.cool_down(t, 0.4)
+    started = time.monotonic()
+    b.settle(t, b.acquire(t, 10), 10)
+    assert time.monotonic() - started >= 0.3
+
+
+def test_low_rate_limit_hints_pause_the_tier_briefly(client):
+    conn, ns = client
+    limiter = RedisLimiter(conn, ns)
+    t = tier(rpm=600)
+    limiter.observe(t, {"remaining_requests": 50, "reset_requests_s": 5.0, "remaining_tokens": 9000})
+    assert limiter.store.cooldown_left("t") == 0
+    limiter.observe(t, {"remaining_requests": 1, "reset_requests_s": 0.8})
+    assert 0.5 < limiter.store.cooldown_left("t") <= 0.8
+    limiter.observe(t, {"remaining_tokens": 20, "reset_tokens_s": 40.0})   # below one call's max_tokens
+    assert 1.5 < limiter.store.cooldown_left("t") <= 2.0                   # capped: a short pause
+
+
+def test_no_limiter_admits_everything():
+    limiter, t = NoLimiter(), tier(rpm=1)
+    for _ in range(3):
+        limiter.settle(t, limiter.acquire(t, 10), 10)
+
+
+# -- the engine drives the limiter ------------------------------------------------------------
+
+
+def test_engine_pauses_the_tier_on_429_and_on_low_hints(tmp_path):
+    settings = load_settings(copy_config(tmp_path), environ={})
+    conn = fakeredis.FakeRedis()
+    store, limiter = BatchStore(conn, "e"), RedisLimiter(conn, "e")
+    good = '{"category": "billing", "priority": "low"}'
+    answers = iter([RateLimited("slow down", retry_after=0.2),
+                    Completion(good, Usage(100, 10), "stop", "gpt-4o-mini", 5.0,
+                               rate_limit={"remaining_requests": 0, "reset_requests_s": 1.5})])
+    provider = ScriptedProvider(lambda request, n: next(answers))
+    engine = Engine(settings, store, ProviderPool(settings, {"cheap": provider}), dispatcher=None, limiter=limiter,
+                    sleep=lambda s: None)
+    store.open_batch("b", "ticket-triage")
+    store.register_jobs("b", 1, [("j", 1)])
+    job = Job("j", {"subject": "Refund", "body": "charged twice"}, 1)
+    assert engine.handle(AttemptMessage("b", "ticket-triage", 0, job)) == "accepted"
+    assert len(provider.calls) == 2               # the 429 was retried after its cooldown
+    assert 1.0 < limiter.store.cooldown_left("cheap") <= 1.5
+
+
+# -- several processes share one limit on real Redis ------------------------------------------
+
+
+def _hammer(redis_url: str, ns: str, limits: dict, go, deadline: float, hold_s: float, out, active, peak) -> None:
+    """Child process: 3 threads acquire / hold / settle until `deadline`; report admissions that started by then."""
+    conn = redis.Redis.from_url(redis_url)
+    limiter = RedisLimiter(conn, ns)
+    t = tier(**limits)
+    starts: list[float] = []
+
+    def loop() -> None:
+        while time.time() < deadline:
+            lease = limiter.acquire(t, 10)
+            starts.append(time.time())
+            with active.get_lock():
+                active.value += 1
+                peak.value = max(peak.value, active.value)
+            time.sleep(hold_s)
+            with active.get_lock():
+                active.value -= 1
+            limiter.settle(t, lease, 10)
+
+    go.wait()
+    threads = [threading.Thread(target=loop) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    out.put([s for s in starts if s <= deadline])
+
+
+def _run_processes(redis_url: str, limits: dict, seconds: float, hold_s: float) -> tuple[list[float], float, int]:
+    ctx = multiprocessing.get_context("fork")
+    ns = f"limtest-{uuid.uuid4().hex[:10]}"
+    go, out = ctx.Event(), ctx.Queue()
+    active, peak = ctx.Value("i", 0), ctx.Value("i", 0)
+    begin = time.time() + 1.0
+    procs = [ctx.Process(target=_hammer, args=(redis_url, ns, limits, go, begin + seconds, hold_s, out, active, peak))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    time.sleep(max(0.0, begin - time.time()))
+    go.set()
+    started = time.time()
+    starts = [s for _ in procs for s in out.get(timeout=60)]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    conn = redis.Redis.from_url(redis_url)
+    conn.delete(*conn.scan_iter(f"{ns}:*"), f"{ns}:none")
+    return starts, begin + seconds - started, peak.value
+
+
+def test_processes_sharing_an_rpm_limit_never_exceed_it(redis_url):
+    # Given 4 processes x 3 threads calling as fast as the limiter lets them, for 3 seconds
+    starts, span, _ = _run_processes(redis_url, {"rpm": 600}, seconds=3.0, hold_s=0.0)
+    bucket = request_bucket(600)
+    allowed = bucket.capacity + bucket.per_ms * 1000 * span
+    # Then the admissions never exceed the bucket, and the limit is not starved either
+    assert len(starts) <= allowed + 1
+    assert len(starts) >= 0.5 * allowed
+
+
+def test_processes_sharing_an_in_flight_cap_never_exceed_it(redis_url):
+    starts, _, peak = _run_processes(redis_url, {"max_in_flight": 4}, seconds=2.0, hold_s=0.05)
+    assert peak <= 4
+    assert len(starts) >= 20
