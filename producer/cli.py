@@ -13,6 +13,7 @@ import click
 import orjson
 
 from producer.cli_common import Command, Group, config_option, load, redact, redis_option
+from producer.cli_eval import calibrate_command, replay_command
 from producer.cli_ops import sim, worker
 from producer.reader import read_rows
 from producer.report import format_summary, summarize
@@ -268,3 +269,5 @@ def stats(names: tuple[str, ...], as_json: bool, config_path: str | None, redis_
 
 cascade.add_command(worker)
 cascade.add_command(sim)
+cascade.add_command(replay_command)
+cascade.add_command(calibrate_command)

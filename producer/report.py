@@ -31,6 +31,9 @@ def summarize(counters: dict[str, Any], settings: Settings, pipeline: Pipeline) 
             "output_tokens": c.get(f"out_tok:{name}", 0),
             "retries": c.get(f"retries:{name}", 0),
             "cost_usd": to_usd(c.get(f"cost:{name}", 0)),
+            "verify_cost_usd": to_usd(c.get(f"verify_cost:{name}", 0)),
+            "verify_input_tokens": c.get(f"verify_in_tok:{name}", 0),
+            "verify_output_tokens": c.get(f"verify_out_tok:{name}", 0),
             "latency_ms": _percentiles(c, name),
         })
     rejects = sorted(((k.split(":", 2)[1], k.split(":", 2)[2], v) for k, v in c.items() if k.startswith("reject:")),
@@ -48,8 +51,9 @@ def summarize(counters: dict[str, Any], settings: Settings, pipeline: Pipeline) 
         "tiers": tiers,
         "reject_reasons": [{"tier": t, "reason": r, "count": n} for t, r, n in rejects],
         "errors": [{"tier": t, "kind": k, "count": n} for t, k, n in errors],
-        "input_tokens": sum(t["input_tokens"] for t in tiers),
-        "output_tokens": sum(t["output_tokens"] for t in tiers),
+        "input_tokens": sum(t["input_tokens"] + t["verify_input_tokens"] for t in tiers),
+        "output_tokens": sum(t["output_tokens"] + t["verify_output_tokens"] for t in tiers),
+        "verify_cost_usd": sum(t["verify_cost_usd"] for t in tiers),
         "cost_usd": to_usd(cost),
         "cost_per_job_usd": to_usd(cost) / done if done else 0.0,
         "cost_per_accepted_job_usd": to_usd(cost) / accepted if accepted else 0.0,
@@ -100,6 +104,11 @@ def format_summary(s: dict[str, Any], title: str) -> str:
                      ", ".join(f"{e['tier']} {e['kind']} {e['count']}" for e in s["errors"]))
     retries = sum(t["retries"] for t in s["tiers"])
     lines.append(f"  tokens: {s['input_tokens']:,} in / {s['output_tokens']:,} out; retries: {retries}")
+    verifying = [t for t in s["tiers"] if t["verify_cost_usd"] or t["verify_input_tokens"]]
+    if verifying:
+        lines.append("  spent by verifiers (judge, samples; inside the costs above): " + ", ".join(
+            f"{t['tier']} ${t['verify_cost_usd']:.6f} ({t['verify_input_tokens']:,} in / "
+            f"{t['verify_output_tokens']:,} out)" for t in verifying))
     lines.append(f"  cost: ${s['cost_usd']:.6f} total, ${s['cost_per_job_usd']:.8f} per job, "
                  f"${s['cost_per_accepted_job_usd']:.8f} per accepted job")
     lines.append(f"  every job on {s['last_tier']} alone: ${s['last_tier_only_cost_usd']:.6f}; "

@@ -19,6 +19,7 @@ from simulator.scenario import Scenario
 from simulator.stats import Stats
 from simulator.tokens import prompt_tokens
 from simulator.wire import ERROR_STATUS, BadRequest, SimRequest
+from worker.errors import ProviderError
 
 #: the API each POST path speaks ("/chat/completions" too, for a base_url set without /v1)
 _ROUTES: Mapping[str, ModuleType] = MappingProxyType({
@@ -147,10 +148,17 @@ class SimEngine:
         if injected == "timeout":
             return Reply(0, body=None, delay_s=profile.timeout_s)
 
-        answers = [
-            scenario.answer(model, request.user_text, sample, max_tokens=request.max_tokens)
-            for sample in range(request.n)
-        ]
+        try:
+            recorded = scenario.recorded_answers(model, request.message_texts, request.n, request.logprobs)
+        except ProviderError as e:   # more samples asked for than were recorded
+            return self._error(wire, "invalid_request", str(e))
+        if recorded is not None:
+            answers, prompt = recorded
+        else:
+            answers = [
+                scenario.answer(model, request.user_text, sample, max_tokens=request.max_tokens)
+                for sample in range(request.n)
+            ]
         output = sum(answer.output_tokens for answer in answers)
         self.stats.answered(model, [answer.outcome for answer in answers], prompt, output)
         rid = wire.response_id(next(self._ids))

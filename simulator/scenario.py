@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from simulator.outcomes import SimAnswer, pick, render_answer, text_digest, unit
 from simulator.schema import ModelProfile, Rule, parse_document
+from worker.providers.recorded import RecordedSet, load_recorded
 from worker.errors import ConfigError
 
 #: the answer to a prompt no rule matches (a scenario without a catch-all rule)
@@ -29,6 +30,7 @@ class Scenario:
     defaults: ModelProfile = ModelProfile()
     models: Mapping[str, ModelProfile] = field(default_factory=dict)
     source: str = "<scenario>"
+    recorded: RecordedSet | None = None    # recorded answers served before any rule (`recorded = "x.jsonl"`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
@@ -57,6 +59,21 @@ class Scenario:
         key = (self.seed, model, sample, text_digest(user_text))
         return render_answer(outcome, rule.answer, rule.wrong, key, max_tokens)
 
+    def recorded_answers(self, model: str, message_texts: tuple[str, ...], n: int = 1,
+                         logprobs: bool = True) -> tuple[list[SimAnswer], int] | None:
+        """The recorded answers (and prompt tokens) of `model` to this exact prompt, or None to use the rules."""
+        row = self.recorded.find(message_texts) if self.recorded is not None else None
+        response = row.responses.get(model) if row is not None else None
+        if response is None:
+            return None
+        completion = response.completion(n, logprobs)
+        outcome = "wrong" if response.correct is False else "correct"
+        texts = completion.samples or (completion.text,)
+        tokens = tuple((t.token, t.logprob) for t in completion.logprobs)
+        each = max(1, completion.usage.output_tokens // len(texts)) if completion.usage.output_tokens else 0
+        answers = [SimAnswer(text, "stop", outcome, tokens if i == 0 else (), each) for i, text in enumerate(texts)]
+        return answers, completion.usage.input_tokens
+
     def injected_error(self, model: str, user_text: str, occurrence: int) -> str | None:
         """The injected error ("429", "500", "timeout") or None for the `occurrence`-th (0-based) sight."""
         u = unit("error", self.seed, model, text_digest(user_text), occurrence)
@@ -74,7 +91,11 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return Scenario(**parse_document(source, data), source=source)
+    fields = parse_document(source, data)
+    if fields["recorded"] is not None:
+        recorded_path = Path(source).parent / fields["recorded"] if source != "<string>" else Path(fields["recorded"])
+        fields["recorded"] = load_recorded(recorded_path)
+    return Scenario(**fields, source=source)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -15,7 +15,7 @@ from worker.errors import ConfigError
 ERROR_KINDS = ("429", "500", "timeout")
 _PROFILE_KEYS = ("latency_ms", "error_rate", "retry_after_s", "timeout_s", "rpm", "tpm", "context_window")
 _MODEL_KEYS = ("outcome", *_PROFILE_KEYS)
-_TOP_KEYS = ("seed", "description", "rules", "defaults", "models")
+_TOP_KEYS = ("seed", "description", "rules", "defaults", "models", "recorded")
 _RULE_KEYS = ("match", "answer", "wrong")
 _TOLERANCE = 1e-6
 
@@ -157,6 +157,7 @@ def parse_document(source: str, data: Mapping[str, Any]) -> dict[str, Any]:
         raise reader.fail("seed", "must be an integer")
     if "description" in data:
         reader.text(data["description"], "description")
+    recorded = reader.text(data["recorded"], "recorded") if "recorded" in data else None
     rules = parse_rules(reader, data.get("rules", []))
     defaults = parse_profile(reader, data.get("defaults", {}), "defaults", ModelProfile(), model=False)
     models_table = data.get("models", {})
@@ -166,4 +167,4 @@ def parse_document(source: str, data: Mapping[str, Any]) -> dict[str, Any]:
         name: parse_profile(reader, value, f"models.{name}", defaults, model=True)
         for name, value in models_table.items()
     }
-    return {"seed": seed, "rules": rules, "defaults": defaults, "models": models}
+    return {"seed": seed, "rules": rules, "defaults": defaults, "models": models, "recorded": recorded}

@@ -188,3 +188,12 @@ def test_a_bug_in_a_provider_ends_the_job_with_its_reason(settings):
     engine, store, _, _, _ = make_engine(settings, {"cheap": broken})
     assert engine.handle(message()) == "failed"
     assert records(store)[0]["reason"] == "internal_error: KeyError: 'usage'"
+    assert store.batch_info("b1")["reserved"] == 0      # the budget reservation is given back
+
+
+def test_a_pipeline_unknown_to_this_worker_fails_the_job_instead_of_losing_it(settings):
+    engine, store, _, _, _ = make_engine(settings, {"cheap": lambda r, n: GOOD})
+    msg = AttemptMessage("b1", "no-such-pipeline", 0, Job("j1", {}, 1))
+    assert engine.handle(msg) == "failed"
+    [rec] = records(store)
+    assert rec["reason"].startswith("internal_error: ConfigError: unknown pipeline 'no-such-pipeline'")

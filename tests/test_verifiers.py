@@ -373,11 +373,13 @@ def test_custom_config_errors(checks_on_path):
 
 
 def test_known_verifiers_and_fresh_registry():
-    assert known_verifiers() == ["choices", "custom", "json", "length", "refusal", "regex", "truncation"]
+    assert known_verifiers() == ["choices", "custom", "json", "judge", "length", "logprob", "refusal", "regex",
+                                 "self_consistency", "truncation"]
     mine = registry()
     mine.pop("json")
     assert "json" in registry()
-    assert all(cls.cost_rank == 0 for cls in registry().values())
+    assert {name: cls.cost_rank for name, cls in registry().items() if cls.cost_rank} == {
+        "logprob": 1, "self_consistency": 2, "judge": 3}     # signals after the free checks, cheapest first
     assert sorted(REGISTRY) == known_verifiers()
     with pytest.raises(TypeError):
         REGISTRY["x"] = Verifier  # type: ignore[index]
@@ -386,7 +388,8 @@ def test_known_verifiers_and_fresh_registry():
 def test_registry_error_messages():
     assert config_error() == f"{WHERE}.name: missing verifier name"
     assert config_error(name="foo") == (
-        f"{WHERE}.name: unknown verifier 'foo' (known: choices, custom, json, length, refusal, regex, truncation)")
+        f"{WHERE}.name: unknown verifier 'foo' (known: choices, custom, json, judge, length, logprob, refusal, regex, "
+        "self_consistency, truncation)")
     assert config_error(name="truncation", strict=True) == f"{WHERE}.strict: unknown option for verifier 'truncation'"
     assert config_error(name="refusal", phrase=["x"]) == f"{WHERE}.phrase: unknown option for verifier 'refusal'"
     assert config_error(name="length", min_chars=1.5) == f"{WHERE}.min_chars: Input should be a valid integer"

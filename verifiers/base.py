@@ -8,7 +8,7 @@ from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from worker.models import Attempt, Completion, Job, Verdict
+from worker.models import Attempt, Completion, CompletionRequest, Job, Verdict
 
 
 class OptionError(ValueError):
@@ -29,12 +29,18 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: how a verifier calls a model: (tier name or None for the attempt's own tier, request) -> (completion, cost USD)
+ModelCall = Callable[[str | None, CompletionRequest], tuple[Completion, float]]
+
+
 @dataclass(frozen=True)
 class VerifyContext:
     """What a verifier may use besides the job and the attempt.
 
-    `completion` is the raw provider answer (logprobs, samples, finish_reason);
-    `call_tier(name, request)` calls another tier's model (judge) and returns a Completion;
+    `completion` is the raw provider answer (logprobs, samples, finish_reason) and `request` the
+    request that produced it; `call(tier, request)` calls a model through the engine (limiter,
+    retries, the tier's model and timeout) and returns the completion with its cost in USD: None
+    is the attempt's own tier. It raises a `worker.errors.ProviderError` when the call fails.
     `output_format` and `labels` come from the pipeline; `config_dir` resolves relative paths.
     """
 
@@ -42,8 +48,19 @@ class VerifyContext:
     output_format: str = "text"
     labels: tuple[str, ...] = ()
     config_dir: Path = Path(".")
-    call_tier: Callable[..., Completion] | None = None
+    request: CompletionRequest | None = None
+    call: ModelCall | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TierFacts:
+    """What config loading tells a verifier about one tier it will run on."""
+
+    name: str
+    provider: str                       # "openai" | "anthropic" | ...
+    logprobs: bool                      # the provider can return token logprobs
+    tiers: tuple[str, ...] = ()         # every configured tier (a judge names one)
 
 
 class Verifier:
@@ -61,6 +78,10 @@ class Verifier:
     def check(self, job: Job, attempt: Attempt, ctx: VerifyContext) -> Verdict:
         """Judge one attempt of one job."""
         raise NotImplementedError
+
+    def check_tier(self, tier: TierFacts) -> str | None:
+        """The problem running on `tier` would have, checked when config loads; None when it fits."""
+        return None
 
     def verdict(self, passed: bool, reason: str = "", score: float | None = None, **kw: Any) -> Verdict:
         """A verdict signed with this verifier's name."""

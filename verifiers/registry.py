@@ -12,15 +12,19 @@ from pydantic import ValidationError
 from verifiers.base import OptionError, Verifier
 from verifiers.choices import ChoicesVerifier
 from verifiers.custom import CustomVerifier
+from verifiers.judge import JudgeVerifier
 from verifiers.json_schema import JsonVerifier
 from verifiers.length import LengthVerifier
+from verifiers.logprob import LogprobVerifier
 from verifiers.refusal import RefusalVerifier
 from verifiers.regex import RegexVerifier
+from verifiers.self_consistency import SelfConsistencyVerifier
 from verifiers.truncation import TruncationVerifier
 from worker.errors import ConfigError
 
 _CLASSES: tuple[type[Verifier], ...] = (
-    ChoicesVerifier, CustomVerifier, JsonVerifier, LengthVerifier, RefusalVerifier, RegexVerifier, TruncationVerifier,
+    ChoicesVerifier, CustomVerifier, JsonVerifier, JudgeVerifier, LengthVerifier, LogprobVerifier, RefusalVerifier,
+    RegexVerifier, SelfConsistencyVerifier, TruncationVerifier,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from worker.models import Attempt
+from worker.models import Attempt, Usage
 
 #: latency histogram bucket upper bounds (ms); percentiles are read back from these
 LATENCY_BOUNDS_MS = (10, 20, 50, 100, 200, 300, 500, 800, 1000, 2000, 5000, 10000, 30000, 60000, 120000)
@@ -32,6 +32,14 @@ def attempt_counters(attempt: Attempt, cost: int, retries: int, outcome: str) ->
         (f"cost:{t}", cost),
         ("cost", cost),
     ]
+    if attempt.verdicts:
+        # What the checks themselves spent (judge, samples); already inside cost:{t}, shown on its own too.
+        verify_usage = sum((v.usage for v in attempt.verdicts), Usage())
+        out += [
+            (f"verify_cost:{t}", sum(round(v.cost_usd * 1e9) for v in attempt.verdicts)),
+            (f"verify_in_tok:{t}", verify_usage.prompt_tokens),
+            (f"verify_out_tok:{t}", verify_usage.output_tokens),
+        ]
     if attempt.error is None:
         out += [(f"lat_ms:{t}", round(attempt.latency_ms)), (f"lat:{t}:{latency_bucket(attempt.latency_ms)}", 1)]
     if retries:

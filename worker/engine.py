@@ -18,6 +18,7 @@ import orjson
 from verifiers import VerifyContext, build_verifier
 from verifiers.chain import VerifierChain
 from verifiers.parsing import parse_output
+from verifiers.self_consistency import SAMPLES_DEFAULT, TEMPERATURE_DEFAULT
 from worker.config.schema import Pipeline, Settings, Tier
 from worker.counters import attempt_counters, final_counters
 from worker.errors import ContextTooLong, ProviderError, Retryable
@@ -29,6 +30,7 @@ from worker.prompts import render
 from worker.retrying import RetryPolicy, call_with_retries
 from worker.runtime import ProviderPool
 from worker.store import Begin, BatchStore, StoreError
+from worker.verifier_calls import VerifierCalls
 
 log = logging.getLogger("cascade.engine")
 
@@ -73,34 +75,37 @@ class Engine:
 
     def handle(self, msg: AttemptMessage) -> str:
         """Process one message; return what happened (accepted, escalated, failed, duplicate, ...)."""
+        reserved = 0
         try:
-            return self._handle(msg)
+            pipeline = self.settings.pipeline(msg.pipeline)
+            tier = self.settings.tiers[pipeline.ladder[msg.tier]]
+            system, user = render(pipeline.prompt, msg.job.fields)
+            prompt_tokens = estimate_tokens(system) + estimate_tokens(user)
+            reserve = reserve_nanos(self.settings.price(tier), tier, prompt_tokens)
+            begin = self.store.begin_attempt(msg.batch, msg.job.id, msg.tier, reserve)
+            if begin in (Begin.DONE, Begin.COUNTED):
+                return "duplicate"
+            if begin is Begin.NO_BUDGET:
+                return self._finalize(msg, pipeline, "budget_exhausted", None,
+                                      reason=f"budget: next call on '{tier.name}' would exceed the batch budget")
+            reserved = reserve
+            return self._attempt(msg, pipeline, tier, system, user, prompt_tokens, reserve)
         except StoreError:
             raise                       # the dispatcher requeues: the job is not lost with Redis
         except Exception as error:      # a bug must end the job with its reason, never strand it
             log.exception("job %s of batch %s: unexpected error", msg.job.id, msg.batch)
-            pipeline = self.settings.pipeline(msg.pipeline)
-            return self._finalize(msg, pipeline, "failed", None, reason=f"internal_error: {type(error).__name__}: {error}")
+            return self._finalize(msg, self.settings.pipelines.get(msg.pipeline), "failed", None, release=reserved,
+                                  reason=f"internal_error: {type(error).__name__}: {error}")
 
-    def _handle(self, msg: AttemptMessage) -> str:
-        pipeline = self.settings.pipeline(msg.pipeline)
-        tier = self.settings.tiers[pipeline.ladder[msg.tier]]
+    def _attempt(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, system: str, user: str,
+                 prompt_tokens: int, reserve: int) -> str:
+        """Call the tier, verify, and decide; the budget reservation is already held."""
         price = self.settings.price(tier)
-        system, user = render(pipeline.prompt, msg.job.fields)
-        prompt_tokens = estimate_tokens(system) + estimate_tokens(user)
-        reserve = reserve_nanos(price, tier, prompt_tokens)
-
-        begin = self.store.begin_attempt(msg.batch, msg.job.id, msg.tier, reserve)
-        if begin in (Begin.DONE, Begin.COUNTED):
-            return "duplicate"
-        if begin is Begin.NO_BUDGET:
-            return self._finalize(msg, pipeline, "budget_exhausted", None, reason=f"budget: next call on '{tier.name}' "
-                                  f"would exceed the batch budget")
-
         request = CompletionRequest(
             model=tier.model, system=system, user=user, max_tokens=tier.max_tokens,
             temperature=tier.temperature, timeout=tier.timeout_s, logprobs=self._wants_logprobs(pipeline, tier),
         )
+        request = self._with_samples(request, pipeline, tier)
         completion, retries, error = self._call(tier, request, prompt_tokens)
         if completion is None:
             attempt = Attempt(tier.name, tier.model, "", "error", Usage(), 0.0, 0.0, error=error)
@@ -109,7 +114,7 @@ class Engine:
         cost = cost_nanos(price, completion.usage, tier.batch_pricing)
         attempt = Attempt(tier.name, completion.model or tier.model, completion.text, completion.finish_reason,
                           completion.usage, to_usd(cost), completion.latency_ms)
-        attempt = self._verify(msg, pipeline, tier, attempt, completion)
+        attempt = self._verify(msg, pipeline, tier, attempt, completion, request)
         verify_cost = sum(round(v.cost_usd * 1e9) for v in attempt.verdicts)
         cost += verify_cost
         attempt = replace(attempt, cost_usd=to_usd(cost))
@@ -149,7 +154,7 @@ class Engine:
         return self._finalize(msg, pipeline, "failed", attempt, reason=attempt.error, release=reserve, cost=0,
                               counters=counters)
 
-    def _finalize(self, msg: AttemptMessage, pipeline: Pipeline, status: str, attempt: Attempt | None, *,
+    def _finalize(self, msg: AttemptMessage, pipeline: Pipeline | None, status: str, attempt: Attempt | None, *,
                   reason: str, release: int = 0, cost: int = 0, counters: list[tuple[str, int]] | None = None) -> str:
         attempts = msg.attempts + ([attempt] if attempt is not None else [])
         answer = next((a for a in reversed(attempts) if a.error is None), None)
@@ -208,9 +213,11 @@ class Engine:
             return None, 0, f"{error.kind}: {error.provider_message}"
 
     def _verify(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, attempt: Attempt,
-                completion: Completion) -> Attempt:
+                completion: Completion, request: CompletionRequest) -> Attempt:
+        """Run the tier's chain; model-calling verifiers get `ctx.call`, priced and limited like any call."""
         ctx = VerifyContext(completion=completion, output_format=pipeline.output, labels=pipeline.labels,
-                            config_dir=self.settings.config_dir)
+                            config_dir=self.settings.config_dir, request=request,
+                            call=VerifierCalls(self.settings, self.providers, tier, self._call))
         verdicts = self._chains[(pipeline.name, tier.name)].run(msg.job, attempt, ctx)
         text = next((v.output for v in verdicts if v.output is not None), attempt.text)
         parsed = parse_output(text, pipeline.output, pipeline.labels)
@@ -219,9 +226,17 @@ class Engine:
     def _wants_logprobs(self, pipeline: Pipeline, tier: Tier) -> bool:
         return any(s.get("name") == "logprob" for s in pipeline.verifier_specs(tier.name))
 
-    def _counterfactual(self, pipeline: Pipeline, answer: Attempt | None) -> int:
+    def _with_samples(self, request: CompletionRequest, pipeline: Pipeline, tier: Tier) -> CompletionRequest:
+        """A tier checked by self-consistency answers with its samples: n choices at the sampling temperature."""
+        spec = next((s for s in pipeline.verifier_specs(tier.name) if s.get("name") == "self_consistency"), None)
+        if spec is None:
+            return request
+        return replace(request, n=int(spec.get("samples", SAMPLES_DEFAULT)),
+                       temperature=float(spec.get("temperature", TEMPERATURE_DEFAULT)))
+
+    def _counterfactual(self, pipeline: Pipeline | None, answer: Attempt | None) -> int:
         """What this job would have cost sent straight to the last tier: its prompt and answer length there."""
-        if answer is None:
+        if answer is None or pipeline is None:
             return 0
         last = self.settings.tiers[pipeline.ladder[-1]]
         if answer.tier == last.name:

@@ -141,3 +141,22 @@ def _check_references(settings: Settings, where: str) -> None:
                 raise ConfigError(f"{file}: verifiers.{key}: '{key}' is neither 'default' nor a tier of the ladder")
             for i, spec in enumerate(specs):
                 build_verifier(spec, settings.config_dir, f"{file}: verifiers.{key}[{i}]")
+        _check_verifier_tiers(settings, pipeline)
+
+
+def _check_verifier_tiers(settings: Settings, pipeline: Pipeline) -> None:
+    """Each verifier fits the tiers it runs on (a logprob check needs a provider that gives logprobs)."""
+    from verifiers.base import TierFacts
+    from verifiers.registry import build_verifier
+    from worker.providers import PROVIDERS
+
+    for tier_name in pipeline.ladder:
+        tier = settings.tiers[tier_name]
+        key = tier_name if tier_name in pipeline.verifiers else "default"
+        facts = TierFacts(tier_name, tier.provider, bool(getattr(PROVIDERS.get(tier.provider), "supports_logprobs",
+                                                                      False)), tuple(settings.tiers))
+        for i, spec in enumerate(pipeline.verifier_specs(tier_name)):
+            where = f"{pipeline.source}: verifiers.{key}[{i}]"
+            problem = build_verifier(spec, settings.config_dir, where).check_tier(facts)
+            if problem:
+                raise ConfigError(f"{where}: {problem}")

@@ -1,0 +1,116 @@
+"""Benchmark: cascades fitted on recorded training rows, reported on the test rows, for every recorded set.
+
+    python -m benchmarks.recorded [--datasets ../shared/datasets] [--config examples/recorded/config]
+
+For each set: copy the example config to a temporary directory, `cascade calibrate` on the train
+split (where the pipeline has a score verifier), then `cascade replay` on the test split. One JSON
+object per set on stdout, then one JSON line with every set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from producer.calibrate import Target, calibrate, calibration_paths, write_placeholders
+from producer.replay import replay
+from verifiers.calibration import dump_calibration
+from worker.config import load_settings
+from worker.providers.recorded import load_recorded
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RecordedBenchmark:
+    """One recorded set: its files, the pipeline that runs it, and the quality target to fit for."""
+
+    name: str
+    pipeline: str
+    train: str                     # file name; with `split_field`, the same file as test
+    test: str
+    target: str = "drop=0.01"      # accuracy no more than this below the last tier's (on train, with confidence)
+    split_field: bool = False      # rows carry "split": train | test
+
+
+SETS = (
+    RecordedBenchmark("mmlu-oai", "mmlu", "mmlu-oai-train.jsonl", "mmlu-oai-test.jsonl"),
+    RecordedBenchmark("medmcqa-oai", "medmcqa", "medmcqa-oai-train.jsonl", "medmcqa-oai-test.jsonl"),
+    RecordedBenchmark("date-mot", "date-mot", "date-mot.jsonl", "date-mot.jsonl", "drop=0.02", split_field=True),
+    RecordedBenchmark("gsm8k-routellm", "gsm8k", "gsm8k-routellm.jsonl", "gsm8k-routellm.jsonl", split_field=True),
+)
+
+
+def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confidence: float) -> dict:
+    """Fit on train (when there is something to fit), replay test; the set's JSON summary."""
+    started = time.perf_counter()
+    pipeline_file = config_dir / "pipelines" / f"{bench.pipeline}.toml"
+    write_placeholders(config_dir, pipeline_file)
+    settings = load_settings(config_dir / "cascade.toml", environ={})
+    pipeline = settings.pipeline(bench.pipeline)
+    train = load_recorded(datasets / bench.train, "train" if bench.split_field else None)
+    fitted = None
+    named = calibration_paths(pipeline_file)
+    if named:
+        fitted = calibrate(settings, pipeline, train, Target.parse(bench.target, confidence))
+        (config_dir / next(iter(named))).write_bytes(dump_calibration(fitted.entries, {"pipeline": bench.pipeline}))
+        settings = load_settings(config_dir / "cascade.toml", environ={})
+        pipeline = settings.pipeline(bench.pipeline)
+    test = load_recorded(datasets / bench.test, "test" if bench.split_field else None)
+    report = replay(settings, pipeline, test).report
+    return {
+        "set": bench.name,
+        "pipeline": bench.pipeline,
+        "ladder": list(pipeline.ladder),
+        "train_rows": len(train.rows),
+        "test_rows": report["jobs"],
+        "target": bench.target if fitted else None,
+        "thresholds": fitted.report["thresholds"] if fitted else None,
+        "accuracy": _round(report["accuracy"]),
+        "last_tier_accuracy": _round(report["last_tier_accuracy"]),
+        "cost_ratio": _round(report["cost_ratio"]),
+        "escalation": {tier: _round(rate) for tier, rate in report["escalation"].items()},
+        "oracle_accuracy": _round(report["oracle_accuracy"]),
+        "oracle_cost_ratio": _round(report["oracle_cost_ratio"]),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every set whose files exist; print a JSON object per set and a final JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    parser.add_argument("--config", type=Path, default=REPO / "examples" / "recorded" / "config")
+    parser.add_argument("--confidence", type=float, default=0.8, help="confidence of the fitted target")
+    parser.add_argument("--set", dest="sets", action="append", help="only this set (repeatable)")
+    args = parser.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cascade-recorded-") as tmp:
+        config_dir = Path(tmp) / "config"
+        shutil.copytree(args.config, config_dir)
+        for bench in SETS:
+            if args.sets and bench.name not in args.sets:
+                continue
+            if not (args.datasets / bench.train).exists() or not (args.datasets / bench.test).exists():
+                print(f"skipping {bench.name}: not in {args.datasets}", file=sys.stderr)
+                continue
+            result = run_set(bench, args.datasets, config_dir, args.confidence)
+            results.append(result)
+            print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode(), flush=True)
+    print(orjson.dumps({"benchmark": "recorded", "sets": results}).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""Fit calibration maps and per-tier thresholds on recorded responses (the training split).
+
+1. Profile: replay the pipeline one tier at a time with its score verifier (logprob or
+   self_consistency) made permissive, so every row shows each tier's raw score, static verdicts,
+   cost and correctness.
+2. Fit: isotonic regression of correctness on the raw score, per tier.
+3. Choose: the per-tier thresholds on calibrated P(correct) that minimise the training cost while the
+   quality target holds with the given confidence (a one-sided normal bound on the paired accuracy).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producer.replay import run_pipeline, tier_cost
+from verifiers.calibration import CalibrationMap, TierCalibration, dump_calibration, fit_isotonic
+from worker.config.schema import Pipeline, Settings
+from worker.errors import ConfigError
+from worker.pricing import to_usd
+from worker.providers.recorded import RecordedRow, RecordedSet
+
+#: verifiers whose raw score a calibration file maps to P(correct)
+SCORED = ("logprob", "self_consistency")
+NEVER = 1.01                 # a threshold above every probability: this tier escalates everything
+FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
+MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
+MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quality target: `drop` below the last tier's accuracy, or an absolute `accuracy` / max `error`."""
+
+    kind: str
+    value: float
+    confidence: float = 0.8
+
+    @classmethod
+    def parse(cls, text: str, confidence: float = 0.8) -> Target:
+        """"drop=0.01" | "accuracy=0.85" | "error=0.15"; ValueError says what is wrong."""
+        kind, sep, value = text.partition("=")
+        if not sep or kind not in ("drop", "accuracy", "error"):
+            raise ValueError(f"expected drop=X, accuracy=X or error=X, got {text!r}")
+        number = float(value)
+        if not 0 <= number <= 1:
+            raise ValueError(f"{kind} must be between 0 and 1, got {number:g}")
+        if not 0.5 <= confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence:g}")
+        return cls("accuracy", 1 - number, confidence) if kind == "error" else cls(kind, number, confidence)
+
+
+@dataclass
+class TierProfile:
+    """One tier on every row, as if every job had reached it."""
+
+    name: str
+    scored: bool                                   # the chain has a score verifier to calibrate
+    static_ok: list[bool] = field(default_factory=list)   # every verdict before the score passed
+    raw: list[float | None] = field(default_factory=list)  # the raw score (None: it failed outright)
+    rest_ok: list[bool] = field(default_factory=list)     # every verdict after the score passed
+    cost_full: list[int] = field(default_factory=list)    # nano-USD when the score passes
+    cost_fail: list[int] = field(default_factory=list)    # nano-USD when the score fails (later checks skipped)
+    correct: list[bool] = field(default_factory=list)
+
+
+def scored_index(specs: Sequence[dict[str, Any]]) -> int | None:
+    """Position of the first score verifier in a chain's specs, or None."""
+    return next((i for i, s in enumerate(specs) if s.get("name") in SCORED), None)
+
+
+def profile_tier(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, rows: list[RecordedRow],
+                 tier: str) -> TierProfile:
+    """Replay one tier alone with its score verifier accepting everything, and read each row's figures."""
+    specs = list(pipeline.verifier_specs(tier))
+    index = scored_index(specs)
+    name = specs[index]["name"] if index is not None else None
+    if index is not None:
+        specs[index] = {k: v for k, v in specs[index].items() if k not in ("calibration", "key")} | {"threshold": 0.0}
+    alone = pipeline.model_copy(update={"ladder": (tier,), "verifiers": {tier: tuple(specs)},
+                                        "on_last_failure": "accept_flagged"})
+    records, _ = run_pipeline(settings, alone, recorded, rows)
+    profile = TierProfile(tier, index is not None)
+    model = settings.tiers[tier].model
+    for row, record in zip(rows, records):
+        served = recorded.find((row.system, row.user)) or row
+        attempt = record["attempts"][-1]
+        verdicts = attempt.get("verdicts", [])
+        at = next((i for i, v in enumerate(verdicts) if v["verifier"] == name), None)
+        spent = [round(v.get("cost_usd", 0.0) * 1e9) for v in verdicts]
+        total = round(attempt["cost_usd"] * 1e9)
+        call = total - sum(spent)
+        if at is None:   # no score verifier, or the chain stopped before it
+            profile.static_ok.append(index is None and all(v["passed"] for v in verdicts) and "error" not in attempt)
+            profile.raw.append(None)
+            profile.rest_ok.append(True)
+            profile.cost_fail.append(total)
+        else:
+            profile.static_ok.append(all(v["passed"] for v in verdicts[:at]))
+            profile.raw.append(verdicts[at].get("score") if verdicts[at]["passed"] else None)
+            profile.rest_ok.append(all(v["passed"] for v in verdicts[at + 1:]))
+            profile.cost_fail.append(call + sum(spent[: at + 1]))
+        profile.cost_full.append(total)
+        response = served.responses[model]
+        profile.correct.append(bool(record["output"] is not None and response.answer_correct(record["output"],
+                                                                                              served.gold)))
+    return profile
+
+
+def _accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) -> tuple[bool, int]:
+    """Whether tier profile `p` accepts row i at `threshold`, and what the attempt cost."""
+    if not p.static_ok[i]:
+        return False, p.cost_full[i]
+    if p.scored:
+        if cal[i] is None or cal[i] < threshold:
+            return False, p.cost_fail[i]
+    return p.rest_ok[i], p.cost_full[i]
+
+
+def simulate(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
+             keep_last: bool) -> tuple[list[int], int, list[int]]:
+    """Per-row correctness (0/1), total cost and escalations per tier of the cascade at `thresholds`."""
+    n = len(profiles[0].correct)
+    correct, cost, escalated = [0] * n, 0, [0] * len(profiles)
+    for i in range(n):
+        for t, p in enumerate(profiles):
+            accepted, spent = _accepts(p, i, cal[t], thresholds[t])
+            cost += spent
+            if accepted or t == len(profiles) - 1:
+                correct[i] = int(p.correct[i] and (accepted or keep_last))
+                break
+            escalated[t] += 1
+    return correct, cost, escalated
+
+
+def lower_bound(values: Sequence[float], confidence: float) -> float:
+    """One-sided lower confidence bound of the mean (normal approximation)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean
+    z = statistics.NormalDist().inv_cdf(confidence)
+    return mean - z * statistics.pstdev(values) / math.sqrt(n)
+
+
+def meets(correct: list[int], reference: list[int], target: Target) -> bool:
+    """Whether the cascade's per-row correctness meets the target (paired against the reference for drop)."""
+    if target.kind == "drop":
+        return lower_bound([c - r for c, r in zip(correct, reference)], target.confidence) >= -target.value
+    return lower_bound(correct, target.confidence) >= target.value
+
+
+def candidates(values: list[float | None]) -> list[float]:
+    """Thresholds worth trying: the distinct calibrated values (thinned to quantiles) and NEVER."""
+    distinct = sorted({v for v in values if v is not None})
+    if len(distinct) > MAX_CANDIDATES:
+        step = (len(distinct) - 1) / (MAX_CANDIDATES - 1)
+        distinct = sorted({distinct[round(k * step)] for k in range(MAX_CANDIDATES)})
+    return distinct + [NEVER]
+
+
+def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
+                      keep_last: bool) -> tuple[list[float], bool]:
+    """The cheapest thresholds meeting the target on these rows; (all NEVER, False) when none does."""
+    reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
+    free = [t for t, p in enumerate(profiles) if p.scored and (t < len(profiles) - 1 or not keep_last)]
+    options = {t: candidates(cal[t]) for t in free}
+    base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
+    best: tuple[int, int, list[float]] | None = None
+
+    def consider(thresholds: list[float]) -> None:
+        nonlocal best
+        correct, cost, _ = simulate(profiles, cal, thresholds, keep_last)
+        if meets(correct, reference, target) and (best is None or (cost, -sum(correct)) < best[:2]):
+            best = (cost, -sum(correct), list(thresholds))
+
+    if math.prod(len(o) for o in options.values()) <= MAX_COMBINATIONS:
+        for combo in itertools.product(*options.values()):
+            consider([dict(zip(free, combo)).get(t, base[t]) for t in range(len(profiles))])
+    else:
+        current = list(base)
+        consider(current)
+        for _ in range(5):
+            before = list(current)
+            for t in free:
+                for value in options[t]:
+                    consider(current[:t] + [value] + current[t + 1:])
+                if best is not None:
+                    current = list(best[2])
+            if current == before:
+                break
+    return (best[2], True) if best is not None else (base, False)
+
+
+@dataclass
+class CalibrationResult:
+    """The fitted entries and the expected figures on the rows they were fitted on."""
+
+    entries: dict[str, TierCalibration]
+    report: dict[str, Any]
+
+
+def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,
+              rows: list[RecordedRow] | None = None) -> CalibrationResult:
+    """Profile every tier, fit isotonic maps, choose thresholds; the report holds the training figures."""
+    rows = list(rows if rows is not None else recorded.rows)
+    if not rows:
+        raise ConfigError(f"{recorded.source}: no rows to calibrate on")
+    profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in pipeline.ladder]
+    maps: dict[str, CalibrationMap] = {}
+    cal: list[list[float | None]] = []
+    for p in profiles:
+        pairs = [(r, c) for r, ok, c in zip(p.raw, p.static_ok, p.correct) if ok and r is not None]
+        if p.scored and pairs:
+            maps[p.name] = fit_isotonic([r for r, _ in pairs], [c for _, c in pairs])
+        cal.append([maps[p.name](r) if p.name in maps and r is not None else None for r in p.raw])
+    keep_last = pipeline.on_last_failure == "accept_flagged"
+    thresholds, feasible = choose_thresholds(profiles, cal, target, keep_last)
+    correct, cost, escalated = simulate(profiles, cal, thresholds, keep_last)
+    reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
+    last_cost = sum(tier_cost(settings, pipeline.ladder[-1], recorded.find((r.system, r.user)) or r) for r in rows)
+    n = len(rows)
+    entries = {p.name: TierCalibration(maps[p.name], thresholds[t], sum(1 for r in p.raw if r is not None))
+               for t, p in enumerate(profiles) if p.name in maps}
+    report = {
+        "pipeline": pipeline.name, "recorded": recorded.source, "rows": n,
+        "target": f"{target.kind}={target.value:g}", "confidence": target.confidence, "feasible": feasible,
+        "thresholds": {p.name: thresholds[t] for t, p in enumerate(profiles) if p.name in maps},
+        "accuracy": sum(correct) / n, "last_tier_accuracy": sum(reference) / n,
+        "cost_usd": to_usd(cost), "last_tier_cost_usd": to_usd(last_cost),
+        "cost_ratio": cost / last_cost if last_cost else None,
+        "escalation": {p.name: escalated[t] / n for t, p in enumerate(profiles[:-1])},
+    }
+    return CalibrationResult(entries, report)
+
+
+def calibration_paths(pipeline_file: Path) -> dict[str, set[str]]:
+    """The calibration files a pipeline's score verifiers name, each with the keys they read (tier or `key`)."""
+    try:
+        with pipeline_file.open("rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}   # loading the config reports what is wrong with the file
+    ladder = raw.get("ladder", [])
+    out: dict[str, set[str]] = {}
+    for section, specs in raw.get("verifiers", {}).items():
+        for spec in specs:
+            if isinstance(spec, dict) and spec.get("name") in SCORED and spec.get("calibration"):
+                keys = {spec["key"]} if spec.get("key") else set(ladder if section == "default" else [section])
+                out.setdefault(spec["calibration"], set()).update(keys)
+    return out
+
+
+def write_placeholders(config_dir: Path, pipeline_file: Path) -> list[Path]:
+    """Write a safe placeholder (escalate everything) for each referenced calibration file that is missing.
+
+    The config cannot load while a referenced file is missing, and `cascade calibrate` needs the
+    config; the placeholder is overwritten by the fit.
+    """
+    written = []
+    for name, keys in calibration_paths(pipeline_file).items():
+        path = config_dir / name
+        if not path.exists():
+            identity = CalibrationMap(((0.0, 0.0), (1.0, 1.0)))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(dump_calibration({k: TierCalibration(identity, NEVER) for k in sorted(keys)},
+                                              {"placeholder": True}))
+            written.append(path)
+    return written

@@ -1,0 +1,139 @@
+"""`cascade replay` and `cascade calibrate`: a pipeline evaluated and tuned offline on recorded responses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from producer.cli_common import config_option, load
+from worker.config.load import DEFAULT_CONFIG
+from worker.errors import CascadeError
+
+recorded_option = click.option("--recorded", "-r", required=True, type=click.Path(exists=True, dir_okay=False),
+                               help="Recorded responses (JSONL in the ../shared/datasets format).")
+split_option = click.option("--split", help="Only rows whose `split` field is this (e.g. train or test).")
+pipeline_option = click.option("--pipeline", "-p", required=True, help="Pipeline name (a file in pipelines/).")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def format_report(report: dict[str, Any], title: str) -> str:
+    """A replay or calibration report for humans."""
+    ratio = report["cost_ratio"]
+    escalation = ", ".join(f"{tier} {_percent(rate)}" for tier, rate in report["escalation"].items())
+    lines = [
+        title,
+        f"  rows: {report.get('jobs', report.get('rows'))}; accuracy {_percent(report['accuracy'])} "
+        f"(last tier alone {_percent(report['last_tier_accuracy'])})",
+        f"  cost: ${report['cost_usd']:.6f}; last tier alone ${report['last_tier_cost_usd']:.6f}; "
+        f"ratio {'-' if ratio is None else f'{ratio:.3f}'}",
+        f"  escalated (share of jobs): {escalation or '-'}",
+    ]
+    if report.get("oracle_cost_ratio") is not None:
+        lines.append(f"  oracle (stop at the first correct tier): accuracy {_percent(report['oracle_accuracy'])}, "
+                     f"cost ratio {report['oracle_cost_ratio']:.3f}")
+    if "thresholds" in report:
+        lines.append("  thresholds (calibrated P(correct)): "
+                     + ", ".join(f"{t} {v:g}" for t, v in report["thresholds"].items()))
+        if not report["feasible"]:
+            lines.append(f"  target {report['target']} not reachable on these rows: every scored tier escalates")
+    return "\n".join(lines)
+
+
+def _rows(recorded: Any, split: str | None) -> list[Any]:
+    rows = [r for r in recorded.rows if split is None or r.split == split]
+    if not rows:
+        raise click.BadParameter(f"no rows{f' with split {split!r}' if split else ''} in {recorded.source}",
+                                 param_hint="--recorded")
+    return rows
+
+
+@click.command("replay")
+@pipeline_option
+@recorded_option
+@split_option
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the result records (JSONL) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON line on stdout.")
+@config_option
+def replay_command(pipeline: str, recorded: str, split: str | None, out: str | None, as_json: bool,
+                   config_path: str | None) -> None:
+    """Run a pipeline's exact decisions over recorded responses: accuracy, cost, escalation, oracle.
+
+    Example: cascade replay -p mmlu -r ../shared/datasets/mmlu-oai-test.jsonl --config examples/recorded/config/cascade.toml
+    """
+    from producer.replay import replay
+    from worker.providers.recorded import load_recorded
+
+    settings = load(config_path, "")
+    try:
+        pipe = settings.pipeline(pipeline)
+        data = load_recorded(recorded)
+        result = replay(settings, pipe, data, _rows(data, split))
+    except CascadeError as e:
+        raise click.ClickException(str(e)) from None
+    if out:
+        Path(out).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in result.records))
+    if as_json:
+        click.echo(orjson.dumps(result.report).decode())
+    else:
+        click.echo(format_report(result.report, f"replay of pipeline {pipeline} on {recorded}"), err=True)
+
+
+@click.command("calibrate")
+@pipeline_option
+@recorded_option
+@split_option
+@click.option("--target", default="drop=0.01", show_default=True,
+              help="drop=X (accuracy at most X below the last tier's), accuracy=X or error=X.")
+@click.option("--confidence", type=float, default=0.8, show_default=True,
+              help="How sure the target must be on the training rows (one-sided normal bound).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="Calibration file to write (default: the one the pipeline's verifiers name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON line on stdout.")
+@config_option
+def calibrate_command(pipeline: str, recorded: str, split: str | None, target: str, confidence: float,
+                      out: str | None, as_json: bool, config_path: str | None) -> None:
+    """Fit calibration maps and the cheapest per-tier thresholds that meet a quality target.
+
+    Example: cascade calibrate -p mmlu -r ../shared/datasets/mmlu-oai-train.jsonl --target drop=0.01 --config examples/recorded/config/cascade.toml
+    """
+    from producer.calibrate import Target, calibrate, calibration_paths, write_placeholders
+    from verifiers.calibration import dump_calibration
+    from worker.providers.recorded import load_recorded
+
+    try:
+        goal = Target.parse(target, confidence)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--target") from None
+    config_dir = Path(config_path or os.environ.get("CASCADE_CONFIG") or DEFAULT_CONFIG).parent
+    pipeline_file = config_dir / "pipelines" / f"{pipeline}.toml"
+    named = calibration_paths(pipeline_file) if pipeline_file.exists() else {}
+    if out is None and len(named) != 1:
+        raise click.UsageError(f"pipeline {pipeline}: its score verifiers name {len(named)} calibration files; "
+                               "give --out")
+    if pipeline_file.exists():
+        write_placeholders(config_dir, pipeline_file)
+    settings = load(config_path, "")
+    try:
+        pipe = settings.pipeline(pipeline)
+        data = load_recorded(recorded)
+        result = calibrate(settings, pipe, data, goal, _rows(data, split))
+    except CascadeError as e:
+        raise click.ClickException(str(e)) from None
+    if not result.entries:
+        raise click.ClickException(f"pipeline {pipeline} has no logprob or self_consistency verifier to calibrate")
+    path = Path(out) if out else config_dir / next(iter(named))
+    meta = {"method": "isotonic", **{k: result.report[k] for k in ("pipeline", "target", "confidence", "rows")},
+            "fitted_on": recorded}
+    path.write_bytes(dump_calibration(result.entries, meta))
+    result.report["calibration"] = str(path)
+    if as_json:
+        click.echo(orjson.dumps(result.report).decode())
+    else:
+        click.echo(format_report(result.report, f"calibration of {pipeline} on {recorded} -> {path}"), err=True)

@@ -1,0 +1,79 @@
+"""Recorded answers over the full stack: the simulator serves them over HTTP, real Celery workers on real
+Redis run the pipeline through the official SDK, and every job ends as `cascade replay` predicts."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from producer.replay import replay
+from simulator import SimServer, load_scenario
+from tests.cluster import Workers, cascade_env, delete_namespace, read_jsonl, run_cli
+from tests.helpers import REPO
+from worker.config import load_settings
+from worker.providers.recorded import load_recorded
+
+DATASET = REPO.parent / "shared" / "datasets" / "mmlu-oai-test.jsonl"
+ROWS = 60
+
+pytestmark = pytest.mark.skipif(not DATASET.exists(), reason=f"{DATASET} is not here")
+
+
+def recorded_config(tmp_path: Path) -> tuple[Path, str]:
+    """examples/recorded/config with its own namespace and queue names, so tests share a Redis safely."""
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    target = tmp_path / "config"
+    shutil.copytree(REPO / "examples" / "recorded" / "config", target)
+    path = target / "cascade.toml"
+    text = path.read_text().replace('namespace = "recorded"', f'namespace = "{ns}"')
+    for tier in ("mini", "qwen72", "gpt4o", "gpt35", "gpt4", "mixtral", "gpt4turbo"):
+        text = text.replace(f"[tiers.{tier}]\n", f'[tiers.{tier}]\nqueue = "{ns}.tier.{tier}"\n')
+    path.write_text(text + "\n[engine]\nbackoff_base_s = 0.05\n")
+    return path, ns
+
+
+def test_workers_over_the_simulator_decide_like_replay(tmp_path, redis_url):
+    # Given: 60 recorded MMLU rows, served by the simulator, and the mmlu pipeline with its shipped calibration
+    lines = DATASET.read_bytes().splitlines()[:ROWS]
+    recorded_file = tmp_path / "slice.jsonl"
+    recorded_file.write_bytes(b"\n".join(lines) + b"\n")
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(f'seed = 1\nrecorded = "{recorded_file}"\n')
+    config, ns = recorded_config(tmp_path)
+    recorded = load_recorded(recorded_file)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b"".join(orjson.dumps({"id": r.id, "system": r.system, "user": r.user}) + b"\n"
+                              for r in recorded.rows))
+    settings = load_settings(config, environ={})
+    expected = replay(settings, settings.pipeline("mmlu"), recorded)
+
+    # When: the batch runs on one real worker per tier
+    with SimServer(load_scenario(scenario)) as sim:
+        env = cascade_env(redis_url, sim.url)
+        workers = Workers(config, env, tmp_path)
+        try:
+            for tier in ("mini", "qwen72", "gpt4o"):
+                workers.start(tier, concurrency=4)
+            done = run_cli(["cascade-submit", str(jobs), "--pipeline", "mmlu", "--config", str(config), "--wait",
+                            "--out", str(tmp_path / "results.jsonl"), "--no-progress", "--json"], env, timeout=120)
+            assert done.returncode == 0, done.stderr.decode()
+        finally:
+            workers.close()
+            delete_namespace(redis_url, ns)
+        stats = sim.stats()
+
+    # Then: the same decision for every job, at the same cost, every answer from the recording
+    records = read_jsonl(tmp_path / "results.jsonl")
+    assert {r["id"]: (r["status"], r["tier"]) for r in records} == expected.decisions
+    by_id = {r["id"]: r for r in expected.records}
+    for record in records:
+        assert record["cost_usd"] == pytest.approx(by_id[record["id"]]["cost_usd"])
+        assert record["output"] == by_id[record["id"]]["output"]
+    assert len({tier for _, tier in expected.decisions.values()}) >= 2     # the slice does escalate
+    assert stats["totals"]["answers"]["correct"] + stats["totals"]["answers"]["wrong"] == stats["totals"]["ok"]
+    summary = orjson.loads(done.stdout)
+    assert summary["statuses"] == expected.report["statuses"]

@@ -1,0 +1,163 @@
+"""Replay: the replay provider, the engine's decisions over recorded rows, calibration fitted on them, the CLI."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from producer.calibrate import Target
+from producer.cli import cascade
+from producer.replay import replay
+from simulator import parse_scenario
+from tests.helpers import REPO
+from worker.config import load_settings
+from worker.errors import Permanent
+from worker.models import CompletionRequest
+from worker.providers.recorded import load_recorded
+from worker.providers.replay import ReplayProvider
+
+PIPELINE = """output = "label"
+labels = ["A", "B", "C", "D"]
+ladder = ["mini", "gpt4o"]
+[prompt]
+system = "{system}"
+user = "{user}"
+[verifiers]
+default = [{ name = "choices" }, { name = "logprob", LOGPROB }]
+"""
+
+
+def response(text: str, p: float, correct: bool, output_tokens: int = 1, **extra) -> dict:
+    return {"text": text, "input_tokens": 100, "output_tokens": output_tokens, "logprob": math.log(p),
+            "correct": correct, **extra}
+
+
+def row(i: int, mini: dict, big: dict, split: str = "test") -> dict:
+    return {"id": f"r{i}", "split": split, "messages": [{"role": "system", "content": "Pick one."},
+                                                        {"role": "user", "content": f"Question {i}?"}],
+            "responses": {"gpt-4o-mini": mini, "gpt-4o": big}}
+
+
+ROWS = [
+    row(0, response("A", 0.95, True), response("A", 0.9, True)),       # confident and right: stays cheap
+    row(1, response("B", 0.5, False), response("C", 0.9, True)),       # unsure: escalates, accepted there
+    row(2, response("Z", 0.99, False), response("D", 0.3, True)),      # not a label; unsure at the top: flagged
+    row(3, response("A", 0.99, False), response("B", 0.9, True)),      # confidently wrong: the miss
+]
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    target = tmp_path / "config"
+    shutil.copytree(REPO / "examples" / "recorded" / "config", target)
+    (target / "pipelines" / "mc.toml").write_text(PIPELINE.replace("LOGPROB", "threshold = 0.8"))
+    return target / "cascade.toml"
+
+
+def test_replay_provider_serves_recorded_answers_as_the_api_would(tmp_path):
+    samples = [f"A: {n}" for n in (4, 4, 5, 4)]
+    rows = [row(0, response("A: 4", 0.8, True, 40, samples=samples), response("4", 0.9, True))]
+    data = load_recorded(write(tmp_path / "rec.jsonl", rows))
+    provider = ReplayProvider(data)
+    request = CompletionRequest(model="gpt-4o-mini", system="Pick one.", user="Question 0?", max_tokens=8)
+    one = provider.complete(request)
+    assert one.text == "A: 4" and one.logprobs == () and one.usage.input_tokens == 100
+    assert one.usage.output_tokens == 10                                      # one sample's share of 40
+    with_lp = provider.complete(replace(request, logprobs=True))
+    assert [(t.token, round(t.logprob, 6)) for t in with_lp.logprobs] == [("A: 4", round(math.log(0.8), 6))]
+    many = provider.complete(replace(request, n=3))
+    assert many.samples == tuple(samples[:3]) and many.usage.output_tokens == 30
+    with pytest.raises(Permanent, match="has 4 recorded samples, 5 were asked for"):
+        provider.complete(replace(request, n=5))
+    with pytest.raises(Permanent, match="no recorded response"):
+        provider.complete(replace(request, user="Question 9?"))
+    with pytest.raises(Permanent, match="has no response from 'gpt-4'"):
+        provider.complete(replace(request, model="gpt-4"))
+
+
+def test_replay_runs_the_engine_and_reports_against_the_references(config, tmp_path):
+    settings = load_settings(config, environ={})
+    data = load_recorded(write(tmp_path / "rec.jsonl", ROWS))
+    result = replay(settings, settings.pipeline("mc"), data)
+    assert result.decisions == {"r0": ("accepted", "mini"), "r1": ("accepted", "gpt4o"),
+                                "r2": ("accepted_unverified", "gpt4o"), "r3": ("accepted", "mini")}
+    report = result.report
+    mini, big = 100 * 0.15 + 0.6, 100 * 2.5 + 10.0          # micro-USD per call
+    assert report["accuracy"] == 0.75 and report["last_tier_accuracy"] == 1.0
+    assert report["cost_usd"] == pytest.approx((4 * mini + 2 * big) / 1e6)
+    assert report["cost_ratio"] == pytest.approx((4 * mini + 2 * big) / (4 * big))
+    assert report["escalation"] == {"mini": 0.5}
+    assert report["oracle_accuracy"] == 1.0
+    assert report["oracle_cost_ratio"] == pytest.approx((mini + 3 * (mini + big)) / (4 * big))
+
+
+def test_replay_refuses_a_pipeline_the_recording_cannot_fill(config, tmp_path):
+    settings = load_settings(config, environ={})
+    data = load_recorded(write(tmp_path / "rec.jsonl", ROWS))
+    with pytest.raises(Exception, match=r"model 'gpt-3.5-turbo' has no responses in"):
+        replay(settings, settings.pipeline("date-mot"), data)
+
+
+def synthetic(n: int, split: str) -> list[dict]:
+    """mini is right when confident (mostly), gpt-4o is right 90% of the time."""
+    rows = []
+    for i in range(n):
+        p = 0.3 + 0.7 * ((i * 37) % n) / n
+        rows.append(row(i, response("A", p, (i % 10) < 10 * p - 1), response("B", 0.9, i % 10 != 0), split))
+    return rows
+
+
+def test_calibrate_fits_what_replay_then_measures(config, tmp_path):
+    # Given: a pipeline whose logprob check reads a calibration file that does not exist yet
+    pipeline = config.parent / "pipelines" / "mc.toml"
+    pipeline.write_text(PIPELINE.replace("LOGPROB", 'calibration = "calibration/mc.json"'))
+    recorded = write(tmp_path / "train.jsonl", synthetic(80, "train"))
+    runner = CliRunner()
+    # When: calibrate writes it, then replay runs the pipeline that reads it, on the same rows
+    fit = runner.invoke(cascade, ["calibrate", "-p", "mc", "-r", str(recorded), "--target", "drop=0.05",
+                                  "--config", str(config), "--json"])
+    assert fit.exit_code == 0, fit.output
+    fitted = orjson.loads(fit.stdout)
+    run = runner.invoke(cascade, ["replay", "-p", "mc", "-r", str(recorded), "--config", str(config), "--json"])
+    assert run.exit_code == 0, run.output
+    measured = orjson.loads(run.stdout)
+    # Then: the fit's expectation is exactly what the real engine does, and it meets the target
+    assert fitted["feasible"] and 0 < fitted["escalation"]["mini"] < 1
+    for key in ("accuracy", "cost_usd", "cost_ratio", "escalation"):
+        assert measured[key] == pytest.approx(fitted[key]), key
+    assert measured["accuracy"] >= measured["last_tier_accuracy"] - 0.05
+    saved = orjson.loads((config.parent / "calibration" / "mc.json").read_bytes())
+    assert saved["format"] == "cascade-calibration/1" and set(saved["tiers"]) == {"mini", "gpt4o"}
+
+
+def test_calibrate_and_replay_errors_are_clear(config, tmp_path):
+    runner = CliRunner()
+    recorded = write(tmp_path / "rec.jsonl", ROWS)
+    bad = runner.invoke(cascade, ["calibrate", "-p", "mc", "-r", str(recorded), "--target", "drop",
+                                  "--config", str(config), "--out", str(tmp_path / "x.json")])
+    assert bad.exit_code == 2 and "expected drop=X, accuracy=X or error=X" in bad.output
+    empty = runner.invoke(cascade, ["replay", "-p", "mc", "-r", str(recorded), "--split", "train",
+                                    "--config", str(config)])
+    assert empty.exit_code == 2 and "no rows with split 'train'" in empty.output
+    assert Target.parse("error=0.1") == Target("accuracy", 0.9, 0.8)
+
+
+def test_simulator_scenario_serves_recorded_answers_before_rules(tmp_path):
+    recorded = write(tmp_path / "rec.jsonl", ROWS)
+    scenario = parse_scenario(f'recorded = "{recorded}"\n[[rules]]\nmatch = ".*"\nanswer = "rule"\n')
+    answers, prompt = scenario.recorded_answers("gpt-4o", ("Pick one.", "Question 1?"), 1, True)
+    assert [a.text for a in answers] == ["C"] and prompt == 100 and answers[0].outcome == "correct"
+    assert answers[0].logprobs == (("C", pytest.approx(math.log(0.9))),)
+    assert scenario.recorded_answers("gpt-4o", ("Pick one.", "Unrecorded?")) is None
+    assert scenario.answer("gpt-4o", "Unrecorded?").text == "rule"

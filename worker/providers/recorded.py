@@ -1,0 +1,149 @@
+"""Recorded multi-model responses (the ../shared/datasets format): read, index by prompt, turn into answers.
+
+One JSON object per line: id, split, messages (system / user), gold, and per model a response
+with text, input/output tokens, cost, latency, the answer token's logprob, samples and `correct`.
+The replay provider and the simulator both serve answers from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from worker.errors import ConfigError, Permanent
+from worker.models import Completion, TokenLogprob, Usage
+
+
+@dataclass(frozen=True)
+class RecordedResponse:
+    """One model's recorded answer to one prompt."""
+
+    model: str
+    text: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    logprob: float | None = None            # log-probability of the answer token, where recorded
+    samples: tuple[str, ...] = ()           # n sampled answers, where recorded
+    sample_answers: tuple[str, ...] = ()    # the source's extracted answer of each sample (or of `text`)
+    correct: bool | None = None
+
+    def answer_correct(self, text: str, gold: str | None) -> bool | None:
+        """Whether `text` (this answer, or one of its samples) is right: by gold where it can tell, else `correct`."""
+        candidates = self.samples or (self.text,)
+        if gold is not None and text in candidates and len(self.sample_answers) == len(candidates):
+            return self.sample_answers[candidates.index(text)].strip() == gold.strip()
+        return self.correct
+
+    def completion(self, n: int = 1, logprobs: bool = False) -> Completion:
+        """The answer as the API returns it for `n` choices (samples served in recorded order).
+
+        Only the answer token's logprob is recorded, so logprobs are one entry spanning the text.
+        Usage for n < recorded samples is the prompt plus a share of the recorded output tokens.
+        """
+        recorded = len(self.samples)
+        if n > 1 and n > recorded:
+            raise Permanent(f"replay: {self.model} has {recorded} recorded samples, {n} were asked for")
+        share = n / recorded if recorded else 1.0
+        usage = Usage(self.input_tokens, max(1, round(self.output_tokens * share)) if self.output_tokens else 0)
+        tokens = (TokenLogprob(self.text, self.logprob),) if logprobs and self.logprob is not None else ()
+        return Completion(text=self.text if n == 1 else self.samples[0], usage=usage, finish_reason="stop",
+                          model=self.model, latency_ms=self.latency_ms, logprobs=tokens,
+                          samples=self.samples[:n] if n > 1 else ())
+
+
+@dataclass(frozen=True)
+class RecordedRow:
+    """One recorded prompt and every model's response to it."""
+
+    id: str
+    split: str
+    system: str
+    user: str
+    gold: str | None
+    responses: Mapping[str, RecordedResponse] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """What a request must send to be answered from this row."""
+        return prompt_key((self.system, self.user))
+
+
+def prompt_key(texts: tuple[str, ...] | list[str]) -> str:
+    """The lookup key of a request: its non-empty message texts (system first), in order."""
+    return "\x1e".join(t for t in texts if t)
+
+
+class RecordedSet:
+    """Rows of one recorded file, by id and by prompt (the first row wins for a repeated prompt)."""
+
+    def __init__(self, rows: list[RecordedRow], source: str = "<recorded>"):
+        self.rows = tuple(rows)
+        self.source = source
+        by_key: dict[str, RecordedRow] = {}
+        for row in rows:
+            by_key.setdefault(row.key, row)
+        self._by_key = MappingProxyType(by_key)
+
+    def find(self, texts: tuple[str, ...] | list[str]) -> RecordedRow | None:
+        """The row recorded for a request with these message texts, or None."""
+        return self._by_key.get(prompt_key(texts))
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model with a recorded response, in first-seen order."""
+        seen: dict[str, None] = {}
+        for row in self.rows:
+            seen.update(dict.fromkeys(row.responses))
+        return tuple(seen)
+
+
+def load_recorded(path: str | Path, split: str | None = None) -> RecordedSet:
+    """Read a recorded file (only rows of `split` when given); ConfigError names the file and line."""
+    rows = [row for row in _rows(Path(path)) if split is None or row.split == split]
+    return RecordedSet(rows, str(path))
+
+
+def _rows(path: Path) -> Iterator[RecordedRow]:
+    try:
+        stream = path.open("rb")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read recorded responses: {e.strerror or e}") from None
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            if line.strip():
+                try:
+                    yield _row(orjson.loads(line))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    raise ConfigError(f"{path}: line {number}: not a recorded row ({type(e).__name__}: {e})") from None
+
+
+def _row(data: dict[str, Any]) -> RecordedRow:
+    messages = data["messages"]
+    roles = {m["role"] for m in messages}
+    if not roles <= {"system", "user"} or "user" not in roles:
+        raise ValueError("messages must be system and user messages")
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    user = [m["content"] for m in messages if m["role"] == "user"][-1]
+    responses = {model: _response(model, r) for model, r in data["responses"].items()}
+    gold = data.get("gold")
+    return RecordedRow(str(data["id"]), str(data.get("split", "")), system, user,
+                       None if gold is None else str(gold), MappingProxyType(responses))
+
+
+def _response(model: str, r: dict[str, Any]) -> RecordedResponse:
+    return RecordedResponse(
+        model=model, text=str(r["text"]), input_tokens=int(r.get("input_tokens", 0)),
+        output_tokens=int(r.get("output_tokens", 0)), cost_usd=float(r.get("cost_usd", 0.0)),
+        latency_ms=float(r.get("latency_ms") or 0.0),
+        logprob=None if r.get("logprob") is None else float(r["logprob"]),
+        samples=tuple(str(s) for s in r.get("samples", ())),
+        sample_answers=tuple(str(s) for s in r.get("sample_answers", ())),
+        correct=None if r.get("correct") is None else bool(r["correct"]),
+    )
