@@ -2,9 +2,11 @@
 
     python -m benchmarks.recorded [--datasets ../shared/datasets] [--config examples/recorded/config]
 
-For each set: copy the example config to a temporary directory, `cascade calibrate` on the train
-split (where the pipeline has a score verifier), then `cascade replay` on the test split. One JSON
-object per set on stdout, then one JSON line with every set.
+For each set in the datasets folder (benchmarks/recorded_sets.py finds them, and derives a pipeline
+from the training rows for a set without an example pipeline): copy the example config to a
+temporary directory, `cascade calibrate` on the train split (where the pipeline has a score
+verifier), then `cascade replay` on the test split. One JSON object per set on stdout, then one
+JSON line with every set.
 """
 
 from __future__ import annotations
@@ -14,64 +16,48 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from producer.calibrate import Target, calibrate, calibration_paths, write_placeholders
+from benchmarks.recorded_sets import RecordedBenchmark, derive_pipeline, discover
 from producer.replay import replay
-from verifiers.calibration import dump_calibration
+from verifiers.calibration import CONFIDENCE_DEFAULT, dump_calibration
 from worker.config import load_settings
 from worker.providers.recorded import load_recorded
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@dataclass(frozen=True)
-class RecordedBenchmark:
-    """One recorded set: its files, the pipeline that runs it, and the quality target to fit for."""
-
-    name: str
-    pipeline: str
-    train: str                     # file name; with `split_field`, the same file as test
-    test: str
-    target: str = "drop=0.01"      # accuracy no more than this below the last tier's (on train, with confidence)
-    split_field: bool = False      # rows carry "split": train | test
-
-
-SETS = (
-    RecordedBenchmark("mmlu-oai", "mmlu", "mmlu-oai-train.jsonl", "mmlu-oai-test.jsonl"),
-    RecordedBenchmark("medmcqa-oai", "medmcqa", "medmcqa-oai-train.jsonl", "medmcqa-oai-test.jsonl"),
-    RecordedBenchmark("date-mot", "date-mot", "date-mot.jsonl", "date-mot.jsonl", "drop=0.02", split_field=True),
-    RecordedBenchmark("gsm8k-routellm", "gsm8k", "gsm8k-routellm.jsonl", "gsm8k-routellm.jsonl", split_field=True),
-)
-
-
 def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confidence: float) -> dict:
     """Fit on train (when there is something to fit), replay test; the set's JSON summary."""
     started = time.perf_counter()
-    pipeline_file = config_dir / "pipelines" / f"{bench.pipeline}.toml"
+    train = load_recorded(datasets / bench.train, "train" if bench.split_field else None)
+    name, target = bench.pipeline, bench.target
+    if name is None:
+        name, scored = derive_pipeline(bench.name, train, config_dir)
+        target = target if scored else None
+    pipeline_file = config_dir / "pipelines" / f"{name}.toml"
     write_placeholders(config_dir, pipeline_file)
     settings = load_settings(config_dir / "cascade.toml", environ={})
-    pipeline = settings.pipeline(bench.pipeline)
-    train = load_recorded(datasets / bench.train, "train" if bench.split_field else None)
+    pipeline = settings.pipeline(name)
     fitted = None
     named = calibration_paths(pipeline_file)
-    if named:
-        fitted = calibrate(settings, pipeline, train, Target.parse(bench.target, confidence))
-        (config_dir / next(iter(named))).write_bytes(dump_calibration(fitted.entries, {"pipeline": bench.pipeline}))
+    if named and target:
+        fitted = calibrate(settings, pipeline, train, Target.parse(target, confidence))
+        (config_dir / next(iter(named))).write_bytes(dump_calibration(fitted.entries, {"pipeline": name}))
         settings = load_settings(config_dir / "cascade.toml", environ={})
-        pipeline = settings.pipeline(bench.pipeline)
+        pipeline = settings.pipeline(name)
     test = load_recorded(datasets / bench.test, "test" if bench.split_field else None)
     report = replay(settings, pipeline, test).report
     return {
         "set": bench.name,
-        "pipeline": bench.pipeline,
+        "pipeline": name,
         "ladder": list(pipeline.ladder),
         "train_rows": len(train.rows),
         "test_rows": report["jobs"],
-        "target": bench.target if fitted else None,
+        "target": target if fitted else None,
         "thresholds": fitted.report["thresholds"] if fitted else None,
         "accuracy": _round(report["accuracy"]),
         "last_tier_accuracy": _round(report["last_tier_accuracy"]),
@@ -92,22 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--config", type=Path, default=REPO / "examples" / "recorded" / "config")
-    parser.add_argument("--confidence", type=float, default=0.8, help="confidence of the fitted target")
+    parser.add_argument("--confidence", type=float, default=CONFIDENCE_DEFAULT, help="confidence of the fitted target")
     parser.add_argument("--set", dest="sets", action="append", help="only this set (repeatable)")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="cascade-recorded-") as tmp:
         config_dir = Path(tmp) / "config"
         shutil.copytree(args.config, config_dir)
-        for bench in SETS:
+        for bench in discover(args.datasets):
             if args.sets and bench.name not in args.sets:
-                continue
-            if not (args.datasets / bench.train).exists() or not (args.datasets / bench.test).exists():
-                print(f"skipping {bench.name}: not in {args.datasets}", file=sys.stderr)
                 continue
             result = run_set(bench, args.datasets, config_dir, args.confidence)
             results.append(result)
             print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode(), flush=True)
+    if not results:
+        print(f"no recorded sets in {args.datasets}", file=sys.stderr)
     print(orjson.dumps({"benchmark": "recorded", "sets": results}).decode())
     return 0
 

@@ -10,6 +10,7 @@ import click
 import orjson
 
 from producer.cli_common import config_option, load
+from verifiers.calibration import CONFIDENCE_DEFAULT
 from worker.config.load import DEFAULT_CONFIG
 from worker.errors import CascadeError
 
@@ -40,7 +41,8 @@ def format_report(report: dict[str, Any], title: str) -> str:
                      f"cost ratio {report['oracle_cost_ratio']:.3f}")
     if "thresholds" in report:
         lines.append("  thresholds (calibrated P(correct)): "
-                     + ", ".join(f"{t} {v:g}" for t, v in report["thresholds"].items()))
+                     + ", ".join(f"{t} {v:g}" for t, v in report["thresholds"].items())
+                     + f"; no answer accepted below {report['answer_floor']:.3f}")
         if not report["feasible"]:
             lines.append(f"  target {report['target']} not reachable on these rows: every scored tier escalates")
     return "\n".join(lines)
@@ -91,7 +93,7 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
 @split_option
 @click.option("--target", default="drop=0.01", show_default=True,
               help="drop=X (accuracy at most X below the last tier's), accuracy=X or error=X.")
-@click.option("--confidence", type=float, default=0.8, show_default=True,
+@click.option("--confidence", type=float, default=CONFIDENCE_DEFAULT, show_default=True,
               help="How sure the target must be on the training rows (one-sided normal bound).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="Calibration file to write (default: the one the pipeline's verifiers name).")

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from producer.calibrate import Target
+from producer.calibrate import Target, TierProfile, choose_thresholds
 from producer.cli import cascade
 from producer.replay import replay
 from simulator import parse_scenario
@@ -150,7 +150,7 @@ def test_calibrate_and_replay_errors_are_clear(config, tmp_path):
     empty = runner.invoke(cascade, ["replay", "-p", "mc", "-r", str(recorded), "--split", "train",
                                     "--config", str(config)])
     assert empty.exit_code == 2 and "no rows with split 'train'" in empty.output
-    assert Target.parse("error=0.1") == Target("accuracy", 0.9, 0.8)
+    assert Target.parse("error=0.1", 0.8) == Target("accuracy", 0.9, 0.8)
 
 
 def test_simulator_scenario_serves_recorded_answers_before_rules(tmp_path):
@@ -161,3 +161,26 @@ def test_simulator_scenario_serves_recorded_answers_before_rules(tmp_path):
     assert answers[0].logprobs == (("C", pytest.approx(math.log(0.9))),)
     assert scenario.recorded_answers("gpt-4o", ("Pick one.", "Unrecorded?")) is None
     assert scenario.answer("gpt-4o", "Unrecorded?").text == "rule"
+
+
+def profile(name: str, scores: list[float], correct: list[bool], cost: int) -> TierProfile:
+    n = len(scores)
+    return TierProfile(name, True, [True] * n, list(scores), [True] * n, [cost] * n, [cost] * n, list(correct))
+
+
+def test_a_middle_tier_lucky_on_train_does_not_buy_the_cheap_tier_its_wrong_answers():
+    # Given: 200 training rows. The cheap tier is sure and right on half (P=0.95), a coin toss on the
+    # other half (P=0.5); the middle tier is right on every row; the last tier is right on 150.
+    cheap_p = [0.95] * 100 + [0.5] * 100
+    cheap_ok = [i % 20 != 0 for i in range(100)] + [i % 2 == 0 for i in range(100)]
+    last_ok = [c or i in range(100, 105) for i, c in enumerate(cheap_ok)]
+    profiles = [profile("cheap", cheap_p, cheap_ok, 1), profile("mid", [0.99] * 200, [True] * 200, 10),
+                profile("last", [0.9] * 200, last_ok, 100)]
+    cal = [p.raw for p in profiles]
+    target = Target("drop", 0.05, 0.9)
+    # When: thresholds are chosen for "no more than 5 points below the last tier"
+    thresholds, feasible = choose_thresholds(profiles, cal, target, keep_last=True)
+    # Then: the coin tosses are escalated (below the per-answer floor 0.75 - 0.05), although accepting them
+    # all would still have met the batch target on these rows thanks to nothing but the middle tier
+    assert feasible
+    assert thresholds[0] == 0.95 and thresholds[1] <= 0.99

@@ -1,0 +1,42 @@
+"""benchmarks.recorded on sets it has no example pipeline for: it derives one from the training rows alone."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from benchmarks import recorded
+from benchmarks.recorded_sets import discover
+from tests.helpers import REPO
+
+DATASETS = REPO.parent / "shared" / "datasets"
+
+pytestmark = pytest.mark.skipif(not (DATASETS / "medmcqa-oai-train.jsonl").exists(), reason=f"{DATASETS} is not here")
+
+
+def test_discover_pairs_split_files_and_keeps_single_files(tmp_path):
+    for name in ("a-train.jsonl", "a-test.jsonl", "b.jsonl", "c-train.jsonl", "notes.txt"):
+        (tmp_path / name).write_text("")
+    found = {(b.name, b.train, b.test, b.split_field, b.pipeline) for b in discover(tmp_path)}
+    assert found == {("a", "a-train.jsonl", "a-test.jsonl", False, None), ("b", "b.jsonl", "b.jsonl", True, None)}
+
+
+def test_an_unseen_set_gets_a_derived_pipeline_fitted_on_train_only(tmp_path, capsys):
+    # Given: two sets under names the benchmark does not know: multiple choice with logprobs (train
+    # split + the first 300 test rows) and chain-of-thought with 20 samples per question
+    (tmp_path / "quiz-train.jsonl").symlink_to(DATASETS / "medmcqa-oai-train.jsonl")
+    head = (DATASETS / "medmcqa-oai-test.jsonl").read_bytes().splitlines(keepends=True)[:300]
+    (tmp_path / "quiz-test.jsonl").write_bytes(b"".join(head))
+    (tmp_path / "dates.jsonl").symlink_to(DATASETS / "date-mot.jsonl")
+    # When: the benchmark runs over that folder
+    assert recorded.main(["--datasets", str(tmp_path)]) == 0
+    summary = orjson.loads(capsys.readouterr().out.splitlines()[-1])
+    sets = {s["set"]: s for s in summary["sets"]}
+    # Then: each set has a cheap-first ladder, a calibrated signal and the figures the issue asks for
+    quiz, dates = sets["quiz"], sets["dates"]
+    assert quiz["ladder"][0] == "mini" and quiz["ladder"][-1] == "gpt4o" and quiz["test_rows"] == 300
+    assert set(quiz["thresholds"]) == set(quiz["ladder"][:-1]) and quiz["target"] == "drop=0.01"
+    assert dates["ladder"] == ["gpt35", "gpt4"] and "gpt35" in dates["thresholds"]
+    for s in (quiz, dates):
+        assert 0 < s["accuracy"] <= 1 and 0 < s["cost_ratio"] and 0 < s["oracle_cost_ratio"] < 1
+        assert set(s["escalation"]) == set(s["ladder"][:-1])
