@@ -1,12 +1,17 @@
 """Throughput at the provider's rate limit: two `cascade worker` processes share one tier's rpm / tpm.
 
 The simulator enforces `--rpm` and `--tpm` on one model over a rolling minute, with 300-800 ms of
-latency. Two real worker processes of that tier take jobs submitted with `cascade-submit`; the shared
-limiter in Redis must keep them just under the limit: achieved / limit close to 1, and no 429.
+latency, and counts tokens as OpenAI does (prompt + max_tokens at admission, never given back). Two
+real worker processes of that tier take jobs submitted with `cascade-submit`; the shared limiter in
+Redis must keep them just under the limit: achieved / limit close to 1, and no 429.
 
-    python -m benchmarks.ratelimit [--jobs 3000] [--rpm 1200] [--tpm 200000]
+Two runs: the headline, where requests per minute bind (`--tpm` leaves room), then one where tokens
+per minute bind (`--tpm-bound`, 0 to skip it).
 
-Prints one JSON line: {"limit_rpm", "achieved_rpm", "ratio", "provider_429", "jobs", "lost", ...}.
+    python -m benchmarks.ratelimit [--jobs 3000] [--rpm 1200] [--tpm 200000] [--tpm-bound 100000]
+
+Prints one JSON line: {"limit_rpm", "achieved_rpm", "ratio", "provider_429", "jobs", "lost", ...,
+"tpm_bound": {"limit_tpm", "achieved_tpm", "ratio", "provider_429", "jobs", "lost"}}.
 """
 
 from __future__ import annotations
@@ -107,11 +112,14 @@ def run(jobs: int, rpm: int, tpm: int, workers: int, root: Path) -> dict:
         for record in records:
             statuses[record["status"]] = statuses.get(record["status"], 0) + 1
         achieved = steady_rate(samples, jobs, 0.02, 0.98) * 60
+        # what the simulator charged each call against tpm: its prompt and the whole max_tokens
+        charged = stats.get("prompt_tokens", 0) / max(1, stats.get("ok", 0)) + tier["max_tokens"]
         log(f"submit exit {submit.returncode}; {elapsed:.1f}s wall; statuses {statuses}")
         return {
             "limit_rpm": rpm,
             "achieved_rpm": round(achieved, 1),
             "ratio": round(achieved / rpm, 4),
+            "achieved_tpm": round(achieved * charged),
             "provider_429": stats.get("rate_limited_429", 0) + stats.get("errors", {}).get("429", 0),
             "jobs": jobs,
             "lost": jobs - len({r["id"] for r in records}),
@@ -133,11 +141,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ratelimit", description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--rpm", type=int, default=1200)
-    parser.add_argument("--tpm", type=int, default=200_000)
+    parser.add_argument("--tpm", type=int, default=200_000, help="tokens/min of the headline run (not binding)")
+    parser.add_argument("--tpm-bound", type=int, default=100_000, help="tokens/min of the second run (binding)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
-        emit(run(args.jobs, args.rpm, args.tpm, args.workers, Path(tmp)))
+        result = run(args.jobs, args.rpm, args.tpm, args.workers, Path(tmp))
+    if args.tpm_bound:
+        log(f"second run: {args.tpm_bound} tokens/min binds")
+        with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
+            tokens = run(args.jobs, args.rpm, args.tpm_bound, args.workers, Path(tmp))
+        result["tpm_bound"] = {
+            "limit_tpm": args.tpm_bound, "achieved_tpm": tokens["achieved_tpm"],
+            "ratio": round(tokens["achieved_tpm"] / args.tpm_bound, 4), "achieved_rpm": tokens["achieved_rpm"],
+            "provider_429": tokens["provider_429"], "jobs": tokens["jobs"], "lost": tokens["lost"],
+        }
+    emit(result)
 
 
 if __name__ == "__main__":

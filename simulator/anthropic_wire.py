@@ -20,6 +20,8 @@ from simulator.wire import (
 
 API = "anthropic"
 PATH = "/v1/messages"
+#: Anthropic reserves max_tokens at admission and adjusts to the output produced at the end
+SETTLES_OUTPUT = True
 _STOP = MappingProxyType({"stop": "end_turn", "length": "max_tokens"})
 _ERROR_TYPE = MappingProxyType({
     "invalid_request": "invalid_request_error",

@@ -126,6 +126,7 @@ class SimEngine:
             return self._error(wire, "context_length", wire.context_message(prompt, profile.context_window))
 
         limiter = self._limiter(model)
+        charged_prompt = prompt
         admission = limiter.admit(prompt + request.budget_tokens) if limiter else None
         limit_headers = wire.limit_headers(admission) if admission else {}
         if admission is not None and not admission.allowed:
@@ -160,6 +161,8 @@ class SimEngine:
                 for sample in range(request.n)
             ]
         output = sum(answer.output_tokens for answer in answers)
+        if admission is not None and wire.SETTLES_OUTPUT:
+            limiter.settle(admission.ticket, charged_prompt + output)
         self.stats.answered(model, [answer.outcome for answer in answers], prompt, output)
         rid = wire.response_id(next(self._ids))
         document = wire.completion(request, answers, prompt, rid, int(time.time()))

@@ -20,6 +20,8 @@ from simulator.wire import (
 
 API = "openai"
 PATH = "/v1/chat/completions"
+#: OpenAI charges prompt + max_tokens x n against tpm at admission and keeps it
+SETTLES_OUTPUT = False
 _FINISH = MappingProxyType({"stop": "stop", "length": "length"})
 _ERROR_TYPE = MappingProxyType({
     "invalid_request": "invalid_request_error",

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 WINDOW_S = 60.0
@@ -26,6 +26,7 @@ class Admission:
     limit_tokens: int
     remaining_tokens: int
     reset_tokens_s: float
+    ticket: list | None = None    # the admitted entry, for `settle`
 
 
 class RollingWindow:
@@ -36,7 +37,7 @@ class RollingWindow:
         self.tpm = tpm
         self.window_s = window_s
         self.clock = clock
-        self._entries: deque[tuple[float, int]] = deque()
+        self._entries: deque[list] = deque()     # [admitted at, tokens charged]
         self._tokens = 0
         self._lock = threading.Lock()
 
@@ -48,11 +49,21 @@ class RollingWindow:
             wait_requests = self._wait_for_requests(now)
             wait_tokens = self._wait_for_tokens(now, tokens)
             allowed = wait_requests <= 0 and wait_tokens <= 0
+            ticket = None
             if allowed:
-                self._entries.append((now, tokens))
+                ticket = [now, tokens]
+                self._entries.append(ticket)
                 self._tokens += tokens
             reason = "" if allowed else ("requests" if wait_requests >= wait_tokens else "tokens")
-            return self._snapshot(now, allowed, max(wait_requests, wait_tokens, 0.0), reason)
+            return replace(self._snapshot(now, allowed, max(wait_requests, wait_tokens, 0.0), reason), ticket=ticket)
+
+    def settle(self, ticket: list, tokens: int) -> None:
+        """Charge an admitted request `tokens` instead of its reservation (Anthropic counts the output produced)."""
+        with self._lock:
+            self._expire(self.clock())
+            if ticket[0] > self.clock() - self.window_s:      # still in the window
+                self._tokens += tokens - ticket[1]
+                ticket[1] = tokens
 
     def _expire(self, now: float) -> None:
         while self._entries and self._entries[0][0] <= now - self.window_s:

@@ -70,8 +70,10 @@ class Scenario:
         outcome = "wrong" if response.correct is False else "correct"
         texts = completion.samples or (completion.text,)
         tokens = tuple((t.token, t.logprob) for t in completion.logprobs)
-        each = max(1, completion.usage.output_tokens // len(texts)) if completion.usage.output_tokens else 0
-        answers = [SimAnswer(text, "stop", outcome, tokens if i == 0 else (), each) for i, text in enumerate(texts)]
+        # the recorded output tokens shared out over the samples, so the usage adds up to what was recorded
+        each, extra = divmod(completion.usage.output_tokens, len(texts))
+        answers = [SimAnswer(text, "stop", outcome, tokens if i == 0 else (), each + (i < extra))
+                   for i, text in enumerate(texts)]
         return answers, completion.usage.input_tokens
 
     def injected_error(self, model: str, user_text: str, occurrence: int) -> str | None:

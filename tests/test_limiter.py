@@ -20,6 +20,8 @@ from worker.errors import RateLimited
 from worker.limiter import MARGIN_S, WINDOW_S, NoLimiter, RedisLimiter, request_bucket, token_bucket
 from worker.messages import AttemptMessage
 from worker.models import Completion, Job, Usage
+from worker.pricing import estimate_tokens
+from worker.prompts import render
 from worker.runtime import ProviderPool
 from worker.store import BatchStore
 
@@ -297,3 +299,56 @@ def test_processes_sharing_an_in_flight_cap_never_exceed_it(redis_url):
     starts, _, peak = _run_processes(redis_url, {"max_in_flight": 4}, seconds=2.0, hold_s=0.05)
     assert peak <= 4
     assert len(starts) >= 20
+
+
+class RecordingLimiter(NoLimiter):
+    """Admits everything and records what the engine reserved and settled."""
+
+    def __init__(self):
+        self.reserved: list[int] = []
+        self.settled: list[int] = []
+
+    def acquire(self, tier, tokens):
+        self.reserved.append(tokens)
+        return tokens
+
+    def settle(self, tier, lease, used_tokens):
+        self.settled.append(used_tokens)
+
+
+SAMPLED = """output = "json"
+ladder = ["cheap"]
+[prompt]
+system = "Triage."
+user = "{subject}"
+[verifiers]
+default = [{ name = "self_consistency", samples = 3, field = "category" }]
+"""
+
+
+@pytest.mark.parametrize(("counts_max_tokens", "pipeline", "n"),
+                         [(True, "ticket-triage", 1), (False, "ticket-triage", 1), (True, "sampled", 3)])
+def test_engine_reserves_max_tokens_per_sample_and_settles_as_the_provider_counts(tmp_path, counts_max_tokens,
+                                                                                   pipeline, n):
+    # Given a provider that counts max_tokens against tpm (OpenAI) or the output it produced (Anthropic)
+    config = copy_config(tmp_path)
+    (config.parent / "pipelines" / "sampled.toml").write_text(SAMPLED)
+    settings = load_settings(config, environ={})
+    store, limiter = BatchStore(fakeredis.FakeRedis(), "e"), RecordingLimiter()
+    good = '{"category": "billing", "priority": "low"}'
+    provider = ScriptedProvider(lambda request, _: Completion(good, Usage(90, 12 * request.n), "stop", "gpt-4o-mini",
+                                                              5.0, samples=(good,) * request.n))
+    provider.tpm_counts_max_tokens = counts_max_tokens
+    engine = Engine(settings, store, ProviderPool(settings, {"cheap": provider}), dispatcher=None, limiter=limiter)
+    store.open_batch("b", pipeline)
+    store.register_jobs("b", 1, [("j", 1)])
+    # When one job is answered (with n samples in one call)
+    job = Job("j", {"subject": "Refund", "body": "charged twice"}, 1)
+    assert engine.handle(AttemptMessage("b", pipeline, 0, job)) == "accepted"
+    # Then the reservation covers every sample, and the settlement is what the provider counts
+    [request] = provider.calls
+    max_tokens = settings.tiers["cheap"].max_tokens
+    assert request.n == n
+    system, user = render(settings.pipeline(pipeline).prompt, job.fields)
+    assert limiter.reserved == [estimate_tokens(system) + estimate_tokens(user) + max_tokens * n]
+    assert limiter.settled == [90 + (max_tokens * n if counts_max_tokens else 12 * n)]

@@ -349,9 +349,27 @@ def test_tpm_limit_counts_prompt_plus_max_tokens(server, claude):
     assert int(headers["anthropic-ratelimit-tokens-remaining"]) == 100 - 60 - prompt_tokens(["hi"])
     assert datetime.fromisoformat(headers["anthropic-ratelimit-tokens-reset"]).tzinfo is not None
     with pytest.raises(anthropic.RateLimitError) as caught:
-        ask_claude(claude, "budget", "hi again", max_tokens=60)
+        ask_claude(claude, "budget", "hi again", max_tokens=90)
     assert int(caught.value.response.headers["retry-after"]) > 0
     assert model_stats(server, "budget")["rate_limited_429"] == 1
+
+
+def test_tpm_openai_keeps_max_tokens_anthropic_settles_to_the_output():
+    # Given a model limited to 120 tokens a minute, and a first call reserving prompt + 60
+    # When a second call asks for 60 more: OpenAI still counts the first call's 60, Anthropic only
+    # the output it produced (the short JSON answer), so only Anthropic admits it
+    scenario = parse_scenario(f"[[rules]]\nmatch = '.*'\nanswer = '{OTHER}'\n[models.oai]\ntpm = 120\n"
+                              "[models.claude]\ntpm = 120\n")
+    with SimServer(scenario) as sim, \
+            openai.OpenAI(base_url=sim.url + "/v1", api_key="sim", max_retries=0, timeout=10) as oai, \
+            anthropic.Anthropic(base_url=sim.url, api_key="sim", max_retries=0, timeout=10) as claude:
+        ask_openai(oai, "oai", "hi", max_tokens=60)
+        with pytest.raises(openai.RateLimitError):
+            ask_openai(oai, "oai", "hi again", max_tokens=60)
+        first = ask_claude(claude, "claude", "hi", max_tokens=60)
+        assert first.usage.output_tokens < 30
+        assert ask_claude(claude, "claude", "hi again", max_tokens=60).stop_reason == "end_turn"
+        assert model_stats(sim, "claude")["rate_limited_429"] == 0
 
 
 # --- context window ---------------------------------------------------------------------------

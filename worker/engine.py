@@ -187,11 +187,12 @@ class Engine:
         provider = self.providers.get(tier.name)
 
         def once() -> Completion:
-            lease = self.limiter.acquire(tier, prompt_tokens + request.max_tokens)
-            used = prompt_tokens + request.max_tokens
+            reserved = prompt_tokens + request.max_tokens * request.n
+            lease = self.limiter.acquire(tier, reserved)
+            used = reserved     # a failed call keeps its reservation: providers count failed requests too
             try:
                 completion = provider.complete(request)
-                used = completion.usage.prompt_tokens + completion.usage.output_tokens
+                used = _rate_limit_tokens(provider, request, completion.usage)
             except ProviderError as error:
                 if getattr(error, "retry_after", None) is not None or error.status == 429:
                     self.limiter.cool_down(tier, getattr(error, "retry_after", None) or 1.0)
@@ -243,6 +244,13 @@ class Engine:
             return round(answer.cost_usd * 1e9)
         usage = Usage(input_tokens=answer.usage.prompt_tokens, output_tokens=answer.usage.output_tokens)
         return cost_nanos(self.settings.price(last), usage, last.batch_pricing)
+
+
+def _rate_limit_tokens(provider: Any, request: CompletionRequest, usage: Usage) -> int:
+    """What the provider counts against its tokens-per-minute limit for a call it answered."""
+    if getattr(provider, "tpm_counts_max_tokens", False):
+        return usage.prompt_tokens + request.max_tokens * request.n
+    return usage.prompt_tokens + usage.output_tokens
 
 
 def _failed_reason(attempt: Attempt) -> str:

@@ -53,6 +53,7 @@ class AnthropicProvider:
 
     supports_logprobs = False
     supports_n = False
+    tpm_counts_max_tokens = False     # Anthropic's output limit is settled to the tokens produced
 
     def __init__(self, spec: ProviderSpec, *, http_client: httpx2.Client | None = None):
         # Imported here, not at module level: the SDK takes over a second to import and only

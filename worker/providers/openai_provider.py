@@ -33,6 +33,7 @@ class OpenAIProvider:
 
     supports_logprobs = True
     supports_n = True
+    tpm_counts_max_tokens = True      # OpenAI's limit counts prompt + max_tokens x n, used or not
 
     def __init__(self, spec: ProviderSpec, *, http_client: httpx2.Client | None = None):
         # Imported here, not at module level: the SDK takes most of a second to import and only

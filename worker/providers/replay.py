@@ -17,6 +17,7 @@ class ReplayProvider:
 
     supports_logprobs = True
     supports_n = True
+    tpm_counts_max_tokens = False
 
     def __init__(self, recorded: RecordedSet, model: str | None = None):
         self.recorded = recorded
