@@ -5,8 +5,11 @@ JSON schema; ~20% escalate from cheap, ~15% of those again from mid) on one work
 each answered in-process by `InstantProvider` (benchmarks/worker.py), so the provider costs nothing.
 Phase 2: the same number of no-op tasks drained by one worker process with the same Celery settings.
 Both are pre-queued, and rates are taken between 10% and 90% done (steady state, no start-up).
+The phases alternate for `--rounds` rounds (cascade first, then raw first, ...), because this
+machine's speed drifts by a third from minute to minute; the figures are medians, and `ratio` is
+the median of each round's cascade / raw.
 
-    python -m benchmarks.overhead [--jobs 20000] [--concurrency 4]
+    python -m benchmarks.overhead [--jobs 20000] [--concurrency 4] [--rounds 3]
 
 Prints one JSON line: {"cascade_jobs_per_s", "raw_celery_tasks_per_s", "ratio", "redis_roundtrips_per_job", ...}.
 """
@@ -14,6 +17,7 @@ Prints one JSON line: {"cascade_jobs_per_s", "raw_celery_tasks_per_s", "ratio", 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -138,28 +142,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=4, help="threads per worker process (both phases)")
+    parser.add_argument("--rounds", type=int, default=3, help="cascade and raw phases, alternating")
     args = parser.parse_args()
     url = redis_url()
     client = redis.Redis.from_url(url)
     pipeline = (REPO / "config" / "pipelines" / "ticket-triage.toml").read_text()
     tiers = {name: {"provider": "openai", "model": model, "max_tokens": 128, "concurrency": args.concurrency}
              for name, (model, _) in TIERS.items()}
-    with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
-        root = Path(tmp)
-        config = BenchConfig(root, url, tiers, {"bench-3tier": pipeline}, high_water=args.jobs + 1000)
-        try:
-            cascade = run_cascade(config, root, args.jobs, args.concurrency, client)
-            log(f"cascade: {cascade}")
-            raw = run_raw(config, root, args.jobs, args.concurrency, client)
-            log(f"raw celery: {raw}")
-        finally:
-            config.cleanup()
+    cascades, raws = [], []
+    for round_no in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
+            root = Path(tmp)
+            config = BenchConfig(root, url, tiers, {"bench-3tier": pipeline}, high_water=args.jobs + 1000)
+            try:
+                phases = [("cascade", run_cascade, cascades), ("raw celery", run_raw, raws)]
+                for name, phase, into in phases if round_no % 2 == 0 else reversed(phases):
+                    into.append(phase(config, root, args.jobs, args.concurrency, client))
+                    log(f"round {round_no + 1} {name}: {into[-1]}")
+            finally:
+                config.cleanup()
+    cascade = {key: statistics.median(c[key] for c in cascades)
+               for key in ("per_s", "roundtrips_per_unit", "attempts_per_job", "commands_per_unit")}
+    raw = {key: statistics.median(r[key] for r in raws) for key in ("per_s", "roundtrips_per_unit")}
     emit({
         "cascade_jobs_per_s": round(cascade["per_s"], 1),
         "raw_celery_tasks_per_s": round(raw["per_s"], 1),
-        "ratio": round(cascade["per_s"] / raw["per_s"], 3),
+        "ratio": round(statistics.median(c["per_s"] / r["per_s"] for c, r in zip(cascades, raws)), 3),
         "redis_roundtrips_per_job": round(cascade["roundtrips_per_unit"], 2),
         "jobs": args.jobs,
+        "rounds": args.rounds,
+        "round_ratios": [round(c["per_s"] / r["per_s"], 3) for c, r in zip(cascades, raws)],
         "attempts_per_job": round(cascade["attempts_per_job"], 3),
         "redis_commands_per_job": round(cascade["commands_per_unit"], 2),
         "raw_roundtrips_per_task": round(raw["roundtrips_per_unit"], 2),

@@ -75,7 +75,7 @@ class Submitter:
         to_send = []
         for job, code in zip(chunk, codes):
             if code == 1:
-                to_send.append(AttemptMessage(self.batch, self.pipeline.name, 0, job))
+                to_send.append(AttemptMessage(self.batch, self.pipeline.name, 0, job, budgeted=self.budget_nanos > 0))
             elif code == 0:
                 result.already_submitted += 1
             else:

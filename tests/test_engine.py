@@ -50,9 +50,9 @@ def make_engine(settings, answers: dict, on_last_failure=None):
     return engine, store, dispatcher, providers, sleeps
 
 
-def message(tier=0, history=()):
+def message(tier=0, history=(), budgeted=False):
     return AttemptMessage("b1", "ticket-triage", tier, Job("j1", {"subject": "Refund", "body": "charged twice"}, 1),
-                          tuple(history))
+                          tuple(history), budgeted)
 
 
 def records(store):
@@ -71,7 +71,7 @@ def test_valid_cheap_answer_is_accepted_at_the_first_tier(settings):
     assert dispatcher.sent == []
     info = store.batch_info("b1")
     assert info["done"] == 1 and info["status:accepted"] == 1 and info["final:cheap"] == 1
-    assert info["cost"] == 21_000 and info["reserved"] == 0
+    assert info["cost"] == 21_000 and info.get("reserved", 0) == 0
 
 
 def test_failed_verification_escalates_with_the_attempt_in_the_history(settings):
@@ -148,6 +148,21 @@ def test_redelivered_message_is_a_no_op(settings):
     assert store.batch_info("b1")["done"] == 1
 
 
+def test_a_first_delivery_skips_the_pre_check_and_still_counts_once(settings):
+    # Given a job already accepted, and a duplicate of its message delivered for the first time
+    # (a crash between publishing an escalation and recording it makes such a message)
+    engine, store, _, providers, _ = make_engine(settings, {"cheap": lambda r, n: GOOD})
+    assert engine.handle(message(), redelivered=False) == "accepted"
+    # When it runs, the tier is called again, but nothing is recorded twice
+    assert engine.handle(message(), redelivered=False) == "duplicate"
+    assert len(providers["cheap"].calls) == 2 and len(records(store)) == 1
+    info = store.batch_info("b1")
+    assert info["done"] == 1 and info["attempts:cheap"] == 1 and info["cost_duplicate"] == info["cost"] == 21_000
+    # and a redelivered copy (kombu flags the messages it restores) is stopped before the call
+    assert engine.handle(message(), redelivered=True) == "duplicate"
+    assert len(providers["cheap"].calls) == 2
+
+
 def test_redelivery_after_escalation_does_not_call_the_tier_again(settings):
     engine, store, dispatcher, providers, _ = make_engine(settings, {"cheap": lambda r, n: MALFORMED})
     engine.handle(message())
@@ -160,7 +175,7 @@ def test_budget_stops_escalation_and_keeps_the_best_answer(settings):
     store.redis.hset(store.keys.batch("b1"), "budget", 1000)   # $0.000001: no mid call fits
     cheap_attempt = {"tier": "cheap", "model": "gpt-4o-mini", "text": HEDGE, "cost_usd": 0.0,
                      "input_tokens": 1, "output_tokens": 1, "verdicts": []}
-    assert engine.handle(message(tier=1, history=[cheap_attempt])) == "budget_exhausted"
+    assert engine.handle(message(tier=1, history=[cheap_attempt], budgeted=True)) == "budget_exhausted"
     [rec] = records(store)
     assert rec["status"] == "budget_exhausted" and rec["output"] == HEDGE and rec["tier"] == "cheap"
     assert providers["mid"].calls == []
@@ -186,7 +201,8 @@ def test_a_bug_in_a_provider_ends_the_job_with_its_reason(settings):
         raise KeyError("usage")
 
     engine, store, _, _, _ = make_engine(settings, {"cheap": broken})
-    assert engine.handle(message()) == "failed"
+    store.redis.hset(store.keys.batch("b1"), "budget", 10**9)
+    assert engine.handle(message(budgeted=True)) == "failed"
     assert records(store)[0]["reason"] == "internal_error: KeyError: 'usage'"
     assert store.batch_info("b1")["reserved"] == 0      # the budget reservation is given back
 

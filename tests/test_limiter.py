@@ -333,7 +333,7 @@ def test_engine_reserves_max_tokens_per_sample_and_settles_as_the_provider_count
     # Given a provider that counts max_tokens against tpm (OpenAI) or the output it produced (Anthropic)
     config = copy_config(tmp_path)
     (config.parent / "pipelines" / "sampled.toml").write_text(SAMPLED)
-    settings = load_settings(config, environ={})
+    settings = load_settings(config, environ={"CASCADE_TIER_CHEAP_TPM": "1000000"})
     store, limiter = BatchStore(fakeredis.FakeRedis(), "e"), RecordingLimiter()
     good = '{"category": "billing", "priority": "low"}'
     provider = ScriptedProvider(lambda request, _: Completion(good, Usage(90, 12 * request.n), "stop", "gpt-4o-mini",

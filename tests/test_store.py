@@ -121,3 +121,15 @@ def test_results_are_read_in_order_and_deleted_once_written(store):
 def test_batch_ids_that_would_make_unsafe_keys_are_refused(store):
     with pytest.raises(Exception, match="batch id 'a b': use 1-128 letters"):
         store.open_batch("a b", "p")
+
+
+def test_counters_travel_packed_and_free_text_names_cannot_break_them(store):
+    store.open_batch("b", "p")
+    store.register_jobs("b", 1, [("a", 1)])
+    # a reject reason is free text: a tab or line break in it must not split or merge counters
+    assert finish(store, "a", 0, True, cost=7, counters=[("reject:cheap:json:bad\tthing\nhere", 2),
+                                                         ("zero", 0), ("negative", -3)])
+    info = store.batch_info("b")
+    assert info["reject:cheap:json:bad thing here"] == 2 and info["negative"] == -3 and info["cost"] == 7
+    assert "zero" not in info
+    assert store.pipeline_counters("p")["reject:cheap:json:bad thing here"] == 2

@@ -73,21 +73,29 @@ class Engine:
 
     # -- the decision ------------------------------------------------------------------
 
-    def handle(self, msg: AttemptMessage) -> str:
-        """Process one message; return what happened (accepted, escalated, failed, duplicate, ...)."""
+    def handle(self, msg: AttemptMessage, redelivered: bool = True) -> str:
+        """Process one message; return what happened (accepted, escalated, failed, duplicate, ...).
+
+        `redelivered=False` says the broker delivers this message for the first time. Then, in a batch
+        without a budget, the pre-check round trip is skipped: a duplicate can only come from a crash
+        between publishing an escalation and recording it, and `finish_attempt` still counts it once
+        (its call's cost goes to cost_duplicate).
+        """
         reserved = 0
         try:
             pipeline = self.settings.pipeline(msg.pipeline)
             tier = self.settings.tiers[pipeline.ladder[msg.tier]]
             system, user = render(pipeline.prompt, msg.job.fields)
-            prompt_tokens = estimate_tokens(system) + estimate_tokens(user)
-            reserve = reserve_nanos(self.settings.price(tier), tier, prompt_tokens)
-            begin = self.store.begin_attempt(msg.batch, msg.job.id, msg.tier, reserve)
-            if begin in (Begin.DONE, Begin.COUNTED):
-                return "duplicate"
-            if begin is Begin.NO_BUDGET:
-                return self._finalize(msg, pipeline, "budget_exhausted", None,
-                                      reason=f"budget: next call on '{tier.name}' would exceed the batch budget")
+            # the estimate only feeds reservations: the batch budget and the tier's tokens-per-minute limit
+            prompt_tokens = estimate_tokens(system) + estimate_tokens(user) if msg.budgeted or tier.tpm else 0
+            reserve = reserve_nanos(self.settings.price(tier), tier, prompt_tokens) if msg.budgeted else 0
+            if msg.budgeted or redelivered:
+                begin = self.store.begin_attempt(msg.batch, msg.job.id, msg.tier, reserve)
+                if begin in (Begin.DONE, Begin.COUNTED):
+                    return "duplicate"
+                if begin is Begin.NO_BUDGET:
+                    return self._finalize(msg, pipeline, "budget_exhausted", None,
+                                          reason=f"budget: next call on '{tier.name}' would exceed the batch budget")
             reserved = reserve
             return self._attempt(msg, pipeline, tier, system, user, prompt_tokens, reserve)
         except StoreError:
@@ -133,9 +141,9 @@ class Engine:
             # Send before recording: a crash in between redelivers this message (a duplicate next-tier
             # message, which finalize-once absorbs) instead of losing the job.
             self.dispatcher.send(msg.escalated(attempt))
-            self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier,
-                                      release_nanos=reserve, cost_nanos=cost, final=False, counters=counters)
-            return outcome
+            recorded = self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier,
+                                                 release_nanos=reserve, cost_nanos=cost, final=False, counters=counters)
+            return outcome if recorded else "duplicate"
         reason = "" if status == "accepted" else _failed_reason(attempt)
         return self._finalize(msg, pipeline, status, attempt, reason=reason, release=reserve, cost=cost,
                               counters=counters)
@@ -147,9 +155,9 @@ class Engine:
         if attempt.error.startswith(ContextTooLong.kind) and bigger:
             counters = attempt_counters(attempt, 0, retries, "escalated")
             self.dispatcher.send(msg.escalated(attempt))
-            self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier,
-                                      release_nanos=reserve, cost_nanos=0, final=False, counters=counters)
-            return "escalated"
+            recorded = self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier,
+                                                 release_nanos=reserve, cost_nanos=0, final=False, counters=counters)
+            return "escalated" if recorded else "duplicate"
         counters = attempt_counters(attempt, 0, retries, "failed")
         return self._finalize(msg, pipeline, "failed", attempt, reason=attempt.error, release=reserve, cost=0,
                               counters=counters)
@@ -174,11 +182,11 @@ class Engine:
         if reason:
             record["reason"] = reason
         all_counters = (counters or []) + final_counters(status, final_tier, counterfactual)
-        self.store.finish_attempt(
+        recorded = self.store.finish_attempt(
             msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier if attempt is not None else -1,
             release_nanos=release, cost_nanos=cost, final=True, record=orjson.dumps(record), counters=all_counters,
         )
-        return status
+        return status if recorded else "duplicate"
 
     # -- pieces ------------------------------------------------------------------------
 

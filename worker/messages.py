@@ -17,20 +17,26 @@ class AttemptMessage:
     tier: int
     job: Job
     history: tuple[dict[str, Any], ...] = ()   # earlier attempts, as Attempt.to_dict()
+    budgeted: bool = False                      # the batch has a budget: every call reserves against it
 
     def to_wire(self) -> dict[str, Any]:
         """Compact JSON-safe form for a Celery message."""
-        return {"b": self.batch, "p": self.pipeline, "t": self.tier, "id": self.job.id,
+        wire = {"b": self.batch, "p": self.pipeline, "t": self.tier, "id": self.job.id,
                 "f": self.job.fields, "l": self.job.line, "h": list(self.history)}
+        if self.budgeted:
+            wire["g"] = 1
+        return wire
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> AttemptMessage:
         """Inverse of `to_wire`."""
-        return cls(d["b"], d["p"], d["t"], Job(d["id"], d["f"], d.get("l", 0)), tuple(d.get("h", ())))
+        return cls(d["b"], d["p"], d["t"], Job(d["id"], d["f"], d.get("l", 0)), tuple(d.get("h", ())),
+                   bool(d.get("g")))
 
     def escalated(self, attempt: Attempt) -> AttemptMessage:
         """The message for the next tier, carrying this attempt in the history."""
-        return AttemptMessage(self.batch, self.pipeline, self.tier + 1, self.job, (*self.history, attempt.to_dict()))
+        return AttemptMessage(self.batch, self.pipeline, self.tier + 1, self.job, (*self.history, attempt.to_dict()),
+                              self.budgeted)
 
     @property
     def attempts(self) -> list[Attempt]:

@@ -25,6 +25,11 @@ def _script(name: str) -> str:
     return resources.files("worker.store").joinpath(f"lua/{name}.lua").read_text()
 
 
+def _counter_name(field: str) -> str:
+    """A counter name that cannot break the packed "name<TAB>n<NEWLINE>" list (reasons are free text)."""
+    return field if field.isprintable() else "".join(c if c.isprintable() else " " for c in field)
+
+
 class BatchStore:
     """Batch records, per-job state, counters and result streams of one namespace."""
 
@@ -109,9 +114,9 @@ class BatchStore:
         counters: Iterable[tuple[str, int]] = (),
     ) -> bool:
         """Count one attempt and, when `final`, finalize the job once; False for a duplicate."""
-        args: list[Any] = [job_id, tier_index, release_nanos, cost_nanos, "1" if final else "0", record]
-        for field, n in counters:
-            args += (field, n)
+        # One argument for all counters: redis-py packs each argument on its own, and this is the hot path.
+        packed = "\n".join(f"{_counter_name(field)}\t{n}" for field, n in counters if n)
+        args = [job_id, tier_index, release_nanos, cost_nanos, "1" if final else "0", record, packed]
         keys = [self.keys.jobs(batch), self.keys.batch(batch), self.keys.results(batch), self.keys.pipeline(pipeline)]
         return bool(self._finish(keys=keys, args=args))
 

@@ -2,7 +2,7 @@
 -- KEYS[1] jobs hash, KEYS[2] batch hash, KEYS[3] results stream, KEYS[4] pipeline counters
 -- ARGV[1] job id, ARGV[2] tier index (-1: no call was made), ARGV[3] reservation to release,
 -- ARGV[4] this attempt's cost (nano-USD), ARGV[5] '1' to finalize, ARGV[6] result record,
--- ARGV[7..] counter pairs: field, increment
+-- ARGV[7] counters, one "field<TAB>increment" per line (zeros left out)
 -- Returns 1 recorded, 0 a duplicate (its cost goes to cost_duplicate, nothing else counts).
 local release = tonumber(ARGV[3])
 if release > 0 then redis.call('HINCRBY', KEYS[2], 'reserved', -release) end
@@ -20,9 +20,9 @@ if i > 0 then
 end
 if final then done = 'd' end
 redis.call('HSET', KEYS[1], ARGV[1], run .. ':' .. line .. ':' .. flags .. ':' .. done)
-for j = 7, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[2], ARGV[j], ARGV[j + 1])
-  redis.call('HINCRBY', KEYS[4], ARGV[j], ARGV[j + 1])
+for field, n in string.gmatch(ARGV[7], '([^\n]+)\t(-?%d+)') do
+  redis.call('HINCRBY', KEYS[2], field, n)
+  redis.call('HINCRBY', KEYS[4], field, n)
 end
 if final then
   redis.call('HINCRBY', KEYS[2], 'done', 1)
