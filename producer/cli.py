@@ -182,9 +182,9 @@ def _distributed_store(settings: Settings):
                                "an embedded batch lives only inside the process that ran it")
     import redis
 
-    from worker.store import BatchStore
+    from worker.backends import batch_store
 
-    return BatchStore(redis.Redis.from_url(settings.redis.url), settings.redis.namespace)
+    return batch_store(settings, redis.Redis.from_url(settings.redis.url))
 
 
 @cascade.command()

@@ -133,3 +133,34 @@ def test_counters_travel_packed_and_free_text_names_cannot_break_them(store):
     assert info["reject:cheap:json:bad thing here"] == 2 and info["negative"] == -3 and info["cost"] == 7
     assert "zero" not in info
     assert store.pipeline_counters("p")["reject:cheap:json:bad thing here"] == 2
+
+
+@pytest.mark.parametrize("last", ["job", "producer"])
+def test_a_finished_batch_expires_after_its_retention_and_a_resubmission_keeps_it(store, last):
+    # Given a store that keeps finished batches for an hour, and a batch of two jobs
+    store.retention_ms = 3_600_000
+    keys = [store.keys.batch("b"), store.keys.jobs("b"), store.keys.results("b")]
+    store.open_batch("b", "p")
+    store.register_jobs("b", 1, [("a", 1), ("c", 2)])
+    if last == "job":
+        store.mark_submitted("b", 0)
+    finish(store, "a", 0, True)
+    assert [store.redis.pttl(k) for k in keys] == [-1, -1, -1]      # not finished: kept
+    # When the last job finishes (or the producer marks the input read after it did)
+    finish(store, "c", 0, True)
+    if last == "producer":
+        assert store.redis.pttl(keys[0]) == -1
+        store.mark_submitted("b", 0)
+    # Then the record, the job states and the results expire together, an hour later
+    assert all(3_590_000 < store.redis.pttl(k) <= 3_600_000 for k in keys)
+    # and a resubmission under the same id makes them permanent again until it finishes
+    store.open_batch("b", "p")
+    assert [store.redis.pttl(k) for k in keys] == [-1, -1, -1]
+
+
+def test_without_retention_a_finished_batch_stays(store):
+    store.open_batch("b", "p")
+    store.register_jobs("b", 1, [("a", 1)])
+    store.mark_submitted("b", 0)
+    finish(store, "a", 0, True)
+    assert store.redis.pttl(store.keys.batch("b")) == -1

@@ -28,6 +28,11 @@ class Backend:
         self.dispatcher.close()
 
 
+def batch_store(settings: Settings, client: Any) -> BatchStore:
+    """The batch store of these settings over `client` (real Redis or fakeredis)."""
+    return BatchStore(client, settings.redis.namespace, retention_s=settings.redis.retention_days * 86400)
+
+
 def open_backend(settings: Settings, providers: Any = None) -> Backend:
     """The backend the settings ask for: embedded when no Redis URL is configured."""
     if settings.embedded:
@@ -36,7 +41,7 @@ def open_backend(settings: Settings, providers: Any = None) -> Backend:
     from worker.dispatch.celery_dispatch import CeleryDispatcher
 
     client = redis.Redis.from_url(settings.redis.url)
-    store = BatchStore(client, settings.redis.namespace)
+    store = batch_store(settings, client)
     app = create_app(settings)
     return Backend("distributed", store, CeleryDispatcher(app, settings))
 
@@ -50,7 +55,7 @@ def _embedded(settings: Settings, providers: Any) -> Backend:
     from worker.runtime import ProviderPool
 
     client = fakeredis.FakeRedis()
-    store = BatchStore(client, settings.redis.namespace)
+    store = batch_store(settings, client)
     dispatcher = LocalDispatcher(settings)
     limiter = RedisLimiter(client, settings.redis.namespace)   # same scripts as distributed, in-process
     engine = Engine(settings, store, providers or ProviderPool(settings), dispatcher, limiter)
@@ -68,6 +73,6 @@ def worker_engine(settings: Settings, app: Any, tier_name: str, providers: Any =
     providers = providers or ProviderPool(settings)
     providers.get(tier_name)            # fail at startup, not on the first job, when the key is missing
     client = redis.Redis.from_url(settings.redis.url)
-    store = BatchStore(client, settings.redis.namespace)
+    store = batch_store(settings, client)
     limiter = RedisLimiter(client, settings.redis.namespace)   # tier limits shared by every worker process
     return Engine(settings, store, providers, CeleryDispatcher(app, settings), limiter)

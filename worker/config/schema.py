@@ -21,6 +21,7 @@ class RedisConfig(Frozen):
     url: str = ""                       # empty: embedded mode (in-process fakeredis, no server)
     namespace: str = "cascade"          # prefix of every key Cascade writes, so deployments can share a Redis
     visibility_timeout_s: int = Field(3600, ge=1)  # far above the longest call: a slow job is not redelivered
+    retention_days: float = Field(7.0, ge=0)       # a finished batch's keys expire this long after; 0 keeps them
 
 
 class EngineConfig(Frozen):

@@ -33,12 +33,15 @@ def _counter_name(field: str) -> str:
 class BatchStore:
     """Batch records, per-job state, counters and result streams of one namespace."""
 
-    def __init__(self, redis: Any, namespace: str = "cascade"):
+    def __init__(self, redis: Any, namespace: str = "cascade", retention_s: float = 0.0):
+        """`retention_s`: how long a finished batch's keys stay in Redis (0: until deleted)."""
         self.redis = redis
         self.keys = Keys(namespace)
+        self.retention_ms = round(retention_s * 1000)
         self._register = redis.register_script(_script("register_jobs"))
         self._begin = redis.register_script(_script("begin_attempt"))
         self._finish = redis.register_script(_script("finish_attempt"))
+        self._submitted = redis.register_script(_script("mark_submitted"))
 
     # -- batches -------------------------------------------------------------------------
 
@@ -55,9 +58,12 @@ class BatchStore:
         pipe.hset(key, mapping={"state": "submitting", "mode": mode})
         if budget_nanos:
             pipe.hset(key, "budget", budget_nanos)
+        runs_at = len(pipe)
         pipe.hincrby(key, "runs", 1)
         pipe.zadd(self.keys.batches(), {batch: time.time()}, nx=True)
-        return int(pipe.execute()[-2])
+        for batch_key in self._expiring(batch):     # resubmitted: live again until it finishes again
+            pipe.persist(batch_key)
+        return int(pipe.execute()[runs_at])
 
     def register_jobs(self, batch: str, run: int, jobs: Sequence[tuple[str, int]]) -> list[int]:
         """Register (job id, line) pairs of one run: 1 publish, 0 already submitted, -L duplicate of line L."""
@@ -72,7 +78,11 @@ class BatchStore:
 
     def mark_submitted(self, batch: str, rejected: int) -> None:
         """The producer has read the whole input: the batch is complete once `done == total`."""
-        self.redis.hset(self.keys.batch(batch), mapping={"state": "submitted", "rejected": rejected})
+        self._submitted(keys=self._expiring(batch), args=[rejected, self.retention_ms])
+
+    def _expiring(self, batch: str) -> list[str]:
+        """The keys of a batch that expire `retention_s` after it finishes: record, job states, results."""
+        return [self.keys.batch(batch), self.keys.jobs(batch), self.keys.results(batch)]
 
     def batch_info(self, batch: str) -> dict[str, str | int]:
         """Every field of the batch record, counters as ints."""
@@ -116,7 +126,8 @@ class BatchStore:
         """Count one attempt and, when `final`, finalize the job once; False for a duplicate."""
         # One argument for all counters: redis-py packs each argument on its own, and this is the hot path.
         packed = "\n".join(f"{_counter_name(field)}\t{n}" for field, n in counters if n)
-        args = [job_id, tier_index, release_nanos, cost_nanos, "1" if final else "0", record, packed]
+        args = [job_id, tier_index, release_nanos, cost_nanos, "1" if final else "0", record, packed,
+                self.retention_ms]
         keys = [self.keys.jobs(batch), self.keys.batch(batch), self.keys.results(batch), self.keys.pipeline(pipeline)]
         return bool(self._finish(keys=keys, args=args))
 

@@ -2,7 +2,8 @@
 -- KEYS[1] jobs hash, KEYS[2] batch hash, KEYS[3] results stream, KEYS[4] pipeline counters
 -- ARGV[1] job id, ARGV[2] tier index (-1: no call was made), ARGV[3] reservation to release,
 -- ARGV[4] this attempt's cost (nano-USD), ARGV[5] '1' to finalize, ARGV[6] result record,
--- ARGV[7] counters, one "field<TAB>increment" per line (zeros left out)
+-- ARGV[7] counters, one "field<TAB>increment" per line (zeros left out),
+-- ARGV[8] retention (ms, 0: keep): how long a finished batch's keys stay
 -- Returns 1 recorded, 0 a duplicate (its cost goes to cost_duplicate, nothing else counts).
 local release = tonumber(ARGV[3])
 if release > 0 then redis.call('HINCRBY', KEYS[2], 'reserved', -release) end
@@ -25,7 +26,14 @@ for field, n in string.gmatch(ARGV[7], '([^\n]+)\t(-?%d+)') do
   redis.call('HINCRBY', KEYS[4], field, n)
 end
 if final then
-  redis.call('HINCRBY', KEYS[2], 'done', 1)
+  local done_jobs = redis.call('HINCRBY', KEYS[2], 'done', 1)
   redis.call('XADD', KEYS[3], '*', 'r', ARGV[6])
+  local retention = tonumber(ARGV[8])
+  if retention > 0 then
+    local b = redis.call('HMGET', KEYS[2], 'state', 'total')
+    if b[1] == 'submitted' and done_jobs >= tonumber(b[2] or '0') then   -- the batch's last job
+      for j = 1, 3 do redis.call('PEXPIRE', KEYS[j], retention) end
+    end
+  end
 end
 return 1
