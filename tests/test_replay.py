@@ -82,6 +82,8 @@ def test_replay_provider_serves_recorded_answers_as_the_api_would(tmp_path):
         provider.complete(replace(request, n=5))
     with pytest.raises(Permanent, match="no recorded response"):
         provider.complete(replace(request, user="Question 9?"))
+    reworded = replace(request, user="Please answer: Question 0?", job_id="r0")   # another template, same job
+    assert provider.complete(reworded).text == "A: 4"
     with pytest.raises(Permanent, match="has no response from 'gpt-4'"):
         provider.complete(replace(request, model="gpt-4"))
 

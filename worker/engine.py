@@ -112,6 +112,7 @@ class Engine:
         request = CompletionRequest(
             model=tier.model, system=system, user=user, max_tokens=tier.max_tokens,
             temperature=tier.temperature, timeout=tier.timeout_s, logprobs=self._wants_logprobs(pipeline, tier),
+            job_id=msg.job.id,
         )
         request = self._with_samples(request, pipeline, tier)
         completion, retries, error = self._call(tier, request, prompt_tokens)

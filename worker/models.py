@@ -60,6 +60,7 @@ class CompletionRequest:
     n: int = 1
     logprobs: bool = False
     timeout: float = 60.0
+    job_id: str = ""            # which job asks (a replay answers by it when the prompt is not recorded)
 
 
 @dataclass(frozen=True, slots=True)

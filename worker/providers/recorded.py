@@ -90,10 +90,11 @@ class RecordedSet:
         for row in rows:
             by_key.setdefault(row.key, row)
         self._by_key = MappingProxyType(by_key)
+        self._by_id = MappingProxyType({row.id: row for row in reversed(rows)})   # the first row wins
 
-    def find(self, texts: tuple[str, ...] | list[str]) -> RecordedRow | None:
-        """The row recorded for a request with these message texts, or None."""
-        return self._by_key.get(prompt_key(texts))
+    def find(self, texts: tuple[str, ...] | list[str], row_id: str = "") -> RecordedRow | None:
+        """The row recorded for a request with these message texts, else the row with this id, or None."""
+        return self._by_key.get(prompt_key(texts)) or (self._by_id.get(row_id) if row_id else None)
 
     @property
     def models(self) -> tuple[str, ...]:

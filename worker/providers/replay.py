@@ -10,7 +10,8 @@ from worker.providers.recorded import RecordedSet
 class ReplayProvider:
     """Serves the recorded answer of `model` (default: the request's model) to the request's prompt.
 
-    The prompt is matched on its message texts (system, user). Logprobs and `n` samples are served
+    The prompt is matched on its message texts (system, user), else the request's job id on a row id
+    (a pipeline whose template words the prompt differently). Logprobs and `n` samples are served
     as the API returns them where they were recorded; anything unrecorded is a Permanent error, so a
     replay never invents an answer.
     """
@@ -25,7 +26,7 @@ class ReplayProvider:
 
     def complete(self, request: CompletionRequest) -> Completion:
         """The recorded answer, or Permanent naming what is missing."""
-        row = self.recorded.find((request.system, request.user))
+        row = self.recorded.find((request.system, request.user), request.job_id)
         if row is None:
             preview = " ".join(request.user.split())[:60]
             raise Permanent(f"replay: no recorded response in {self.recorded.source} for the prompt '{preview}'")
