@@ -13,7 +13,8 @@ The floor is what keeps a fit honest on a small training split: without it, a mi
 happens to beat the last tier on the training rows "pays" for a cheap tier's wrong answers, and
 that credit does not carry over to new rows. On mmlu-oai (285 training rows, where
 qwen2.5-72b beats gpt-4o by 9 points but loses by 2 on the test rows) the pooled bound alone
-accepted 76% of gpt-4o-mini's answers and lost 4.0 points of accuracy on the test split.
+accepted 76% of gpt-4o-mini's answers and lost 4.0 points of accuracy on the test split (measured
+when the floor was added, commit c16f5b9).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.replay import run_pipeline, tier_cost
-from verifiers.calibration import CONFIDENCE_DEFAULT, CalibrationMap, TierCalibration, dump_calibration, fit_isotonic
+from producer.replay import run_pipeline, tier_cost, tier_samples
+from verifiers.calibration import (
+    CONFIDENCE_DEFAULT, CalibrationMap, TierCalibration, dump_calibration, fit_isotonic, load_calibration,
+)
 from worker.config.schema import Pipeline, Settings
 from worker.errors import ConfigError
 from worker.pricing import to_usd
@@ -76,6 +79,7 @@ class TierProfile:
     cost_full: list[int] = field(default_factory=list)    # nano-USD when the score passes
     cost_fail: list[int] = field(default_factory=list)    # nano-USD when the score fails (later checks skipped)
     correct: list[bool] = field(default_factory=list)
+    key: str = ""                                  # the calibration entry its verifier reads (`key`, else the tier)
 
 
 def scored_index(specs: Sequence[dict[str, Any]]) -> int | None:
@@ -94,7 +98,8 @@ def profile_tier(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, 
     alone = pipeline.model_copy(update={"ladder": (tier,), "verifiers": {tier: tuple(specs)},
                                         "on_last_failure": "accept_flagged"})
     records, _ = run_pipeline(settings, alone, recorded, rows)
-    profile = TierProfile(tier, index is not None)
+    key = (pipeline.verifier_specs(tier)[index].get("key") or tier) if index is not None else tier
+    profile = TierProfile(tier, index is not None, key=key)
     model = settings.tiers[tier].model
     for row, record in zip(rows, records):
         served = recorded.find((row.system, row.user)) or row
@@ -229,6 +234,10 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     if not rows:
         raise ConfigError(f"{recorded.source}: no rows to calibrate on")
     profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in pipeline.ladder]
+    shared = [p.key for p in profiles if p.scored]
+    if len(shared) != len(set(shared)):
+        raise ConfigError(f"{pipeline.source}: tiers share a calibration `key`; each tier's map and threshold is "
+                          "fitted on its own answers, so give each tier its own key")
     maps: dict[str, CalibrationMap] = {}
     cal: list[list[float | None]] = []
     for p in profiles:
@@ -240,9 +249,10 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     thresholds, feasible = choose_thresholds(profiles, cal, target, keep_last)
     correct, cost, escalated = simulate(profiles, cal, thresholds, keep_last)
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
-    last_cost = sum(tier_cost(settings, pipeline.ladder[-1], recorded.find((r.system, r.user)) or r) for r in rows)
+    last, last_n = pipeline.ladder[-1], tier_samples(settings, pipeline)[pipeline.ladder[-1]]
+    last_cost = sum(tier_cost(settings, last, recorded.find((r.system, r.user)) or r, last_n) for r in rows)
     n = len(rows)
-    entries = {p.name: TierCalibration(maps[p.name], thresholds[t], sum(1 for r in p.raw if r is not None))
+    entries = {p.key: TierCalibration(maps[p.name], thresholds[t], sum(1 for r in p.raw if r is not None))
                for t, p in enumerate(profiles) if p.name in maps}
     report = {
         "pipeline": pipeline.name, "recorded": recorded.source, "rows": n,
@@ -275,18 +285,23 @@ def calibration_paths(pipeline_file: Path) -> dict[str, set[str]]:
 
 
 def write_placeholders(config_dir: Path, pipeline_file: Path) -> list[Path]:
-    """Write a safe placeholder (escalate everything) for each referenced calibration file that is missing.
+    """Give each calibration file the pipeline names a safe entry (escalate everything) for every key it lacks.
 
-    The config cannot load while a referenced file is missing, and `cascade calibrate` needs the
-    config; the placeholder is overwritten by the fit.
+    The config cannot load while a referenced file or entry is missing, and `cascade calibrate`
+    needs the config; the fit overwrites the placeholders.
     """
     written = []
+    identity = CalibrationMap(((0.0, 0.0), (1.0, 1.0)))
     for name, keys in calibration_paths(pipeline_file).items():
         path = config_dir / name
-        if not path.exists():
-            identity = CalibrationMap(((0.0, 0.0), (1.0, 1.0)))
+        try:
+            entries = load_calibration(path) if path.exists() else {}
+        except ValueError:
+            entries = {}        # unreadable: the fit replaces it
+        missing = sorted(keys - set(entries))
+        if missing or not path.exists():
+            entries.update({k: TierCalibration(identity, NEVER) for k in missing})
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(dump_calibration({k: TierCalibration(identity, NEVER) for k in sorted(keys)},
-                                              {"placeholder": True}))
+            path.write_bytes(dump_calibration(entries, {"placeholder": True}))
             written.append(path)
     return written

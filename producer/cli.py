@@ -6,7 +6,6 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import click

@@ -48,6 +48,14 @@ def format_report(report: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Write an output file, or stop with one line saying why it cannot be written."""
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def _rows(recorded: Any, split: str | None) -> list[Any]:
     rows = [r for r in recorded.rows if split is None or r.split == split]
     if not rows:
@@ -80,7 +88,7 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
     if out:
-        Path(out).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in result.records))
+        _write(Path(out), b"".join(orjson.dumps(r) + b"\n" for r in result.records))
     if as_json:
         click.echo(orjson.dumps(result.report).decode())
     else:
@@ -93,7 +101,8 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
 @split_option
 @click.option("--target", default="drop=0.01", show_default=True,
               help="drop=X (accuracy at most X below the last tier's), accuracy=X or error=X.")
-@click.option("--confidence", type=float, default=CONFIDENCE_DEFAULT, show_default=True,
+@click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=CONFIDENCE_DEFAULT,
+              show_default=True,
               help="How sure the target must be on the training rows (one-sided normal bound).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="Calibration file to write (default: the one the pipeline's verifiers name).")
@@ -133,7 +142,7 @@ def calibrate_command(pipeline: str, recorded: str, split: str | None, target: s
     path = Path(out) if out else config_dir / next(iter(named))
     meta = {"method": "isotonic", **{k: result.report[k] for k in ("pipeline", "target", "confidence", "rows")},
             "fitted_on": recorded}
-    path.write_bytes(dump_calibration(result.entries, meta))
+    _write(path, dump_calibration(result.entries, meta))
     result.report["calibration"] = str(path)
     if as_json:
         click.echo(orjson.dumps(result.report).decode())

@@ -20,6 +20,7 @@ from producer.reader import RawRow
 from producer.report import summarize
 from producer.results import ResultDrain
 from producer.submit import Submitter
+from verifiers import build_chain
 from worker.config.schema import Pipeline, RedisConfig, Settings, Tier
 from worker.errors import ConfigError
 from worker.pricing import cost_nanos, to_usd
@@ -107,10 +108,17 @@ def replay(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
     return ReplayResult(records, report, decisions)
 
 
-def tier_cost(settings: Settings, tier_name: str, row: RecordedRow) -> int:
-    """What one plain call of a tier cost on a row, in nano-USD: recorded usage at the price table."""
+def tier_samples(settings: Settings, pipeline: Pipeline) -> dict[str, int]:
+    """How many samples each tier of the ladder answers with in one call (its checks decide: 1 or n)."""
+    return {tier: (build_chain(pipeline.verifier_specs(tier), settings.config_dir,
+                               f"{pipeline.source}: verifiers.{tier}").sampling or (1, 0.0))[0]
+            for tier in pipeline.ladder}
+
+
+def tier_cost(settings: Settings, tier_name: str, row: RecordedRow, n: int = 1) -> int:
+    """What the call of a tier for `n` samples cost on a row, in nano-USD: recorded usage at the price table."""
     tier = settings.tiers[tier_name]
-    usage = row.responses[tier.model].completion().usage
+    usage = row.responses[tier.model].completion(n).usage
     return cost_nanos(settings.price(tier), usage, tier.batch_pricing)
 
 
@@ -119,13 +127,14 @@ def evaluate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, rows
     """Accuracy, cost ratio to the last tier alone, and the oracle, from the records of a replay."""
     by_id = {r["id"]: r for r in records}
     last = settings.tiers[pipeline.ladder[-1]]
+    samples = tier_samples(settings, pipeline)
     n = len(rows)
     cost = correct = graded = last_cost = last_correct = oracle_cost = oracle_correct = 0
     for row in rows:
         served = recorded.find((row.system, row.user)) or row   # the row the replay provider answered from
         record = by_id[row.id]
         cost += round(record["cost_usd"] * 1e9)
-        last_cost += tier_cost(settings, last.name, served)
+        last_cost += tier_cost(settings, last.name, served, samples[last.name])
         final = served.responses.get(record.get("model") or "") if record["output"] is not None else None
         last_answer = served.responses[last.model]
         last_ok = last_answer.answer_correct(last_answer.text, served.gold)
@@ -135,8 +144,10 @@ def evaluate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, rows
             correct += bool(final.answer_correct(record["output"], served.gold)) if final is not None else 0
         for name in pipeline.ladder:
             response = served.responses[settings.tiers[name].model]
-            oracle_cost += tier_cost(settings, name, served)
-            if response.answer_correct(response.text, served.gold):
+            oracle_cost += tier_cost(settings, name, served, samples[name])
+            # a sampled tier answers with its majority, which the recording's `correct` grades
+            sampled_ok = response.correct if samples[name] > 1 and response.correct is not None else None
+            if sampled_ok if sampled_ok is not None else response.answer_correct(response.text, served.gold):
                 oracle_correct += 1
                 break
     escalated = {name: sum(1 for r in records if any(a["tier"] == name for a in r["attempts"][:-1]))

@@ -42,11 +42,14 @@ class Submitter:
         self.while_waiting = while_waiting or (lambda: None)
         self.first_tier = pipeline.ladder[0]
         self._run = 0
+        self._budgeted = budget_nanos > 0
 
     def open(self) -> int:
         """Create the batch, or reopen it to resume; return this run's number (1 for a new batch)."""
-        self._run = self.backend.store.open_batch(self.batch, self.pipeline.name, self.budget_nanos,
-                                                  self.backend.mode)
+        store = self.backend.store
+        self._run = store.open_batch(self.batch, self.pipeline.name, self.budget_nanos, self.backend.mode)
+        # an earlier run's budget still holds when this one gives none: every message must reserve
+        self._budgeted = int(store.batch_info(self.batch).get("budget", 0)) > 0
         return self._run
 
     def run(self, rows: Iterable[RawRow]) -> SubmitResult:
@@ -75,7 +78,7 @@ class Submitter:
         to_send = []
         for job, code in zip(chunk, codes):
             if code == 1:
-                to_send.append(AttemptMessage(self.batch, self.pipeline.name, 0, job, budgeted=self.budget_nanos > 0))
+                to_send.append(AttemptMessage(self.batch, self.pipeline.name, 0, job, budgeted=self._budgeted))
             elif code == 0:
                 result.already_submitted += 1
             else:

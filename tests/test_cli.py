@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 import redis
@@ -152,3 +154,44 @@ def test_unreachable_redis_is_one_clear_line(tmp_path):
     assert result.exit_code == 1
     assert "Error: Redis: Error 111 connecting to 127.0.0.1:1. Connection refused." in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_budget_is_never_overspent_and_ends_the_rest_budget_exhausted(tmp_path, sim):
+    # Given five jobs and a budget that fits two worst-case cheap calls (~$0.00009 each) but not five
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    out = tmp_path / "o.jsonl"
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--budget", "0.0002", "--out", str(out),
+                                     "--json", "--no-progress", "--config", str(copy_config(tmp_path))],
+                    cascade_env(None, sim.url))
+    # Then every job has a record, some ran and the others ended budget_exhausted, within budget
+    assert result.exit_code == 0, result.stderr
+    summary = orjson.loads(result.stdout)
+    records = read_jsonl(out)
+    assert sorted(r["id"] for r in records) == [row["id"] for row in GOOD]
+    statuses = summary["statuses"]
+    assert statuses["budget_exhausted"] >= 1 and statuses["budget_exhausted"] < 5
+    assert sum(statuses.values()) == 5
+    assert summary["cost_usd"] <= 0.0002
+    assert all(r["reason"].startswith("budget: next call on") for r in records if r["status"] == "budget_exhausted")
+
+
+def test_a_resubmission_without_budget_still_reserves_against_the_first_runs(tmp_path, redis_url, sim):
+    # Given a batch submitted with a budget, then resubmitted with more rows and no --budget
+    config, ns = cluster_config(tmp_path)
+    env = cascade_env(redis_url, sim.url)
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD[:3]))
+    args = [str(source), "-p", "ticket-triage", "--batch-id", "budgeted-1", "--no-progress", "--config", str(config)]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert invoke(submit_command, [*args, "--budget", "1"], env).exit_code == 0
+        source.write_bytes(lines(*GOOD))
+        assert invoke(submit_command, args, env).exit_code == 0
+        # Then every queued message, the new ones too, says the batch has a budget to reserve against
+        bodies = [orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))
+                  for raw in client.lrange(f"{ns}.tier.cheap", 0, -1)]
+        assert len(bodies) == 5 and all(args[0]["g"] == 1 for args, _, _ in bodies)
+    finally:
+        delete_namespace(redis_url, ns)
+        client.close()

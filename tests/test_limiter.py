@@ -88,11 +88,6 @@ def test_greedy_callers_never_put_more_than_the_limit_in_any_rolling_window(limi
         assert (len(starts) - 1) / (starts[-1] - starts[0]) * 60 >= 0.97 * limit
 
 
-def test_tokens_bucket_refills_below_the_limit():
-    bucket = token_bucket(60_000)
-    assert bucket.capacity + bucket.per_ms * 1000 * (WINDOW_S + MARGIN_S) <= 60_000
-
-
 # -- one suite over real Redis and fakeredis ---------------------------------------------------
 
 
@@ -109,6 +104,24 @@ def test_a_minute_of_requests_is_admitted_and_the_next_one_waits_past_it(client)
     # And 120 start within one minute of the first, while the 121st waits past it
     assert slots[119] - slots[0] < 60.0 + 0.05
     assert slots[120] - slots[0] >= 60.0 - 0.05
+
+
+def test_a_call_bigger_than_the_bucket_is_booked_not_refused_forever(client):
+    conn, ns = client
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) > 3:
+            raise RuntimeError("refused again and again")
+
+    limiter = RedisLimiter(conn, ns, sleep=sleep)      # books at most 5 s ahead
+    t = tier(tpm=10_000)                                # a bucket of 83 tokens, ~164 tokens/s
+    # When one call needs more than five seconds of tokens (say 20 samples x 512 max_tokens on a small tier)
+    limiter.acquire(t, 1_000)
+    # Then it is booked as far ahead as its own size needs, once, instead of being refused forever
+    [wait] = sleeps
+    assert 5.0 < wait < 6.5
 
 
 def test_tokens_are_reserved_then_refunded_or_debited_to_what_was_used(client):
@@ -202,12 +215,6 @@ def test_low_rate_limit_hints_pause_the_tier_briefly(client):
     assert 0.5 < limiter.store.cooldown_left("t") <= 0.8
     limiter.observe(t, {"remaining_tokens": 20, "reset_tokens_s": 40.0})   # below one call's max_tokens
     assert 1.5 < limiter.store.cooldown_left("t") <= 2.0                   # capped: a short pause
-
-
-def test_no_limiter_admits_everything():
-    limiter, t = NoLimiter(), tier(rpm=1)
-    for _ in range(3):
-        limiter.settle(t, limiter.acquire(t, 10), 10)
 
 
 # -- the engine drives the limiter ------------------------------------------------------------
@@ -326,10 +333,11 @@ default = [{ name = "self_consistency", samples = 3, field = "category" }]
 """
 
 
-@pytest.mark.parametrize(("counts_max_tokens", "pipeline", "n"),
-                         [(True, "ticket-triage", 1), (False, "ticket-triage", 1), (True, "sampled", 3)])
+@pytest.mark.parametrize(("counts_max_tokens", "pipeline", "n", "one_call"),
+                         [(True, "ticket-triage", 1, True), (False, "ticket-triage", 1, True),
+                          (True, "sampled", 3, True), (False, "sampled", 3, False)])
 def test_engine_reserves_max_tokens_per_sample_and_settles_as_the_provider_counts(tmp_path, counts_max_tokens,
-                                                                                   pipeline, n):
+                                                                                   pipeline, n, one_call):
     # Given a provider that counts max_tokens against tpm (OpenAI) or the output it produced (Anthropic)
     config = copy_config(tmp_path)
     (config.parent / "pipelines" / "sampled.toml").write_text(SAMPLED)
@@ -339,16 +347,18 @@ def test_engine_reserves_max_tokens_per_sample_and_settles_as_the_provider_count
     provider = ScriptedProvider(lambda request, _: Completion(good, Usage(90, 12 * request.n), "stop", "gpt-4o-mini",
                                                               5.0, samples=(good,) * request.n))
     provider.tpm_counts_max_tokens = counts_max_tokens
+    provider.supports_n = one_call          # without `n` (Anthropic), every sample is a request of its own
     engine = Engine(settings, store, ProviderPool(settings, {"cheap": provider}), dispatcher=None, limiter=limiter)
     store.open_batch("b", pipeline)
     store.register_jobs("b", 1, [("j", 1)])
     # When one job is answered (with n samples in one call)
     job = Job("j", {"subject": "Refund", "body": "charged twice"}, 1)
     assert engine.handle(AttemptMessage("b", pipeline, 0, job)) == "accepted"
-    # Then the reservation covers every sample, and the settlement is what the provider counts
-    [request] = provider.calls
+    # Then each request's reservation covers its samples, and its settlement is what the provider counts
+    requests = 1 if one_call else n
+    per_request = n // requests
+    assert [r.n for r in provider.calls] == [per_request] * requests
     max_tokens = settings.tiers["cheap"].max_tokens
-    assert request.n == n
     system, user = render(settings.pipeline(pipeline).prompt, job.fields)
-    assert limiter.reserved == [estimate_tokens(system) + estimate_tokens(user) + max_tokens * n]
-    assert limiter.settled == [90 + (max_tokens * n if counts_max_tokens else 12 * n)]
+    assert limiter.reserved == [estimate_tokens(system) + estimate_tokens(user) + max_tokens * per_request] * requests
+    assert limiter.settled == [90 + (max_tokens * per_request if counts_max_tokens else 12 * per_request)] * requests

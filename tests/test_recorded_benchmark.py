@@ -11,7 +11,8 @@ from tests.helpers import REPO
 
 DATASETS = REPO.parent / "shared" / "datasets"
 
-pytestmark = pytest.mark.skipif(not (DATASETS / "medmcqa-oai-train.jsonl").exists(), reason=f"{DATASETS} is not here")
+needs_datasets = pytest.mark.skipif(not (DATASETS / "medmcqa-oai-train.jsonl").exists(),
+                                    reason=f"{DATASETS} is not here")
 
 
 def test_discover_pairs_split_files_and_keeps_single_files(tmp_path):
@@ -21,6 +22,7 @@ def test_discover_pairs_split_files_and_keeps_single_files(tmp_path):
     assert found == {("a", "a-train.jsonl", "a-test.jsonl", False, None), ("b", "b.jsonl", "b.jsonl", True, None)}
 
 
+@needs_datasets
 def test_an_unseen_set_gets_a_derived_pipeline_fitted_on_train_only(tmp_path, capsys):
     # Given: two sets under names the benchmark does not know: multiple choice with logprobs (train
     # split + the first 300 test rows) and chain-of-thought with 20 samples per question

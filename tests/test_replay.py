@@ -186,3 +186,24 @@ def test_a_middle_tier_lucky_on_train_does_not_buy_the_cheap_tier_its_wrong_answ
     # all would still have met the batch target on these rows thanks to nothing but the middle tier
     assert feasible
     assert thresholds[0] == 0.95 and thresholds[1] <= 0.99
+
+
+def test_calibrate_writes_the_entry_a_verifier_key_names(config, tmp_path):
+    pipeline = config.parent / "pipelines" / "mc.toml"
+    recorded = write(tmp_path / "train.jsonl", synthetic(80, "train"))
+    runner = CliRunner()
+    # Given a logprob check that reads its entry under `key` on the cheap tier only
+    pipeline.write_text(PIPELINE.replace('default = [{ name = "choices" }, { name = "logprob", LOGPROB }]',
+                                         'mini = [{ name = "choices" }, { name = "logprob", '
+                                         'calibration = "calibration/k.json", key = "mc-mini" }]\n'
+                                         'gpt4o = [{ name = "choices" }]'))
+    # When calibrate fits it, then replay loads what it wrote
+    fit = runner.invoke(cascade, ["calibrate", "-p", "mc", "-r", str(recorded), "--config", str(config), "--json"])
+    assert fit.exit_code == 0, fit.output
+    assert set(orjson.loads((config.parent / "calibration" / "k.json").read_bytes())["tiers"]) == {"mc-mini"}
+    run = runner.invoke(cascade, ["replay", "-p", "mc", "-r", str(recorded), "--config", str(config), "--json"])
+    assert run.exit_code == 0, run.output
+    # And two tiers that would share one entry are refused with the reason
+    pipeline.write_text(PIPELINE.replace("LOGPROB", 'calibration = "calibration/k.json", key = "both"'))
+    shared = runner.invoke(cascade, ["calibrate", "-p", "mc", "-r", str(recorded), "--config", str(config)])
+    assert shared.exit_code == 1 and "tiers share a calibration `key`" in shared.output

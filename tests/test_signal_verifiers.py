@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import fakeredis
 import orjson
 import pytest
+import redis
 
 from tests.helpers import ScriptedProvider, copy_config
 from verifiers.base import TierFacts, VerifyContext
@@ -16,6 +18,7 @@ from verifiers.judge import JudgeVerifier, fence
 from verifiers.registry import build_verifier
 from worker.config import load_settings
 from worker.engine import Engine
+from worker.limiter import NoLimiter
 from worker.errors import ConfigError
 from worker.messages import AttemptMessage
 from worker.models import Attempt, Completion, CompletionRequest, Job, TokenLogprob, Usage
@@ -178,6 +181,10 @@ def test_self_consistency_reuses_samples_the_attempt_already_has():
     ctx = VerifyContext(completion=completion(samples[0], samples=samples), request=REQUEST, call=calls)
     verdict = v.check(JOB, attempt(samples[0]), ctx)
     assert calls.requests == [] and verdict.cost_usd == 0.0 and verdict.output == samples[1]
+    # the attempt's answer is its first sample: include_answer must not count it twice
+    twice = build(name="self_consistency", samples=3, field="label", include_answer=True).check(JOB, attempt(samples[0]),
+                                                                                              ctx)
+    assert twice.reason.startswith("agreement 2/3 on 'b'") and twice.output == samples[1]
 
 
 def test_self_consistency_options_are_checked():
@@ -251,3 +258,37 @@ def test_the_engine_gives_verifiers_a_priced_model_call(tmp_path):
     info = store.batch_info("b1")
     assert info["verify_cost:cheap"] == 450_000 and info["verify_in_tok:cheap"] == 100
     assert info["verify_out_tok:cheap"] == 10 and info["cost:cheap"] == 471_000
+
+
+class FailingForTier(NoLimiter):
+    """A limiter whose Redis is gone for one tier's calls."""
+
+    def __init__(self, tier: str):
+        self.tier = tier
+
+    def acquire(self, tier, tokens):
+        if tier.name == self.tier:
+            raise redis.exceptions.ConnectionError("Connection refused")
+        return None
+
+
+def test_a_redis_failure_under_a_judge_call_requeues_instead_of_escalating(tmp_path):
+    # Given a judge on the frontier tier, whose limiter cannot reach Redis
+    path = copy_config(tmp_path)
+    pipeline = path.parent / "pipelines" / "ticket-triage.toml"
+    pipeline.write_text(pipeline.read_text() + '\ncheap = [{ name = "judge", tier = "frontier", rubric = "Right?" }]\n')
+    settings = load_settings(path, environ={})
+    providers = {"cheap": ScriptedProvider(lambda r, n: '{"category": "billing", "priority": "low"}'),
+                 "frontier": ScriptedProvider(lambda r, n: '{"score": 1, "reason": "fine"}')}
+    store = BatchStore(fakeredis.FakeRedis(), "t")
+    dispatcher = []
+    engine = Engine(settings, store, ProviderPool(settings, providers), dispatcher=SimpleNamespace(send=dispatcher.append),
+                    limiter=FailingForTier("frontier"))
+    store.open_batch("b1", "ticket-triage")
+    store.register_jobs("b1", 1, [("j1", 1)])
+    job = Job("j1", {"subject": "Refund", "body": "charged twice"}, 1)
+    # When the attempt runs, then the store error reaches the task (which requeues the message)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        engine.handle(AttemptMessage("b1", "ticket-triage", 0, job))
+    # and the job was neither escalated nor recorded, and the judge was never asked
+    assert dispatcher == [] and store.read_results("b1") == [] and providers["frontier"].calls == []

@@ -5,6 +5,6 @@ passed in through `VerifyContext`, never build one.
 """
 
 from verifiers.base import Verifier, VerifyContext
-from verifiers.registry import build_verifier, known_verifiers
+from verifiers.registry import build_chain, build_verifier, known_verifiers
 
-__all__ = ["Verifier", "VerifyContext", "build_verifier", "known_verifiers"]
+__all__ = ["Verifier", "VerifyContext", "build_chain", "build_verifier", "known_verifiers"]

@@ -37,10 +37,11 @@ class CalibrationMap:
         ys = [y for _, y in self.points]
         if any(b < a for a, b in zip(xs, xs[1:])) or any(b < a for a, b in zip(ys, ys[1:])):
             raise ValueError("calibration points must be sorted by x with non-decreasing y")
+        object.__setattr__(self, "_xs", tuple(xs))    # bisected on every attempt
 
     def __call__(self, x: float) -> float:
         """P(correct) for raw score `x`."""
-        xs = [p[0] for p in self.points]
+        xs = self._xs
         i = bisect.bisect_right(xs, x)
         if i == 0:
             return self.points[0][1]

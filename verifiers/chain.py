@@ -21,6 +21,18 @@ class VerifierChain:
         """How many verifiers the chain holds."""
         return len(self.verifiers)
 
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether a check reads token logprobs, so the tier must be asked for them."""
+        return any(v.name == "logprob" for v in self.verifiers)
+
+    @property
+    def sampling(self) -> tuple[int, float] | None:
+        """(n, temperature) when a check votes over samples of the tier's answer (the tier answers with
+        them in the same call), else None."""
+        sampler = next((v for v in self.verifiers if v.name == "self_consistency"), None)
+        return (sampler.options.samples, sampler.options.temperature) if sampler is not None else None
+
     def run(self, job: Job, attempt: Attempt, ctx: VerifyContext) -> tuple[Verdict, ...]:
         """The verdicts up to and including the first failure (all of them when every one passes)."""
         verdicts: list[Verdict] = []

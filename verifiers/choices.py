@@ -9,11 +9,8 @@ from pydantic import Field
 
 from verifiers.base import Options as BaseOptions
 from verifiers.base import Verifier, VerifyContext
-from verifiers.parsing import clip, extract_json, normalize_label
+from verifiers.parsing import MISSING, clip, extract_json, lookup_field, normalize_label
 from worker.models import Attempt, Job, Verdict
-
-_MISSING = object()
-
 
 class ChoicesVerifier(Verifier):
     """Checks the answer against a closed set of labels, after normalisation."""
@@ -40,8 +37,8 @@ class ChoicesVerifier(Verifier):
                 value = extract_json(attempt.text)
             except ValueError as e:
                 return self.verdict(False, str(e))
-            candidate = _lookup(value, self.options.field)
-            if candidate is _MISSING:
+            candidate = lookup_field(value, self.options.field)
+            if candidate is MISSING:
                 return self.verdict(False, f"missing field: {self.options.field}")
             if not isinstance(candidate, str):
                 candidate = orjson.dumps(candidate).decode()
@@ -50,11 +47,3 @@ class ChoicesVerifier(Verifier):
         listed = clip(", ".join(labels), 80)
         return self.verdict(False, f"unknown label: {clip(candidate.strip(), 40)!r} not in [{listed}]")
 
-
-def _lookup(value: Any, dotted: str) -> Any:
-    """value["a"]["b"] for "a.b", or _MISSING when any step is absent or not an object."""
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return _MISSING
-        value = value[key]
-    return value

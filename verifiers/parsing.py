@@ -127,3 +127,16 @@ def parse_output(text: str, output_format: str, labels: Sequence[str] = ()) -> A
     if output_format == "label":
         return normalize_label(text, labels)
     return None
+
+
+#: what `lookup_field` returns for an absent field (None is a value a JSON answer can hold)
+MISSING = object()
+
+
+def lookup_field(value: Any, dotted: str) -> Any:
+    """value["a"]["b"] for "a.b", or MISSING when any step is absent or not an object."""
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return MISSING
+        value = value[key]
+    return value

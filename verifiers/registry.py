@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from verifiers.base import OptionError, Verifier
+from verifiers.chain import VerifierChain
 from verifiers.choices import ChoicesVerifier
 from verifiers.custom import CustomVerifier
 from verifiers.judge import JudgeVerifier
@@ -85,3 +86,8 @@ def _key(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def build_chain(specs: Sequence[Mapping[str, Any]], config_dir: Path, where: str) -> VerifierChain:
+    """The chain of `specs` (one tier's list in a pipeline); errors name `where[i]` and the option."""
+    return VerifierChain([build_verifier(spec, config_dir, f"{where}[{i}]") for i, spec in enumerate(specs)])

@@ -12,8 +12,7 @@ from pydantic import Field
 from verifiers.base import OptionError, TierFacts, Verifier, VerifyContext
 from verifiers.base import Options as BaseOptions
 from verifiers.calibration import CalibratedDecision
-from verifiers.choices import _MISSING, _lookup
-from verifiers.parsing import clip, extract_json, normalize_label
+from verifiers.parsing import MISSING, clip, extract_json, lookup_field, normalize_label
 from worker.models import Attempt, Completion, Job, Usage, Verdict
 
 DEFAULT_THRESHOLD = 0.6     # without calibration: a clear majority of the samples must agree
@@ -71,11 +70,11 @@ class SelfConsistencyVerifier(Verifier):
 
     def check(self, job: Job, attempt: Attempt, ctx: VerifyContext) -> Verdict:
         """Sample, extract, vote."""
-        completion, cost = self._samples(ctx)
+        completion, cost, own = self._samples(ctx)
         if completion is None:
             return self.verdict(False, "misconfigured: no model handle in the verify context")
         texts = list(completion.samples or (completion.text,))
-        if self.options.include_answer:
+        if self.options.include_answer and not own:     # the attempt's own samples already hold its answer
             texts.insert(0, attempt.text)
         answers = [self.extract(text, ctx) for text in texts]
         spent = {"cost_usd": cost, "usage": completion.usage}
@@ -91,16 +90,17 @@ class SelfConsistencyVerifier(Verifier):
         return self.verdict(passed, f"agreement {what}" if passed else f"low agreement: {what}", score=score,
                             output=output, **spent)
 
-    def _samples(self, ctx: VerifyContext) -> tuple[Completion | None, float]:
-        """The attempt's own samples when it has enough (their cost is the attempt's), else a sampling call."""
+    def _samples(self, ctx: VerifyContext) -> tuple[Completion | None, float, bool]:
+        """(samples, their cost, whether they are the attempt's own): the attempt's when it has enough
+        (the engine asks the tier for them; their cost is the attempt's), else a sampling call."""
         if ctx.completion is not None and len(ctx.completion.samples) >= self.options.samples:
             samples = ctx.completion.samples[: self.options.samples]
-            return replace(ctx.completion, samples=samples, usage=Usage()), 0.0
+            return replace(ctx.completion, samples=samples, usage=Usage()), 0.0, True
         if ctx.call is None or ctx.request is None:
-            return None, 0.0
+            return None, 0.0, False
         request = replace(ctx.request, n=self.options.samples, temperature=self.options.temperature, logprobs=False,
                           max_tokens=self.options.max_tokens or ctx.request.max_tokens)
-        return ctx.call(None, request)
+        return (*ctx.call(None, request), False)
 
     def extract(self, text: str, ctx: VerifyContext) -> str | None:
         """The answer a sample gives, in the form votes compare; None when it gives none."""
@@ -109,10 +109,10 @@ class SelfConsistencyVerifier(Verifier):
             return match.group(1).strip() if match else None
         if self.options.field is not None:
             try:
-                value = _lookup(extract_json(text), self.options.field)
+                value = lookup_field(extract_json(text), self.options.field)
             except ValueError:
                 return None
-            return None if value is _MISSING else str(value).strip().casefold()
+            return None if value is MISSING else str(value).strip().casefold()
         if ctx.output_format == "label" and ctx.labels:
             return normalize_label(text, ctx.labels)
         normalised = " ".join(text.split()).casefold()

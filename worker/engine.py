@@ -7,7 +7,6 @@ Plain Python: no Celery. A dispatcher (Celery or local threads) delivers message
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,21 +14,21 @@ from typing import Any, Protocol
 
 import orjson
 
-from verifiers import VerifyContext, build_verifier
+from verifiers import VerifyContext, build_chain
 from verifiers.chain import VerifierChain
 from verifiers.parsing import parse_output
-from verifiers.self_consistency import SAMPLES_DEFAULT, TEMPERATURE_DEFAULT
 from worker.config.schema import Pipeline, Settings, Tier
 from worker.counters import attempt_counters, final_counters
-from worker.errors import ContextTooLong, ProviderError, Retryable
+from worker.errors import ContextTooLong
 from worker.limiter import Limiter, NoLimiter
 from worker.messages import AttemptMessage
 from worker.models import Attempt, Completion, CompletionRequest, Usage
 from worker.pricing import cost_nanos, estimate_tokens, reserve_nanos, to_usd
 from worker.prompts import render
-from worker.retrying import RetryPolicy, call_with_retries
+from worker.retrying import RetryPolicy
 from worker.runtime import ProviderPool
 from worker.store import Begin, BatchStore, StoreError
+from worker.tier_call import TierCaller
 from worker.verifier_calls import VerifierCalls
 
 log = logging.getLogger("cascade.engine")
@@ -59,17 +58,12 @@ class Engine:
         self.store = store
         self.providers = providers
         self.dispatcher = dispatcher
-        self.limiter = limiter or NoLimiter()
-        self.sleep = sleep
-        self.retry_policy = RetryPolicy.from_config(settings.engine)
-        self._rng = random.Random()
-        self._chains: dict[tuple[str, str], VerifierChain] = {}
-        for pipeline in settings.pipelines.values():
-            for tier in pipeline.ladder:
-                specs = pipeline.verifier_specs(tier)
-                where = f"{pipeline.source}: verifiers.{tier}"
-                verifiers = [build_verifier(s, settings.config_dir, f"{where}[{i}]") for i, s in enumerate(specs)]
-                self._chains[(pipeline.name, tier)] = VerifierChain(verifiers)
+        self.caller = TierCaller(providers, limiter or NoLimiter(), RetryPolicy.from_config(settings.engine), sleep)
+        self._chains: dict[tuple[str, str], VerifierChain] = {
+            (pipeline.name, tier): build_chain(pipeline.verifier_specs(tier), settings.config_dir,
+                                               f"{pipeline.source}: verifiers.{tier}")
+            for pipeline in settings.pipelines.values() for tier in pipeline.ladder
+        }
 
     # -- the decision ------------------------------------------------------------------
 
@@ -77,9 +71,10 @@ class Engine:
         """Process one message; return what happened (accepted, escalated, failed, duplicate, ...).
 
         `redelivered=False` says the broker delivers this message for the first time. Then, in a batch
-        without a budget, the pre-check round trip is skipped: a duplicate can only come from a crash
-        between publishing an escalation and recording it, and `finish_attempt` still counts it once
-        (its call's cost goes to cost_duplicate).
+        without a budget, the pre-check round trip is skipped. A duplicate is still possible after a
+        crash (between publishing an escalation and recording it, or a producer's between publishing
+        and confirming a chunk, then a resubmission); `finish_attempt` counts it once and its call's
+        cost goes to cost_duplicate.
         """
         reserved = 0
         try:
@@ -88,7 +83,8 @@ class Engine:
             system, user = render(pipeline.prompt, msg.job.fields)
             # the estimate only feeds reservations: the batch budget and the tier's tokens-per-minute limit
             prompt_tokens = estimate_tokens(system) + estimate_tokens(user) if msg.budgeted or tier.tpm else 0
-            reserve = reserve_nanos(self.settings.price(tier), tier, prompt_tokens) if msg.budgeted else 0
+            request = self._request(msg, pipeline, tier, system, user)
+            reserve = reserve_nanos(self.settings.price(tier), tier, prompt_tokens, request.n) if msg.budgeted else 0
             if msg.budgeted or redelivered:
                 begin = self.store.begin_attempt(msg.batch, msg.job.id, msg.tier, reserve)
                 if begin in (Begin.DONE, Begin.COUNTED):
@@ -97,7 +93,7 @@ class Engine:
                     return self._finalize(msg, pipeline, "budget_exhausted", None,
                                           reason=f"budget: next call on '{tier.name}' would exceed the batch budget")
             reserved = reserve
-            return self._attempt(msg, pipeline, tier, system, user, prompt_tokens, reserve)
+            return self._attempt(msg, pipeline, tier, request, prompt_tokens, reserve)
         except StoreError:
             raise                       # the dispatcher requeues: the job is not lost with Redis
         except Exception as error:      # a bug must end the job with its reason, never strand it
@@ -105,17 +101,23 @@ class Engine:
             return self._finalize(msg, self.settings.pipelines.get(msg.pipeline), "failed", None, release=reserved,
                                   reason=f"internal_error: {type(error).__name__}: {error}")
 
-    def _attempt(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, system: str, user: str,
+    def _request(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, system: str, user: str
+                 ) -> CompletionRequest:
+        """The tier's call for this job, shaped by its checks: logprobs for `logprob`, n samples for
+        `self_consistency` (at its sampling temperature)."""
+        chain = self._chains[(pipeline.name, tier.name)]
+        n, temperature = chain.sampling or (1, tier.temperature)
+        return CompletionRequest(
+            model=tier.model, system=system, user=user, max_tokens=tier.max_tokens, temperature=temperature, n=n,
+            timeout=tier.timeout_s, logprobs=chain.wants_logprobs, job_id=msg.job.id,
+        )
+
+    def _attempt(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, request: CompletionRequest,
                  prompt_tokens: int, reserve: int) -> str:
         """Call the tier, verify, and decide; the budget reservation is already held."""
         price = self.settings.price(tier)
-        request = CompletionRequest(
-            model=tier.model, system=system, user=user, max_tokens=tier.max_tokens,
-            temperature=tier.temperature, timeout=tier.timeout_s, logprobs=self._wants_logprobs(pipeline, tier),
-            job_id=msg.job.id,
-        )
-        request = self._with_samples(request, pipeline, tier)
-        completion, retries, error = self._call(tier, request, prompt_tokens)
+        result = self.caller.call(tier, request, prompt_tokens)
+        completion, retries, error = result.completion, result.retries, result.error
         if completion is None:
             attempt = Attempt(tier.name, tier.model, "", "error", Usage(), 0.0, 0.0, error=error)
             return self._after_error(msg, pipeline, tier, attempt, reserve, retries)
@@ -191,58 +193,18 @@ class Engine:
 
     # -- pieces ------------------------------------------------------------------------
 
-    def _call(self, tier: Tier, request: CompletionRequest, prompt_tokens: int) -> tuple[Completion | None, int, str]:
-        """Call the tier with retries; return (completion, retries, "") or (None, retries, error reason)."""
-        provider = self.providers.get(tier.name)
-
-        def once() -> Completion:
-            reserved = prompt_tokens + request.max_tokens * request.n
-            lease = self.limiter.acquire(tier, reserved)
-            used = reserved     # a failed call keeps its reservation: providers count failed requests too
-            try:
-                completion = provider.complete(request)
-                used = _rate_limit_tokens(provider, request, completion.usage)
-            except ProviderError as error:
-                if getattr(error, "retry_after", None) is not None or error.status == 429:
-                    self.limiter.cool_down(tier, getattr(error, "retry_after", None) or 1.0)
-                raise
-            finally:
-                self.limiter.settle(tier, lease, used)
-            self.limiter.observe(tier, completion.rate_limit)   # slow down before the provider says 429
-            return completion
-
-        def on_retry(error: Retryable, delay: float) -> None:
-            log.info("tier %s: %s, retrying in %.2fs", tier.name, error.kind, delay)
-
-        try:
-            completion, retries = call_with_retries(once, self.retry_policy, self.sleep, self._rng, on_retry)
-            return completion, retries, ""
-        except Retryable as error:
-            return None, self.retry_policy.max_retries, f"{error.kind}: retries exhausted: {error.provider_message}"
-        except ProviderError as error:
-            return None, 0, f"{error.kind}: {error.provider_message}"
-
     def _verify(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, attempt: Attempt,
                 completion: Completion, request: CompletionRequest) -> Attempt:
         """Run the tier's chain; model-calling verifiers get `ctx.call`, priced and limited like any call."""
+        calls = VerifierCalls(self.settings, self.caller, tier)
         ctx = VerifyContext(completion=completion, output_format=pipeline.output, labels=pipeline.labels,
-                            config_dir=self.settings.config_dir, request=request,
-                            call=VerifierCalls(self.settings, self.providers, tier, self._call))
+                            config_dir=self.settings.config_dir, request=request, call=calls)
         verdicts = self._chains[(pipeline.name, tier.name)].run(msg.job, attempt, ctx)
+        if calls.store_error is not None:
+            raise calls.store_error         # Redis failed under a verifier's call: requeue, do not judge
         text = next((v.output for v in verdicts if v.output is not None), attempt.text)
         parsed = parse_output(text, pipeline.output, pipeline.labels)
         return replace(attempt, text=text, verdicts=tuple(verdicts), parsed=parsed)
-
-    def _wants_logprobs(self, pipeline: Pipeline, tier: Tier) -> bool:
-        return any(s.get("name") == "logprob" for s in pipeline.verifier_specs(tier.name))
-
-    def _with_samples(self, request: CompletionRequest, pipeline: Pipeline, tier: Tier) -> CompletionRequest:
-        """A tier checked by self-consistency answers with its samples: n choices at the sampling temperature."""
-        spec = next((s for s in pipeline.verifier_specs(tier.name) if s.get("name") == "self_consistency"), None)
-        if spec is None:
-            return request
-        return replace(request, n=int(spec.get("samples", SAMPLES_DEFAULT)),
-                       temperature=float(spec.get("temperature", TEMPERATURE_DEFAULT)))
 
     def _counterfactual(self, pipeline: Pipeline | None, answer: Attempt | None) -> int:
         """What this job would have cost sent straight to the last tier: its prompt and answer length there."""
@@ -253,13 +215,6 @@ class Engine:
             return round(answer.cost_usd * 1e9)
         usage = Usage(input_tokens=answer.usage.prompt_tokens, output_tokens=answer.usage.output_tokens)
         return cost_nanos(self.settings.price(last), usage, last.batch_pricing)
-
-
-def _rate_limit_tokens(provider: Any, request: CompletionRequest, usage: Usage) -> int:
-    """What the provider counts against its tokens-per-minute limit for a call it answered."""
-    if getattr(provider, "tpm_counts_max_tokens", False):
-        return usage.prompt_tokens + request.max_tokens * request.n
-    return usage.prompt_tokens + usage.output_tokens
 
 
 def _failed_reason(attempt: Attempt) -> str:

@@ -71,7 +71,8 @@ def _estimate_unicode(text: str) -> int:
     return n
 
 
-def reserve_nanos(price: Price, tier: Tier, prompt_tokens: int) -> int:
-    """The most a call can cost: the prompt estimate plus every allowed output token."""
-    usage = Usage(input_tokens=prompt_tokens, output_tokens=tier.max_tokens)
+def reserve_nanos(price: Price, tier: Tier, prompt_tokens: int, n: int = 1) -> int:
+    """The most a call of `n` samples can cost: each billed the prompt estimate and every allowed output
+    token (a provider without `n` bills the prompt once per sample)."""
+    usage = Usage(input_tokens=prompt_tokens * n, output_tokens=tier.max_tokens * n)
     return cost_nanos(price, usage, tier.batch_pricing)

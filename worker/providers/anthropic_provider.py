@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ProviderError
+from worker.fanout import fan_out
 from worker.models import Completion, CompletionRequest, Usage
 from worker.providers import errors
 from worker.providers.common import connection_limits, rate_limit_hints, require_api_key, seconds_until
@@ -73,23 +73,8 @@ class AnthropicProvider:
         self._create = self._client.messages.with_raw_response.create
 
     def complete(self, request: CompletionRequest) -> Completion:
-        """Send one message (n concurrent ones when n > 1) and return the answer."""
-        if request.n <= 1:
-            return self._call(request)
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=request.n, thread_name_prefix="anthropic-n") as pool:
-            # list() re-raises the first failure; the executor still waits for the other calls.
-            answers = list(pool.map(self._call, [request] * request.n))
-        first = answers[0]
-        return Completion(
-            text=first.text,
-            usage=sum((a.usage for a in answers), Usage()),
-            finish_reason=first.finish_reason,
-            model=first.model,
-            latency_ms=(time.perf_counter() - start) * 1000,
-            samples=tuple(a.text for a in answers),
-            rate_limit=_tightest([a.rate_limit for a in answers]),
-        )
+        """Send one message (n concurrent ones when n > 1: the API has no `n`) and return the answer."""
+        return self._call(request) if request.n <= 1 else fan_out(self._call, request)
 
     def close(self) -> None:
         """Close the pooled connections (the provider is unusable afterwards)."""
@@ -166,16 +151,3 @@ class AnthropicProvider:
             return errors.bad_response_error(PROVIDER, err, secret=self._api_key)
         return errors.sdk_error(PROVIDER, err, secret=self._api_key)
 
-
-def _tightest(hints: list[dict[str, float]]) -> dict[str, float]:
-    """Merge the rate-limit hints of parallel calls, keeping the most cautious value of each."""
-    merged: dict[str, float] = {}
-    for hint in hints:
-        for key, value in hint.items():
-            if key not in merged:
-                merged[key] = value
-            elif key.startswith("remaining_"):
-                merged[key] = min(merged[key], value)
-            else:  # resets: the later one
-                merged[key] = max(merged[key], value)
-    return merged

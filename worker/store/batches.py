@@ -60,7 +60,6 @@ class BatchStore:
             pipe.hset(key, "budget", budget_nanos)
         runs_at = len(pipe)
         pipe.hincrby(key, "runs", 1)
-        pipe.zadd(self.keys.batches(), {batch: time.time()}, nx=True)
         for batch_key in self._expiring(batch):     # resubmitted: live again until it finishes again
             pipe.persist(batch_key)
         return int(pipe.execute()[runs_at])
@@ -96,10 +95,6 @@ class BatchStore:
     def pipeline_counters(self, pipeline: str) -> dict[str, int]:
         """Counters of a pipeline over all its batches."""
         return {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.pipeline(pipeline)).items()}
-
-    def list_batches(self, limit: int = 20) -> list[str]:
-        """The newest batch ids, newest first."""
-        return [b.decode() for b in self.redis.zrevrange(self.keys.batches(), 0, limit - 1)]
 
     # -- attempts --------------------------------------------------------------------------
 

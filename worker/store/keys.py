@@ -25,7 +25,6 @@ class Keys:
     batch:{id}:jobs     hash: job id -> "run:line:counted-tiers:done" (done-once and resubmission)
     batch:{id}:results  stream: one result record per finished job, trimmed once drained
     pipeline:{name}     hash: the same counters summed over every batch of the pipeline
-    batches             sorted set: batch ids by creation time
     limiter:{tier}:state   hash: a tier's rate buckets, 429 cooldown and mean call time (cluster-wide)
     limiter:{tier}:leases  sorted set: calls in flight on a tier, by lease expiry
     """
@@ -47,10 +46,6 @@ class Keys:
     def pipeline(self, pipeline: str) -> str:
         """Counters of a pipeline over all its batches."""
         return f"{self.namespace}:pipeline:{pipeline}"
-
-    def batches(self) -> str:
-        """Index of batches by creation time."""
-        return f"{self.namespace}:batches"
 
     def limiter(self, tier: str, part: str) -> str:
         """Shared limiter state of a tier: `part` is "state" or "leases"."""

@@ -5,7 +5,7 @@
 -- ARGV[1] requests bucket capacity, ARGV[2] its refill per ms (0: no rpm limit),
 -- ARGV[3] tokens bucket capacity, ARGV[4] its refill per ms (0: no tpm limit), ARGV[5] tokens to reserve,
 -- ARGV[6] calls in flight allowed (0: no cap), ARGV[7] lease id, ARGV[8] lease lifetime (ms),
--- ARGV[9] furthest a slot may be booked ahead (ms), ARGV[10] in-flight refusals this caller already had
+-- ARGV[9] furthest a slot may be booked ahead (ms; further for a call bigger than the tokens bucket), ARGV[10] in-flight refusals this caller already had
 -- Returns {admitted, wait_ms, cooldown_left_ms}:
 --   admitted 1: the slot is booked; the caller sleeps wait_ms, then calls (no second round trip)
 --   admitted 0: nothing was taken; ask again after wait_ms (cooldown, in-flight cap, or too far ahead)
@@ -46,8 +46,12 @@ if t_rate > 0 then
   tl = level(t_cap, t_rate, s[4], s[5]) - cost
   if tl < 0 then wait = math.max(wait, -tl / t_rate) end
 end
-if wait > max_book then
-  return {0, math.ceil(wait - max_book), 0}
+-- A call bigger than the tokens bucket may book as far ahead as its own size needs from a full
+-- bucket (plus the usual horizon); with the plain horizon it would be refused forever.
+local horizon = max_book
+if t_rate > 0 and cost > t_cap then horizon = max_book + (cost - t_cap) / t_rate end
+if wait > horizon then
+  return {0, math.ceil(wait - horizon), 0}
 end
 local stamp = string.format('%.3f', now)
 if rl then redis.call('HSET', KEYS[1], 'rl', string.format('%.17g', rl), 'rt', stamp) end

@@ -1,0 +1,42 @@
+"""`n` samples from a provider without `n`: n single calls side by side, merged into one Completion."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from worker.models import Completion, CompletionRequest, Usage
+
+
+def fan_out(call: Callable[[CompletionRequest], Completion], request: CompletionRequest) -> Completion:
+    """Make `request.n` single calls at once; the first failure is raised once every call has ended."""
+    single = replace(request, n=1)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=request.n, thread_name_prefix="fan-out") as pool:
+        answers = list(pool.map(call, [single] * request.n))
+    first = answers[0]
+    return Completion(
+        text=first.text,
+        usage=sum((a.usage for a in answers), Usage()),
+        finish_reason=first.finish_reason,
+        model=first.model,
+        latency_ms=(time.perf_counter() - start) * 1000,
+        samples=tuple(a.text for a in answers),
+        rate_limit=tightest([a.rate_limit for a in answers]),
+    )
+
+
+def tightest(hints: list[dict[str, float]]) -> dict[str, float]:
+    """Merge the rate-limit hints of parallel calls, keeping the most cautious value of each."""
+    merged: dict[str, float] = {}
+    for hint in hints:
+        for key, value in hint.items():
+            if key not in merged:
+                merged[key] = value
+            elif key.startswith("remaining_"):
+                merged[key] = min(merged[key], value)
+            else:  # resets: the later one
+                merged[key] = max(merged[key], value)
+    return merged
