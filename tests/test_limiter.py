@@ -16,14 +16,16 @@ from tests.helpers import ScriptedProvider, copy_config
 from worker.config import load_settings
 from worker.config.schema import Tier
 from worker.engine import Engine
-from worker.errors import RateLimited
+from worker.errors import RateLimited, ServerError
 from worker.limiter import MARGIN_S, WINDOW_S, NoLimiter, RedisLimiter, request_bucket, token_bucket
 from worker.messages import AttemptMessage
-from worker.models import Completion, Job, Usage
+from worker.models import Completion, CompletionRequest, Job, Usage
 from worker.pricing import estimate_tokens
 from worker.prompts import render
+from worker.retrying import RetryPolicy
 from worker.runtime import ProviderPool
 from worker.store import BatchStore
+from worker.tier_call import TierCaller
 
 
 def tier(**limits) -> Tier:
@@ -238,6 +240,22 @@ def test_engine_pauses_the_tier_on_429_and_on_low_hints(tmp_path):
     assert len(provider.calls) == 2               # the 429 was retried after its cooldown
     assert 1.0 < limiter.store.cooldown_left("cheap") <= 1.5
 
+
+
+@pytest.mark.parametrize("error, expected_s", [
+    (RateLimited("slow down", retry_after=3.0), 3.0),            # retry-after is honoured
+    (RateLimited("overloaded", status=529), 1.0),                 # none given: a short pause
+    (ServerError("boom", status=500), 0.0),                       # not a rate limit: no pause for others
+])
+def test_a_rate_limited_call_pauses_every_worker_of_the_tier(tmp_path, error, expected_s):
+    settings = load_settings(copy_config(tmp_path), environ={})
+    limiter = RedisLimiter(fakeredis.FakeRedis(), "e")
+    provider = ScriptedProvider(lambda request, n: error)
+    caller = TierCaller(ProviderPool(settings, {"cheap": provider}), limiter,
+                        RetryPolicy(max_retries=0), sleep=lambda s: None)
+    result = caller.call(settings.tiers["cheap"], CompletionRequest("m", "sys", "user", 16), 10)
+    assert result.completion is None
+    assert limiter.store.cooldown_left("cheap") == pytest.approx(expected_s, abs=0.1)
 
 # -- several processes share one limit on real Redis ------------------------------------------
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config.schema import Tier
-from worker.errors import ProviderError, Retryable
+from worker.errors import ProviderError, RateLimited, Retryable
 from worker.fanout import fan_out
 from worker.limiter import Limiter
 from worker.models import Completion, CompletionRequest, Usage
@@ -74,9 +74,8 @@ class TierCaller:
         try:
             completion = provider.complete(request)
             used = rate_limit_tokens(provider, request, completion.usage)
-        except ProviderError as error:
-            if getattr(error, "retry_after", None) is not None or error.status == 429:
-                self.limiter.cool_down(tier, getattr(error, "retry_after", None) or 1.0)
+        except RateLimited as error:    # every worker of the tier waits, for as long as the provider said
+            self.limiter.cool_down(tier, error.retry_after or 1.0)
             raise
         finally:
             self.limiter.settle(tier, lease, used)
