@@ -1,4 +1,4 @@
-# One image for every Cascade process (workers per tier, later beat/metrics); see docker-compose.yml.
+# One image for every Cascade process (a worker per tier, the simulator, the submit CLI); see docker-compose.yml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,18 +7,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# README.md* matches nothing while there is no README; pyproject.toml keeps the COPY valid.
-COPY pyproject.toml README.md* ./
-# Every package in pyproject's [tool.setuptools.packages.find] include (tests/test_compose.py checks).
-COPY worker ./worker
+COPY pyproject.toml README.md ./
+# Every folder pyproject.toml's [tool.setuptools.package-dir] maps into `cascade` (tests/test_compose.py checks).
+COPY cascade ./cascade
+COPY cli ./cli
+COPY config ./config
+COPY examples ./examples
 COPY producer ./producer
-COPY verifiers ./verifiers
 COPY simulator ./simulator
+COPY tuning ./tuning
+COPY verifiers ./verifiers
+COPY worker ./worker
 RUN pip install --no-cache-dir .
 
-# Default configuration; docker-compose.yml mounts ./config over it read-only.
-COPY config ./config
-
+# /app/config and /app/examples stay in the image as the default configuration and the demo's input;
+# docker-compose.yml mounts the host's folders over them read-only.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin cascade
 USER cascade
 

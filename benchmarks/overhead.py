@@ -26,7 +26,16 @@ import orjson
 import redis
 
 from benchmarks.harness import (
-    REPO, BenchConfig, Processes, cascade_cmd, emit, log, module_cmd, redis_url, steady_rate, wait_until,
+    REPO,
+    BenchConfig,
+    Processes,
+    cascade_cmd,
+    emit,
+    log,
+    module_cmd,
+    redis_url,
+    steady_rate,
+    wait_until,
 )
 from benchmarks.worker import NOOP_TASK, READY, noop
 
@@ -81,7 +90,7 @@ def drain(progress, total: int, counters: list[Path], client: redis.Redis, timeo
 
 def run_cascade(config: BenchConfig, root: Path, jobs: int, concurrency: int, client: redis.Redis) -> dict:
     """Phase 1: pre-queue the batch, start one worker per tier, time the drain."""
-    from worker.store import BatchStore
+    from cascade.worker.store import BatchStore
 
     write_jobs(root / "jobs.jsonl", jobs)
     env = config.env()
@@ -100,8 +109,8 @@ def run_cascade(config: BenchConfig, root: Path, jobs: int, concurrency: int, cl
                                                      "--pass-rate", str(pass_rate), "--concurrency", str(concurrency),
                                                      "--counter-file", str(counter)), env, ready=READY.encode())
         log("3 tier workers up; draining")
-        figures = drain(lambda: int(store.batch_info(batch).get("done", 0)), jobs, counters, client, 1800)
-        info = store.batch_info(batch)
+        figures = drain(lambda: store.batch(batch).done, jobs, counters, client, 1800)
+        info = store.batch(batch).counters
         figures["attempts_per_job"] = sum(int(info.get(f"attempts:{t}", 0)) for t in TIERS) / jobs
         figures["statuses"] = {k.split(":", 1)[1]: v for k, v in info.items() if k.startswith("status:")}
         return figures
@@ -111,8 +120,8 @@ def run_cascade(config: BenchConfig, root: Path, jobs: int, concurrency: int, cl
 
 def run_raw(config: BenchConfig, root: Path, tasks: int, concurrency: int, client: redis.Redis) -> dict:
     """Phase 2: pre-queue no-op tasks with kombu's batch publish; one worker with the same settings drains them."""
-    from worker.celery_app import create_app
-    from worker.config import load_settings
+    from cascade.worker.celery_app import create_app
+    from cascade.worker.config import load_settings
 
     queue = f"{config.ns}.noop"
     app = create_app(load_settings(config.path))

@@ -26,9 +26,16 @@ from pathlib import Path
 import orjson
 
 from benchmarks.harness import (
-    ONE_TIER_PIPELINE, BenchConfig, Processes, cascade_cmd, emit, log, redis_url, steady_rate,
+    ONE_TIER_PIPELINE,
+    BenchConfig,
+    Processes,
+    cascade_cmd,
+    emit,
+    log,
+    redis_url,
+    steady_rate,
 )
-from simulator import SimServer, load_scenario
+from cascade.simulator import SimServer, load_scenario
 
 MODEL = "gpt-4o-mini"
 LATENCY_MS = (300, 800)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import orjson
 
-from producer.calibrate import Target, calibrate, calibration_paths, write_placeholders
 from benchmarks.recorded_sets import RecordedBenchmark, derive_pipeline, discover
-from producer.replay import replay
-from verifiers.calibration import CONFIDENCE_DEFAULT, dump_calibration
-from worker.config import load_settings
-from worker.providers.recorded import load_recorded
+from cascade.recorded import load_recorded
+from cascade.tuning.calibrate import Target, calibrate, calibration_paths, write_placeholders
+from cascade.tuning.replay import replay
+from cascade.verifiers.calibration import CONFIDENCE_DEFAULT, dump_calibration
+from cascade.worker.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 

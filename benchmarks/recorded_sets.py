@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.providers.recorded import RecordedSet
+from cascade.recorded import RecordedSet
 
 LABEL_MAX_CHARS = 3         # "A", "B)", "yes": longer answers are free text
 LABEL_MAX_DISTINCT = 26

@@ -25,7 +25,15 @@ from pathlib import Path
 import redis
 
 from benchmarks.harness import (
-    ONE_TIER_PIPELINE, REPO, BenchConfig, Processes, cascade_cmd, emit, log, module_cmd, redis_url,
+    ONE_TIER_PIPELINE,
+    REPO,
+    BenchConfig,
+    Processes,
+    cascade_cmd,
+    emit,
+    log,
+    module_cmd,
+    redis_url,
 )
 from benchmarks.rows import make_row
 from benchmarks.worker import READY, noop
@@ -52,10 +60,10 @@ def ingest(config: BenchConfig, root: Path, rows: int) -> float:
 
 def raw_celery(config: BenchConfig, rows: int) -> float:
     """A plain `apply_async` loop, one message per row (the row as the task's argument); messages per second."""
-    from worker.celery_app import create_app
-    from worker.config import load_settings
-
     import orjson
+
+    from cascade.worker.celery_app import create_app
+    from cascade.worker.config import load_settings
 
     app = create_app(load_settings(config.path))
     task = app.task(name="bench.row", ignore_result=True)(noop)

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from benchmarks.harness import REPO, emit
-from worker.pricing import estimate_tokens
+from cascade.worker.pricing import estimate_tokens
 
 
 def ratios(datasets: Path, estimate) -> list[float]:

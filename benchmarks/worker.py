@@ -18,7 +18,7 @@ import time
 import zlib
 from pathlib import Path
 
-from worker.models import Completion, CompletionRequest, Usage
+from cascade.models import Completion, CompletionRequest, Usage
 
 NOOP_TASK = "bench.noop"
 READY = "benchmark worker ready."
@@ -79,10 +79,10 @@ def main() -> None:
     parser.add_argument("--counter-file", type=Path)
     args = parser.parse_args()
 
-    from worker.backends import worker_engine
-    from worker.celery_app import create_app
-    from worker.config import load_settings
-    from worker.runtime import ProviderPool
+    from cascade.worker.backends import worker_engine
+    from cascade.worker.celery_app import create_app
+    from cascade.worker.config import load_settings
+    from cascade.worker.runtime import ProviderPool
 
     settings = load_settings(args.config)
     if args.counter_file:

@@ -10,8 +10,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from worker.errors import InputError
-from worker.models import Job
+from cascade.errors import InputError
+from cascade.models import Job
 
 MAX_ID_LENGTH = 256
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.config.schema import Pipeline, Settings
-from worker.counters import LATENCY_BOUNDS_MS
-from worker.pricing import to_usd
+from cascade.models import Status
+from cascade.worker.config.schema import Pipeline, Settings
+from cascade.worker.counters import LATENCY_BOUNDS_MS
+from cascade.worker.pricing import to_usd
 
-STATUSES = ("accepted", "accepted_unverified", "failed", "budget_exhausted")
+STATUSES = tuple(str(s) for s in Status)
 
 
 def summarize(counters: dict[str, Any], settings: Settings, pipeline: Pipeline) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from worker.store import BatchStore
+from cascade.worker.store import BatchRecord, BatchStore
 
 
 class ResultDrain:
@@ -39,16 +39,17 @@ class ResultDrain:
 
     def finished(self) -> bool:
         """True when the whole input was submitted and every job has its result."""
-        info = self.store.batch_info(self.batch)
-        return info.get("state") == "submitted" and info.get("done", 0) >= info.get("total", 0)
+        record = self.store.batch(self.batch)
+        return record is not None and record.finished
 
-    def wait(self, on_progress: Callable[[dict], None] | None = None, poll_s: float = 0.1) -> None:
+    def wait(self, on_progress: Callable[[BatchRecord], None] | None = None, poll_s: float = 0.1) -> None:
         """Drain until the batch is finished."""
         while True:
             finished = self.finished()   # read before draining, so the last records are not left behind
             self.drain()
-            if on_progress is not None:
-                on_progress(self.store.batch_info(self.batch))
+            record = self.store.batch(self.batch) if on_progress is not None else None
+            if record is not None:
+                on_progress(record)
             if finished:
                 return
             time.sleep(poll_s)

@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from producer.reader import RawRow, to_job
-from worker.backends import Backend
-from worker.config.schema import Pipeline, Settings
-from worker.errors import InputError
-from worker.messages import AttemptMessage
-from worker.models import Job
+from cascade.errors import InputError
+from cascade.models import Job
+from cascade.producer.reader import RawRow, to_job
+from cascade.worker.backends import Backend
+from cascade.worker.config.schema import Pipeline, Settings
+from cascade.worker.messages import AttemptMessage
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Submitter:
         store = self.backend.store
         self._run = store.open_batch(self.batch, self.pipeline.name, self.budget_nanos, self.backend.mode)
         # an earlier run's budget still holds when this one gives none: every message must reserve
-        self._budgeted = int(store.batch_info(self.batch).get("budget", 0)) > 0
+        self._budgeted = store.batch(self.batch).budget_nanos > 0
         return self._run
 
     def run(self, rows: Iterable[RawRow]) -> SubmitResult:

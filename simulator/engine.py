@@ -12,14 +12,14 @@ from typing import Any
 
 import orjson
 
-from simulator import anthropic_wire, openai_wire
-from simulator.outcomes import text_digest
-from simulator.ratelimit import RollingWindow
-from simulator.scenario import Scenario
-from simulator.stats import Stats
-from simulator.tokens import prompt_tokens
-from simulator.wire import ERROR_STATUS, BadRequest, SimRequest
-from worker.errors import ProviderError
+from cascade.errors import ProviderError
+from cascade.simulator import anthropic_wire, openai_wire
+from cascade.simulator.outcomes import text_digest
+from cascade.simulator.ratelimit import RollingWindow
+from cascade.simulator.scenario import Scenario
+from cascade.simulator.stats import Stats
+from cascade.simulator.tokens import prompt_tokens
+from cascade.simulator.wire import ERROR_STATUS, BadRequest, SimRequest
 
 #: the API each POST path speaks ("/chat/completions" too, for a base_url set without /v1)
 _ROUTES: Mapping[str, ModuleType] = MappingProxyType({

@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from simulator.outcomes import SimAnswer
-from simulator.ratelimit import Admission, go_duration, retry_after_seconds
-from simulator.wire import (
+from cascade.simulator.outcomes import SimAnswer
+from cascade.simulator.ratelimit import Admission, go_duration, retry_after_seconds
+from cascade.simulator.wire import (
     BadRequest,
     SimRequest,
     content_text,

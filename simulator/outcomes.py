@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from simulator.tokens import token_spans
+from cascade.simulator.tokens import token_spans
 
 #: the outcomes a scenario may weight, in the fixed order their probabilities are stacked
 OUTCOMES = ("correct", "wrong", "malformed", "hedge", "truncated")

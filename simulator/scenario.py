@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from simulator.outcomes import SimAnswer, pick, render_answer, text_digest, unit
-from simulator.schema import ModelProfile, Rule, parse_document
-from worker.providers.recorded import RecordedSet, load_recorded
-from worker.errors import ConfigError
+from cascade.errors import ConfigError
+from cascade.recorded import RecordedSet, load_recorded
+from cascade.simulator.outcomes import SimAnswer, pick, render_answer, text_digest, unit
+from cascade.simulator.schema import ModelProfile, Rule, parse_document
 
 #: the answer to a prompt no rule matches (a scenario without a catch-all rule)
 FALLBACK_RULE = Rule(".*", "ok")

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from simulator.outcomes import OUTCOMES
-from worker.errors import ConfigError
+from cascade.errors import ConfigError
+from cascade.simulator.outcomes import OUTCOMES
 
 #: injected error kinds, in the order their probabilities are stacked
 ERROR_KINDS = ("429", "500", "timeout")

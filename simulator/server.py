@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from simulator.engine import Reply, SimEngine
-from simulator.scenario import Scenario, load_scenario
+from cascade.simulator.engine import Reply, SimEngine
+from cascade.simulator.scenario import Scenario, load_scenario
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -113,16 +113,24 @@ class _HTTPServer(ThreadingHTTPServer):
                 pass
 
 
+#: the one non-loopback address the simulator accepts: every interface of a container, whose network
+#: is private to the compose stack (docker-compose.yml's `sim` service); never a host's public address
+CONTAINER_HOST = "0.0.0.0"
+
+
 def _loopback(host: str) -> str:
-    """`host` if it is an IPv4 loopback address ("localhost" becomes 127.0.0.1); else ValueError."""
+    """`host` if it is an IPv4 loopback address ("localhost" becomes 127.0.0.1) or CONTAINER_HOST; else ValueError."""
     if host == "localhost":
         return "127.0.0.1"
+    if host == CONTAINER_HOST:
+        return host
     try:
         if ipaddress.IPv4Address(host).is_loopback:
             return host
     except ValueError:
         pass
-    raise ValueError(f"the simulator listens on loopback only (127.0.0.1), not {host!r}")
+    raise ValueError(f"the simulator listens on loopback (127.0.0.1), or {CONTAINER_HOST} inside a container; "
+                     f"not {host!r}")
 
 
 class SimServer:

@@ -6,8 +6,8 @@ import copy
 import threading
 from typing import Any
 
-from simulator.outcomes import OUTCOMES
-from simulator.schema import ERROR_KINDS
+from cascade.simulator.outcomes import OUTCOMES
+from cascade.simulator.schema import ERROR_KINDS
 
 
 def _empty_record() -> dict[str, Any]:

@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import redis
 
-from examples.make_tickets import tickets
-from simulator import load_scenario
+from cascade.examples.make_tickets import tickets
+from cascade.simulator import load_scenario
+from cascade.worker.config import load_settings
+from cascade.worker.prompts import render
 from tests.helpers import REPO, copy_config
-from worker.config import load_settings
-from worker.prompts import render
 
 BIN = Path(sys.executable).parent
 SCENARIO = REPO / "examples" / "scenario.toml"

@@ -3,13 +3,14 @@
 Redis
 -----
 ``redis_url`` (session) is the Redis the suite runs against, found by tests/redis_server.py:
-``CASCADE_TEST_REDIS_URL`` if set, else redis://127.0.0.1:6379/0 if it answers PING (skipped when
+``CASCADE_TEST_REDIS_URL`` if set (used as given), else a free database of the Redis on
+127.0.0.1:6379 if it answers PING (claimed for this session, emptied when it ends; skipped when
 ``CASCADE_TEST_NO_LOCAL_REDIS=1``), else a private ``redis-server`` started on a free port for this
 session and stopped when it ends (finalizer, atexit, and on Linux SIGTERM if pytest dies).
 ``redis_client`` (function) is ``redis.Redis.from_url(redis_url)``, closed after the test.
 
-The database is never flushed: it may be a developer's or CI's shared Redis. Each test isolates
-itself by key namespace (e.g. a unique ``cascade-test-<uuid>`` prefix) and deletes what it wrote.
+Each test still isolates itself by key namespace (a unique prefix) and deletes what it wrote, so
+the suite also runs against a database given by ``CASCADE_TEST_REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ if _ROOT not in sys.path:
 
 from tests.redis_server import (  # noqa: E402
     ENV_URL,
+    LOCAL_URL,
+    claim_database,
     find_redis_url,
     ping,
     redact,
+    release_database,
     start_redis_server,
     stop_redis_server,
 )
@@ -42,7 +46,17 @@ def redis_url() -> Iterator[str]:
     if url is not None:
         if not ping(url):
             pytest.fail(f"{ENV_URL}={redact(url)} does not answer PING", pytrace=False)
-        yield url
+        if url != LOCAL_URL:
+            yield url           # given by CASCADE_TEST_REDIS_URL: used as given
+            return
+        try:
+            url = claim_database(url)
+        except RuntimeError as e:
+            pytest.fail(str(e), pytrace=False)
+        try:
+            yield url
+        finally:
+            release_database(url)
         return
     try:
         url, process = start_redis_server()

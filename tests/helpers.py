@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from worker.errors import ProviderError
-from worker.models import Completion, CompletionRequest, TokenLogprob, Usage
+from cascade.errors import ProviderError
+from cascade.models import Completion, CompletionRequest, TokenLogprob, Usage
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,8 +3,12 @@
 Which Redis (first match wins):
 
 1. ``CASCADE_TEST_REDIS_URL`` if set and non-empty (used as given; it must answer PING).
-2. ``redis://127.0.0.1:6379/0`` if it answers PING within a short timeout, unless
-   ``CASCADE_TEST_NO_LOCAL_REDIS=1`` (skip this probe, e.g. to exercise the path below).
+2. The Redis on ``127.0.0.1:6379`` if it answers PING within a short timeout, unless
+   ``CASCADE_TEST_NO_LOCAL_REDIS=1`` (skip this probe, e.g. to exercise the path below). Other
+   programs may use that server, so the session claims a database of its own (an empty one, 15
+   down to 1, marked with an owner key; ``claim_database``) and empties it when it ends. kombu's
+   keys (``unacked``, bindings) are per database, so the suite's short visibility timeouts never
+   restore another program's messages.
 3. Otherwise tests/conftest.py starts a private ``redis-server`` on a free port for the session
    (``start_redis_server``) and stops it at session end.
 
@@ -35,6 +39,7 @@ import redis
 ENV_URL = "CASCADE_TEST_REDIS_URL"
 ENV_NO_LOCAL = "CASCADE_TEST_NO_LOCAL_REDIS"
 LOCAL_URL = "redis://127.0.0.1:6379/0"
+OWNER_KEY = "cascade-test:owner"      # in a claimed database: the pid of the test session using it
 PROBE_TIMEOUT_S = 0.5
 START_TIMEOUT_S = 10.0
 _TMP_PREFIX = "cascade-test-redis-"   # temp dir of a started server: --dir, its log, owner.pid
@@ -76,6 +81,54 @@ def find_redis_url() -> str | None:
     if _truthy(os.environ.get(ENV_NO_LOCAL)):
         return None
     return LOCAL_URL if ping(LOCAL_URL) else None
+
+
+def _database_url(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True     # exists, owned by someone else
+    return True
+
+
+def claim_database(url: str, owner: int | None = None) -> str:
+    """A database of the server at `url` for this session alone: empty (or a dead session's), marked as ours."""
+    owner = os.getpid() if owner is None else owner
+    for db in range(15, 0, -1):
+        candidate = _database_url(url, db)
+        client = redis.Redis.from_url(candidate, socket_timeout=2)
+        try:
+            holder = client.get(OWNER_KEY)
+            if holder is not None:
+                if _alive(int(holder)):
+                    continue
+                client.flushdb()         # a session that died (SIGKILL) left it: ours to reclaim
+            elif client.dbsize():
+                continue                 # somebody's data
+            if client.set(OWNER_KEY, owner, nx=True):
+                return candidate
+        except (redis.RedisError, ValueError):
+            continue                     # no such database, or not ours to judge
+        finally:
+            client.close()
+    raise RuntimeError(f"no free database (1-15) on {redact(url)} for the tests; set {ENV_URL}")
+
+
+def release_database(url: str) -> None:
+    """Empty a database from claim_database (what the tests wrote and the owner key): nothing is left behind."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        if client.get(OWNER_KEY) == str(os.getpid()).encode():
+            client.flushdb()
+    finally:
+        client.close()
 
 
 def find_redis_server_binary() -> str | None:
@@ -230,7 +283,7 @@ def ensure_binary() -> int:
         if not ping(url):
             print(f"redis: {ENV_URL}={redact(url)} does not answer PING", file=sys.stderr)
             return 1
-        print(f"redis: tests use {redact(url)}")
+        print(f"redis: tests use {redact(url)}" + ("" if os.environ.get(ENV_URL) else " (a free database of it)"))
         return 0
     binary = find_redis_server_binary()
     if binary:

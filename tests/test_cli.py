@@ -9,8 +9,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from producer.cli import EXIT_REJECTED, cascade, submit_command
-from simulator import SimServer, load_scenario
+from cascade.cli.main import cascade
+from cascade.cli.submit import EXIT_REJECTED, submit_command
+from cascade.simulator import SimServer, load_scenario
 from tests.cluster import SCENARIO, cascade_env, cluster_config, delete_namespace, read_jsonl
 from tests.helpers import copy_config
 

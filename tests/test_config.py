@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cascade.errors import ConfigError
+from cascade.worker.config import load_settings
 from tests.helpers import copy_config
-from worker.config import load_settings
-from worker.errors import ConfigError
 
 
 def test_shipped_config_loads_with_its_pipeline(tmp_path):
@@ -103,3 +103,23 @@ def test_unknown_pipeline_lists_known_ones(tmp_path):
     with pytest.raises(ConfigError) as e:
         settings.pipeline("triage")
     assert str(e.value) == f"unknown pipeline 'triage' (in {tmp_path / 'config' / 'pipelines'}: ticket-triage)"
+
+
+def test_a_tier_whose_name_extends_another_gets_its_own_variables(tmp_path):
+    # Given tiers `cheap` and `cheap_fast`
+    path = copy_config(tmp_path, lambda t: t.replace("[tiers.mid]", '[tiers.cheap_fast]\nprovider = "openai"\n'
+                                                     'model = "gpt-4o-mini"\n\n[tiers.mid]'))
+    env = {"CASCADE_TIER_CHEAP_FAST_CONCURRENCY": "7", "CASCADE_TIER_CHEAP_CONCURRENCY": "3"}
+    settings = load_settings(path, environ=env)
+    assert settings.tiers["cheap_fast"].concurrency == 7
+    assert settings.tiers["cheap"].concurrency == 3
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path):
+    path = copy_config(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={"CASCADE_TIER_CHEAP_CONCURRENCY": "lots"})
+    assert str(e.value).startswith("environment CASCADE_TIER_CHEAP_CONCURRENCY: Input should be a valid integer")
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={"CASCADE_HIGH_WATER": "0"})
+    assert str(e.value) == "environment CASCADE_HIGH_WATER: Input should be greater than or equal to 1"

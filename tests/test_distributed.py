@@ -8,9 +8,18 @@ import orjson
 import pytest
 import redis
 
-from simulator import SimServer, load_scenario
-from tests.cluster import (SCENARIO, Workers, cascade_env, cluster_config, delete_namespace, predicted_decisions,
-                           read_jsonl, run_cli, write_tickets)
+from cascade.simulator import SimServer, load_scenario
+from tests.cluster import (
+    SCENARIO,
+    Workers,
+    cascade_env,
+    cluster_config,
+    delete_namespace,
+    predicted_decisions,
+    read_jsonl,
+    run_cli,
+    write_tickets,
+)
 
 JOBS = 300
 

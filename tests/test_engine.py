@@ -6,14 +6,14 @@ import fakeredis
 import orjson
 import pytest
 
+from cascade.errors import ContextTooLong, Permanent, RateLimited, ServerError
+from cascade.models import Completion, Job, Usage
+from cascade.worker.config import load_settings
+from cascade.worker.engine import Engine
+from cascade.worker.messages import AttemptMessage
+from cascade.worker.runtime import ProviderPool
+from cascade.worker.store import BatchStore
 from tests.helpers import ScriptedProvider, copy_config
-from worker.config import load_settings
-from worker.engine import Engine
-from worker.errors import ContextTooLong, Permanent, RateLimited, ServerError
-from worker.messages import AttemptMessage
-from worker.models import Completion, Job, Usage
-from worker.runtime import ProviderPool
-from worker.store import BatchStore
 
 GOOD = '{"category": "billing", "priority": "low"}'
 MALFORMED = '{"category": "billing", "priority": '
@@ -69,7 +69,7 @@ def test_valid_cheap_answer_is_accepted_at_the_first_tier(settings):
     # 100 input tokens at $0.15/M + 10 output at $0.60/M
     assert rec["cost_usd"] == pytest.approx(0.000021)
     assert dispatcher.sent == []
-    info = store.batch_info("b1")
+    info = store.batch("b1").counters
     assert info["done"] == 1 and info["status:accepted"] == 1 and info["final:cheap"] == 1
     assert info["cost"] == 21_000 and info.get("reserved", 0) == 0
 
@@ -78,12 +78,12 @@ def test_failed_verification_escalates_with_the_attempt_in_the_history(settings)
     engine, store, dispatcher, _, _ = make_engine(settings, {"cheap": lambda r, n: MALFORMED})
     assert engine.handle(message()) == "escalated"
     [sent] = dispatcher.sent
-    assert sent.tier == 1 and sent.job.id == "j1"
+    assert sent.tier_index == 1 and sent.job.id == "j1"
     [attempt] = sent.attempts
     assert attempt.tier == "cheap" and attempt.text == MALFORMED
     assert attempt.verdicts[-1].verifier == "json" and not attempt.verdicts[-1].passed
     assert records(store) == []
-    info = store.batch_info("b1")
+    info = store.batch("b1").counters
     assert info["escalated:cheap"] == 1 and info["reject:cheap:json:invalid JSON"] == 1
     assert info.get("done", 0) == 0
 
@@ -91,15 +91,16 @@ def test_failed_verification_escalates_with_the_attempt_in_the_history(settings)
 def test_hedge_is_rejected_by_the_refusal_check(settings):
     engine, store, dispatcher, _, _ = make_engine(settings, {"cheap": lambda r, n: HEDGE})
     assert engine.handle(message()) == "escalated"
-    assert any(k.startswith("reject:cheap:refusal:") for k in store.batch_info("b1"))
+    assert any(k.startswith("reject:cheap:refusal:") for k in store.batch("b1").counters)
 
 
-@pytest.mark.parametrize("policy, status", [("accept_flagged", "accepted_unverified"), ("fail", "failed")])
-def test_failure_at_the_last_tier_follows_the_pipeline_policy(settings, policy, status):
+@pytest.mark.parametrize("policy, status, outcome", [("accept_flagged", "accepted_unverified", "flagged"),
+                                                     ("fail", "failed", "failed")])
+def test_failure_at_the_last_tier_follows_the_pipeline_policy(settings, policy, status, outcome):
     engine, store, _, _, _ = make_engine(settings, {"frontier": lambda r, n: HEDGE}, on_last_failure=policy)
     cheap_attempt = {"tier": "cheap", "model": "gpt-4o-mini", "text": MALFORMED, "cost_usd": 0.00001,
                      "input_tokens": 100, "output_tokens": 10, "verdicts": []}
-    assert engine.handle(message(tier=2, history=[cheap_attempt])) == status
+    assert engine.handle(message(tier=2, history=[cheap_attempt])) == outcome
     [rec] = records(store)
     assert rec["status"] == status
     assert rec["output"] == HEDGE and rec["tier"] == "frontier"
@@ -115,7 +116,7 @@ def test_retryable_errors_retry_on_the_same_tier_then_succeed(settings):
     assert engine.handle(message()) == "accepted"
     assert len(providers["cheap"].calls) == 3
     assert len(sleeps) == 2 and sleeps[0] >= 0.2   # retry-after is a floor
-    assert store.batch_info("b1")["retries:cheap"] == 2
+    assert store.batch("b1").counters["retries:cheap"] == 2
 
 
 def test_retries_exhausted_fail_the_job_with_the_reason(settings):
@@ -136,8 +137,8 @@ def test_permanent_error_fails_without_retrying(settings):
 def test_context_too_long_escalates_to_a_larger_window(settings):
     engine, store, dispatcher, _, _ = make_engine(settings, {"cheap": lambda r, n: ContextTooLong("too long", status=400)})
     assert engine.handle(message()) == "escalated"
-    assert dispatcher.sent[0].tier == 1
-    assert store.batch_info("b1")["error:cheap:context_too_long"] == 1
+    assert dispatcher.sent[0].tier_index == 1
+    assert store.batch("b1").counters["error:cheap:context_too_long"] == 1
 
 
 def test_redelivered_message_is_a_no_op(settings):
@@ -145,7 +146,7 @@ def test_redelivered_message_is_a_no_op(settings):
     assert engine.handle(message()) == "accepted"
     assert engine.handle(message()) == "duplicate"
     assert len(records(store)) == 1 and len(providers["cheap"].calls) == 1
-    assert store.batch_info("b1")["done"] == 1
+    assert store.batch("b1").counters["done"] == 1
 
 
 def test_a_first_delivery_skips_the_pre_check_and_still_counts_once(settings):
@@ -156,7 +157,7 @@ def test_a_first_delivery_skips_the_pre_check_and_still_counts_once(settings):
     # When it runs, the tier is called again, but nothing is recorded twice
     assert engine.handle(message(), redelivered=False) == "duplicate"
     assert len(providers["cheap"].calls) == 2 and len(records(store)) == 1
-    info = store.batch_info("b1")
+    info = store.batch("b1").counters
     assert info["done"] == 1 and info["attempts:cheap"] == 1 and info["cost_duplicate"] == info["cost"] == 21_000
     # and a redelivered copy (kombu flags the messages it restores) is stopped before the call
     assert engine.handle(message(), redelivered=True) == "duplicate"
@@ -186,14 +187,14 @@ def test_truncated_answer_escalates(settings):
                      model="gpt-4o-mini", latency_ms=5.0)
     engine, store, _, _, _ = make_engine(settings, {"cheap": lambda r, n: cut})
     assert engine.handle(message()) == "escalated"
-    assert store.batch_info("b1")["reject:cheap:truncation:truncated at max_tokens"] == 1
+    assert store.batch("b1").counters["reject:cheap:truncation:truncated at max_tokens"] == 1
 
 
 def test_counterfactual_prices_the_answer_on_the_last_tier(settings):
     engine, store, _, _, _ = make_engine(settings, {"cheap": lambda r, n: GOOD})
     engine.handle(message())
     # 100 input + 10 output tokens on claude-sonnet-4-6 ($3 / $15 per M)
-    assert store.batch_info("b1")["counterfactual"] == 100 * 3000 + 10 * 15000
+    assert store.batch("b1").counters["counterfactual"] == 100 * 3000 + 10 * 15000
 
 
 def test_a_bug_in_a_provider_ends_the_job_with_its_reason(settings):
@@ -204,7 +205,7 @@ def test_a_bug_in_a_provider_ends_the_job_with_its_reason(settings):
     store.redis.hset(store.keys.batch("b1"), "budget", 10**9)
     assert engine.handle(message(budgeted=True)) == "failed"
     assert records(store)[0]["reason"] == "internal_error: KeyError: 'usage'"
-    assert store.batch_info("b1")["reserved"] == 0      # the budget reservation is given back
+    assert store.batch("b1").counters["reserved"] == 0      # the budget reservation is given back
 
 
 def test_a_pipeline_unknown_to_this_worker_fails_the_job_instead_of_losing_it(settings):

@@ -12,20 +12,20 @@ import fakeredis
 import pytest
 import redis
 
+from cascade.errors import RateLimited, ServerError
+from cascade.models import Completion, CompletionRequest, Job, Usage
+from cascade.worker.config import load_settings
+from cascade.worker.config.schema import Tier
+from cascade.worker.engine import Engine
+from cascade.worker.limiter import MARGIN_S, WINDOW_S, NoLimiter, RedisLimiter, request_bucket, token_bucket
+from cascade.worker.messages import AttemptMessage
+from cascade.worker.pricing import estimate_tokens
+from cascade.worker.prompts import render
+from cascade.worker.retrying import RetryPolicy
+from cascade.worker.runtime import ProviderPool
+from cascade.worker.store import BatchStore
+from cascade.worker.tier_call import TierCaller
 from tests.helpers import ScriptedProvider, copy_config
-from worker.config import load_settings
-from worker.config.schema import Tier
-from worker.engine import Engine
-from worker.errors import RateLimited, ServerError
-from worker.limiter import MARGIN_S, WINDOW_S, NoLimiter, RedisLimiter, request_bucket, token_bucket
-from worker.messages import AttemptMessage
-from worker.models import Completion, CompletionRequest, Job, Usage
-from worker.pricing import estimate_tokens
-from worker.prompts import render
-from worker.retrying import RetryPolicy
-from worker.runtime import ProviderPool
-from worker.store import BatchStore
-from worker.tier_call import TierCaller
 
 
 def tier(**limits) -> Tier:

@@ -1,8 +1,8 @@
 """Cost from usage and the price table, exact in nano-USD."""
 
-from worker.config.schema import Price, Tier
-from worker.models import Usage
-from worker.pricing import cost_nanos, reserve_nanos, to_usd
+from cascade.models import Usage
+from cascade.worker.config.schema import Price, Tier
+from cascade.worker.pricing import cost_nanos, reserve_nanos, to_usd
 
 MINI = Price(input=0.15, output=0.60, cached_input=0.075, batch_discount=0.5)
 

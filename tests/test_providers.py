@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import httpx2
 import pytest
 
-from worker.errors import (
+from cascade.errors import (
     ConfigError,
     ContextTooLong,
     Permanent,
@@ -22,10 +22,10 @@ from worker.errors import (
     RateLimited,
     ServerError,
 )
-from worker.models import CompletionRequest, TokenLogprob, Usage
-from worker.providers import PROVIDERS, AnthropicProvider, OpenAIProvider, ProviderSpec, build_provider
-from worker.providers.common import parse_duration, parse_retry_after, seconds_until
-from worker.providers.errors import redact
+from cascade.models import CompletionRequest, TokenLogprob, Usage
+from cascade.worker.providers import PROVIDERS, AnthropicProvider, OpenAIProvider, ProviderSpec, build_provider
+from cascade.worker.providers.common import parse_duration, parse_retry_after, seconds_until
+from cascade.worker.providers.errors import redact
 
 OPENAI_KEY = "sk-test-openai-0123456789secret"
 ANTHROPIC_KEY = "sk-ant-test-0123456789secret"

@@ -10,12 +10,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from producer.replay import replay
-from simulator import SimServer, load_scenario
+from cascade.recorded import load_recorded
+from cascade.simulator import SimServer, load_scenario
+from cascade.tuning.replay import replay
+from cascade.worker.config import load_settings
 from tests.cluster import Workers, cascade_env, delete_namespace, read_jsonl, run_cli
 from tests.helpers import REPO
-from worker.config import load_settings
-from worker.providers.recorded import load_recorded
 
 DATASETS = REPO.parent / "shared" / "datasets"
 

@@ -11,16 +11,16 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from producer.calibrate import Target, TierProfile, choose_thresholds
-from producer.cli import cascade
-from producer.replay import replay
-from simulator import parse_scenario
+from cascade.cli.main import cascade
+from cascade.errors import Permanent
+from cascade.models import CompletionRequest
+from cascade.recorded import load_recorded
+from cascade.simulator import parse_scenario
+from cascade.tuning.calibrate import Target, TierProfile, choose_thresholds
+from cascade.tuning.replay import replay
+from cascade.worker.config import load_settings
+from cascade.worker.providers.replay import ReplayProvider
 from tests.helpers import REPO
-from worker.config import load_settings
-from worker.errors import Permanent
-from worker.models import CompletionRequest
-from worker.providers.recorded import load_recorded
-from worker.providers.replay import ReplayProvider
 
 PIPELINE = """output = "label"
 labels = ["A", "B", "C", "D"]

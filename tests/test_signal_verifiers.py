@@ -11,19 +11,25 @@ import orjson
 import pytest
 import redis
 
+from cascade.errors import ConfigError
+from cascade.models import Attempt, Completion, CompletionRequest, Job, TokenLogprob, Usage
+from cascade.verifiers.base import TierFacts, VerifyContext
+from cascade.verifiers.calibration import (
+    CalibrationMap,
+    TierCalibration,
+    dump_calibration,
+    fit_isotonic,
+    load_calibration,
+)
+from cascade.verifiers.judge import JudgeVerifier, fence
+from cascade.verifiers.registry import build_verifier
+from cascade.worker.config import load_settings
+from cascade.worker.engine import Engine
+from cascade.worker.limiter import NoLimiter
+from cascade.worker.messages import AttemptMessage
+from cascade.worker.runtime import ProviderPool
+from cascade.worker.store import BatchStore
 from tests.helpers import ScriptedProvider, copy_config
-from verifiers.base import TierFacts, VerifyContext
-from verifiers.calibration import CalibrationMap, TierCalibration, dump_calibration, fit_isotonic, load_calibration
-from verifiers.judge import JudgeVerifier, fence
-from verifiers.registry import build_verifier
-from worker.config import load_settings
-from worker.engine import Engine
-from worker.limiter import NoLimiter
-from worker.errors import ConfigError
-from worker.messages import AttemptMessage
-from worker.models import Attempt, Completion, CompletionRequest, Job, TokenLogprob, Usage
-from worker.runtime import ProviderPool
-from worker.store import BatchStore
 
 JOB = Job("j1", {"q": "2+2?"})
 REQUEST = CompletionRequest(model="m", system="sys", user="What is 2+2?", max_tokens=32)
@@ -255,7 +261,7 @@ def test_the_engine_gives_verifiers_a_priced_model_call(tmp_path):
     # cheap: 100 in / 10 out at 0.15 / 0.60; the judge on frontier: 100 in / 10 out at 3 / 15 per million
     assert record["cost_usd"] == pytest.approx(0.000021 + 0.00045)
     assert [v["verifier"] for v in record["attempts"][0]["verdicts"]] == ["json", "custom:has_word", "judge"]
-    info = store.batch_info("b1")
+    info = store.batch("b1").counters
     assert info["verify_cost:cheap"] == 450_000 and info["verify_in_tok:cheap"] == 100
     assert info["verify_out_tok:cheap"] == 10 and info["cost:cheap"] == 471_000
 

@@ -19,9 +19,9 @@ import httpx2
 import openai
 import pytest
 
-from simulator import Scenario, SimServer, load_scenario, parse_scenario
-from simulator.tokens import count_tokens, prompt_tokens
-from worker.errors import ConfigError
+from cascade.errors import ConfigError
+from cascade.simulator import Scenario, SimServer, load_scenario, parse_scenario
+from cascade.simulator.tokens import count_tokens, prompt_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "scenario.toml"
@@ -414,9 +414,10 @@ def test_bad_requests_are_400(server, claude):
     assert response.status_code == 400 and "max_tokens" in response.json()["error"]["message"]
 
 
-def test_listens_on_loopback_only(scenario):
-    with pytest.raises(ValueError, match="loopback"):
-        SimServer(scenario, host="0.0.0.0")
+def test_listens_on_loopback_or_every_interface_of_a_container_only(scenario):
+    with pytest.raises(ValueError, match=r"loopback \(127.0.0.1\), or 0.0.0.0 inside a container; not '10.1.2.3'"):
+        SimServer(scenario, host="10.1.2.3")
+    assert SimServer(scenario, host="0.0.0.0").host == "0.0.0.0"   # bound only when started (compose's sim)
     with SimServer(scenario, host="localhost") as sim:
         assert sim.url.startswith("http://127.0.0.1:")
 

@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 import redis
 
-from worker.store import Begin, BatchStore
+from cascade.worker.store import BatchStore, Begin
 
 
 @pytest.fixture(params=["redis", "fakeredis"])
@@ -32,7 +32,7 @@ def finish(store, job, tier, final, cost=100, record=b"{}", counters=()):
 def test_register_publishes_new_ids_and_names_duplicates_by_line(store):
     run = store.open_batch("b", "p")
     assert store.register_jobs("b", run, [("a", 1), ("b", 2), ("a", 3)]) == [1, 1, -1]
-    assert store.batch_info("b")["total"] == 2
+    assert store.batch("b").counters["total"] == 2
 
 
 def test_a_second_run_skips_what_the_first_published(store):
@@ -42,7 +42,7 @@ def test_a_second_run_skips_what_the_first_published(store):
     run2 = store.open_batch("b", "p")
     assert run2 == run1 + 1
     assert store.register_jobs("b", run2, [("a", 1), ("b", 2), ("c", 3)]) == [0, 0, 1]
-    assert store.batch_info("b")["total"] == 3
+    assert store.batch("b").counters["total"] == 3
 
 
 def test_rows_registered_but_never_confirmed_published_are_republished(store):
@@ -54,7 +54,7 @@ def test_rows_registered_but_never_confirmed_published_are_republished(store):
     run2 = store.open_batch("b", "p")
     # Then only the unconfirmed row is published again, and it counts once in the total
     assert store.register_jobs("b", run2, [("a", 1), ("b", 2)]) == [0, 1]
-    assert store.batch_info("b")["total"] == 2
+    assert store.batch("b").counters["total"] == 2
 
 
 def test_reopening_a_batch_for_another_pipeline_is_refused(store):
@@ -70,7 +70,7 @@ def test_finalize_happens_once_and_a_duplicate_counts_only_its_cost(store):
     assert finish(store, "a", 0, final=True, record=b'{"id":"a"}') is True
     assert store.begin_attempt("b", "a", 0, 0) is Begin.DONE
     assert finish(store, "a", 0, final=True, cost=70) is False
-    info = store.batch_info("b")
+    info = store.batch("b").counters
     assert info["done"] == 1 and info["cost"] == 100 and info["cost_duplicate"] == 70
     assert [r for _, r in store.read_results("b")] == [b'{"id":"a"}']
     assert store.pipeline_counters("p")["cost"] == 100
@@ -90,7 +90,7 @@ def test_an_escalation_recorded_after_the_next_tier_finished_still_counts(store)
     store.register_jobs("b", run, [("a", 1)])
     assert finish(store, "a", 1, final=True, cost=500) is True
     assert finish(store, "a", 0, final=False, cost=100) is True
-    info = store.batch_info("b")
+    info = store.batch("b").counters
     assert info["cost"] == 600 and info["done"] == 1 and info.get("cost_duplicate", 0) == 0
 
 
@@ -101,7 +101,7 @@ def test_budget_reservations_block_calls_that_do_not_fit(store):
     assert store.begin_attempt("b", "c", 0, 600) is Begin.NO_BUDGET     # 600 reserved + 600 > 1000
     store.finish_attempt("b", "p", "a", tier_index=0, release_nanos=600, cost_nanos=200, final=True,
                          counters=[("cost", 200)])
-    assert store.batch_info("b")["reserved"] == 0
+    assert store.batch("b").counters["reserved"] == 0
     assert store.begin_attempt("b", "c", 0, 600) is Begin.GO            # 200 spent + 600 <= 1000
 
 
@@ -129,7 +129,7 @@ def test_counters_travel_packed_and_free_text_names_cannot_break_them(store):
     # a reject reason is free text: a tab or line break in it must not split or merge counters
     assert finish(store, "a", 0, True, cost=7, counters=[("reject:cheap:json:bad\tthing\nhere", 2),
                                                          ("zero", 0), ("negative", -3)])
-    info = store.batch_info("b")
+    info = store.batch("b").counters
     assert info["reject:cheap:json:bad thing here"] == 2 and info["negative"] == -3 and info["cost"] == 7
     assert "zero" not in info
     assert store.pipeline_counters("p")["reject:cheap:json:bad thing here"] == 2

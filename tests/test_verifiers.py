@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from verifiers import build_verifier, known_verifiers
-from verifiers.base import Verifier, VerifyContext
-from verifiers.chain import VerifierChain
-from verifiers.parsing import extract_json, normalize_label, parse_output
-from verifiers.registry import REGISTRY, registry
-from worker.errors import ConfigError
-from worker.models import Attempt, Completion, Job, Usage, Verdict
+from cascade.errors import ConfigError
+from cascade.models import Attempt, Completion, Job, Usage, Verdict
+from cascade.verifiers import build_verifier, known_verifiers
+from cascade.verifiers.base import Verifier, VerifyContext
+from cascade.verifiers.chain import VerifierChain
+from cascade.verifiers.parsing import extract_json, normalize_label, parse_output
+from cascade.verifiers.registry import REGISTRY, registry
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"

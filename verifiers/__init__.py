@@ -4,7 +4,7 @@ Verifiers know nothing of Celery or Redis; those that call a model get a provide
 passed in through `VerifyContext`, never build one.
 """
 
-from verifiers.base import Verifier, VerifyContext
-from verifiers.registry import build_chain, build_verifier, known_verifiers
+from cascade.verifiers.base import Verifier, VerifyContext
+from cascade.verifiers.registry import build_chain, build_verifier, known_verifiers
 
 __all__ = ["Verifier", "VerifyContext", "build_chain", "build_verifier", "known_verifiers"]

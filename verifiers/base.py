@@ -8,7 +8,7 @@ from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from worker.models import Attempt, Completion, CompletionRequest, Job, Verdict
+from cascade.models import Attempt, Completion, CompletionRequest, Job, Verdict
 
 
 class OptionError(ValueError):

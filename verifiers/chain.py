@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from verifiers.base import Verifier, VerifyContext
-from worker.models import Attempt, Job, Verdict
+from cascade.models import Attempt, Job, Verdict
+from cascade.verifiers.base import Verifier, VerifyContext
 
 log = logging.getLogger("cascade.verifiers")
 

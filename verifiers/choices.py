@@ -7,10 +7,11 @@ from typing import Any
 import orjson
 from pydantic import Field
 
-from verifiers.base import Options as BaseOptions
-from verifiers.base import Verifier, VerifyContext
-from verifiers.parsing import MISSING, clip, extract_json, lookup_field, normalize_label
-from worker.models import Attempt, Job, Verdict
+from cascade.models import Attempt, Job, Verdict
+from cascade.verifiers.base import Options as BaseOptions
+from cascade.verifiers.base import Verifier, VerifyContext
+from cascade.verifiers.parsing import MISSING, clip, extract_json, lookup_field, normalize_label
+
 
 class ChoicesVerifier(Verifier):
     """Checks the answer against a closed set of labels, after normalisation."""

@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import Field
 
-from verifiers.base import OptionError, Verifier, VerifyContext
-from verifiers.base import Options as BaseOptions
-from worker.models import Attempt, Job, Verdict
+from cascade.models import Attempt, Job, Verdict
+from cascade.verifiers.base import OptionError, Verifier, VerifyContext
+from cascade.verifiers.base import Options as BaseOptions
 
 
 class CustomVerifier(Verifier):

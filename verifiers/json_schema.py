@@ -11,10 +11,10 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 from pydantic import Field
 
-from verifiers.base import OptionError, Verifier, VerifyContext
-from verifiers.base import Options as BaseOptions
-from verifiers.parsing import clip, extract_json
-from worker.models import Attempt, Job, Verdict
+from cascade.models import Attempt, Job, Verdict
+from cascade.verifiers.base import OptionError, Verifier, VerifyContext
+from cascade.verifiers.base import Options as BaseOptions
+from cascade.verifiers.parsing import clip, extract_json
 
 
 class JsonVerifier(Verifier):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pydantic import Field, StrictInt
 
-from verifiers.base import OptionError, Verifier, VerifyContext
-from verifiers.base import Options as BaseOptions
-from worker.models import Attempt, Job, Verdict
+from cascade.models import Attempt, Job, Verdict
+from cascade.verifiers.base import OptionError, Verifier, VerifyContext
+from cascade.verifiers.base import Options as BaseOptions
 
 
 class LengthVerifier(Verifier):

@@ -9,11 +9,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from verifiers.base import OptionError, TierFacts, Verifier, VerifyContext
-from verifiers.base import Options as BaseOptions
-from verifiers.calibration import CalibratedDecision
-from verifiers.parsing import normalize_label
-from worker.models import Attempt, Job, TokenLogprob, Verdict
+from cascade.models import Attempt, Job, TokenLogprob, Verdict
+from cascade.verifiers.base import OptionError, TierFacts, Verifier, VerifyContext
+from cascade.verifiers.base import Options as BaseOptions
+from cascade.verifiers.calibration import CalibratedDecision
+from cascade.verifiers.parsing import normalize_label
 
 
 class LogprobVerifier(Verifier):

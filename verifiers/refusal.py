@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from verifiers.base import Verifier, VerifyContext
-from verifiers.base import Options as BaseOptions
-from worker.models import Attempt, Job, Verdict
+from cascade.models import Attempt, Job, Verdict
+from cascade.verifiers.base import Options as BaseOptions
+from cascade.verifiers.base import Verifier, VerifyContext
 
 DEFAULT_PHRASES: tuple[str, ...] = (
     "i'm not sure", "i am not sure", "i'm not certain", "i am not certain",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pydantic import StrictBool
 
-from verifiers.base import OptionError, Verifier, VerifyContext
-from verifiers.base import Options as BaseOptions
-from verifiers.parsing import clip
-from worker.models import Attempt, Job, Verdict
+from cascade.models import Attempt, Job, Verdict
+from cascade.verifiers.base import OptionError, Verifier, VerifyContext
+from cascade.verifiers.base import Options as BaseOptions
+from cascade.verifiers.parsing import clip
 
 _FLAGS = {"ASCII": re.ASCII, "DOTALL": re.DOTALL, "IGNORECASE": re.IGNORECASE, "MULTILINE": re.MULTILINE,
           "VERBOSE": re.VERBOSE, "A": re.ASCII, "S": re.DOTALL, "I": re.IGNORECASE, "M": re.MULTILINE,

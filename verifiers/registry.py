@@ -9,19 +9,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from verifiers.base import OptionError, Verifier
-from verifiers.chain import VerifierChain
-from verifiers.choices import ChoicesVerifier
-from verifiers.custom import CustomVerifier
-from verifiers.judge import JudgeVerifier
-from verifiers.json_schema import JsonVerifier
-from verifiers.length import LengthVerifier
-from verifiers.logprob import LogprobVerifier
-from verifiers.refusal import RefusalVerifier
-from verifiers.regex import RegexVerifier
-from verifiers.self_consistency import SelfConsistencyVerifier
-from verifiers.truncation import TruncationVerifier
-from worker.errors import ConfigError
+from cascade.errors import ConfigError
+from cascade.verifiers.base import OptionError, Verifier
+from cascade.verifiers.chain import VerifierChain
+from cascade.verifiers.choices import ChoicesVerifier
+from cascade.verifiers.custom import CustomVerifier
+from cascade.verifiers.json_schema import JsonVerifier
+from cascade.verifiers.judge import JudgeVerifier
+from cascade.verifiers.length import LengthVerifier
+from cascade.verifiers.logprob import LogprobVerifier
+from cascade.verifiers.refusal import RefusalVerifier
+from cascade.verifiers.regex import RegexVerifier
+from cascade.verifiers.self_consistency import SelfConsistencyVerifier
+from cascade.verifiers.truncation import TruncationVerifier
 
 _CLASSES: tuple[type[Verifier], ...] = (
     ChoicesVerifier, CustomVerifier, JsonVerifier, JudgeVerifier, LengthVerifier, LogprobVerifier, RefusalVerifier,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from verifiers.base import OptionError, TierFacts, Verifier, VerifyContext
-from verifiers.base import Options as BaseOptions
-from verifiers.calibration import CalibratedDecision
-from verifiers.parsing import MISSING, clip, extract_json, lookup_field, normalize_label
-from worker.models import Attempt, Completion, Job, Usage, Verdict
+from cascade.models import Attempt, Completion, Job, Usage, Verdict
+from cascade.verifiers.base import OptionError, TierFacts, Verifier, VerifyContext
+from cascade.verifiers.base import Options as BaseOptions
+from cascade.verifiers.calibration import CalibratedDecision
+from cascade.verifiers.parsing import MISSING, clip, extract_json, lookup_field, normalize_label
 
 DEFAULT_THRESHOLD = 0.6     # without calibration: a clear majority of the samples must agree
 SAMPLES_DEFAULT = 5         # enough for a majority to mean something, few enough to stay cheap

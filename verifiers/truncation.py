@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from verifiers.base import Verifier, VerifyContext
-from worker.models import Attempt, Job, Verdict
+from cascade.models import Attempt, Job, Verdict
+from cascade.verifiers.base import Verifier, VerifyContext
 
 _TRUNCATED = ("length", "max_tokens")
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import redis
 
-from worker.config.schema import Settings
-from worker.store import BatchStore
+from cascade.worker.config.schema import Settings
+from cascade.worker.dispatch.base import Dispatcher
+from cascade.worker.store import BatchStore
 
 
 @dataclass
@@ -17,11 +18,11 @@ class Backend:
 
     mode: str
     store: BatchStore
-    dispatcher: Any
+    dispatcher: Dispatcher
 
     def backlog(self, tier_name: str) -> int:
         """Messages waiting (or, embedded, running) on a tier."""
-        return self.dispatcher.backlog(self.store, tier_name)
+        return self.dispatcher.backlog(tier_name)
 
     def close(self) -> None:
         """Stop local pools or release broker connections."""
@@ -37,22 +38,22 @@ def open_backend(settings: Settings, providers: Any = None) -> Backend:
     """The backend the settings ask for: embedded when no Redis URL is configured."""
     if settings.embedded:
         return _embedded(settings, providers)
-    from worker.celery_app import create_app
-    from worker.dispatch.celery_dispatch import CeleryDispatcher
+    from cascade.worker.celery_app import create_app
+    from cascade.worker.dispatch.celery_dispatch import CeleryDispatcher
 
     client = redis.Redis.from_url(settings.redis.url)
     store = batch_store(settings, client)
     app = create_app(settings)
-    return Backend("distributed", store, CeleryDispatcher(app, settings))
+    return Backend("distributed", store, CeleryDispatcher(app, settings, store))
 
 
 def _embedded(settings: Settings, providers: Any) -> Backend:
     import fakeredis
 
-    from worker.dispatch.local import LocalDispatcher
-    from worker.engine import Engine
-    from worker.limiter import RedisLimiter
-    from worker.runtime import ProviderPool
+    from cascade.worker.dispatch.local import LocalDispatcher
+    from cascade.worker.engine import Engine
+    from cascade.worker.limiter import RedisLimiter
+    from cascade.worker.runtime import ProviderPool
 
     client = fakeredis.FakeRedis()
     store = batch_store(settings, client)
@@ -65,14 +66,14 @@ def _embedded(settings: Settings, providers: Any) -> Backend:
 
 def worker_engine(settings: Settings, app: Any, tier_name: str, providers: Any = None) -> Any:
     """The engine a Celery worker process runs: real Redis store, escalations published through `app`."""
-    from worker.dispatch.celery_dispatch import CeleryDispatcher
-    from worker.engine import Engine
-    from worker.limiter import RedisLimiter
-    from worker.runtime import ProviderPool
+    from cascade.worker.dispatch.celery_dispatch import CeleryDispatcher
+    from cascade.worker.engine import Engine
+    from cascade.worker.limiter import RedisLimiter
+    from cascade.worker.runtime import ProviderPool
 
     providers = providers or ProviderPool(settings)
     providers.get(tier_name)            # fail at startup, not on the first job, when the key is missing
     client = redis.Redis.from_url(settings.redis.url)
     store = batch_store(settings, client)
     limiter = RedisLimiter(client, settings.redis.namespace)   # tier limits shared by every worker process
-    return Engine(settings, store, providers, CeleryDispatcher(app, settings), limiter)
+    return Engine(settings, store, providers, CeleryDispatcher(app, settings, store), limiter)

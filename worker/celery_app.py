@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from worker.config.schema import Settings
+from cascade.worker.config.schema import Settings
 
 ATTEMPT_TASK = "cascade.attempt"
 
 
 def create_app(settings: Settings, get_engine: Callable[[], object] | None = None) -> Celery:
     """A Celery app for these settings; `get_engine` supplies the engine when this process is a worker."""
-    from worker.tasks import register_tasks
+    from cascade.worker.tasks import register_tasks
 
     app = Celery("cascade", broker=settings.redis.url, set_as_current=False)
     app.conf.update(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from worker.models import Attempt, Usage
+from cascade.models import Attempt, Usage
 
 #: latency histogram bucket upper bounds (ms); percentiles are read back from these
 LATENCY_BOUNDS_MS = (10, 20, 50, 100, 200, 300, 500, 800, 1000, 2000, 5000, 10000, 30000, 60000, 120000)

@@ -10,36 +10,46 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any
 
 import orjson
 
-from verifiers import VerifyContext, build_chain
-from verifiers.chain import VerifierChain
-from verifiers.parsing import parse_output
-from worker.config.schema import Pipeline, Settings, Tier
-from worker.counters import attempt_counters, final_counters
-from worker.errors import ContextTooLong
-from worker.limiter import Limiter, NoLimiter
-from worker.messages import AttemptMessage
-from worker.models import Attempt, Completion, CompletionRequest, Usage
-from worker.pricing import cost_nanos, estimate_tokens, reserve_nanos, to_usd
-from worker.prompts import render
-from worker.retrying import RetryPolicy
-from worker.runtime import ProviderPool
-from worker.store import Begin, BatchStore, StoreError
-from worker.tier_call import TierCaller
-from worker.verifier_calls import VerifierCalls
+from cascade.errors import ContextTooLong
+from cascade.models import Attempt, Completion, CompletionRequest, Status, Usage
+from cascade.verifiers import VerifyContext, build_chain
+from cascade.verifiers.chain import VerifierChain
+from cascade.verifiers.parsing import parse_output
+from cascade.worker.config.schema import Pipeline, Settings, Tier
+from cascade.worker.counters import attempt_counters, final_counters
+from cascade.worker.dispatch.base import Dispatcher
+from cascade.worker.limiter import Limiter, NoLimiter
+from cascade.worker.messages import AttemptMessage
+from cascade.worker.pricing import cost_nanos, estimate_tokens, reserve_nanos, to_usd
+from cascade.worker.prompts import render
+from cascade.worker.retrying import RetryPolicy
+from cascade.worker.runtime import ProviderPool
+from cascade.worker.store import BatchStore, Begin, StoreError
+from cascade.worker.tier_call import TierCaller
+from cascade.worker.verifier_calls import VerifierCalls
 
 log = logging.getLogger("cascade.engine")
 
 
-class Dispatcher(Protocol):
-    """Delivers attempt messages to a tier's workers."""
+class Outcome(StrEnum):
+    """What one delivery of an attempt message did."""
 
-    def send(self, message: AttemptMessage) -> None:
-        """Queue one message on the tier its `tier` index names."""
-        ...
+    ACCEPTED = "accepted"                   # the answer passed: the job is final
+    ESCALATED = "escalated"                 # rejected: the job went on to the next tier
+    FLAGGED = "flagged"                     # the last tier was rejected and kept (accepted_unverified)
+    FAILED = "failed"                       # the job ended without a usable answer
+    BUDGET_EXHAUSTED = "budget_exhausted"   # the next call did not fit the batch budget
+    DUPLICATE = "duplicate"                 # a redelivery of work already recorded: nothing counted
+
+
+#: the outcome of a delivery that finalized the job with this status
+FINAL_OUTCOME = {Status.ACCEPTED: Outcome.ACCEPTED, Status.ACCEPTED_UNVERIFIED: Outcome.FLAGGED,
+                 Status.FAILED: Outcome.FAILED, Status.BUDGET_EXHAUSTED: Outcome.BUDGET_EXHAUSTED}
 
 
 class Engine:
@@ -67,7 +77,7 @@ class Engine:
 
     # -- the decision ------------------------------------------------------------------
 
-    def handle(self, msg: AttemptMessage, redelivered: bool = True) -> str:
+    def handle(self, msg: AttemptMessage, redelivered: bool = True) -> Outcome:
         """Process one message; return what happened (accepted, escalated, failed, duplicate, ...).
 
         `redelivered=False` says the broker delivers this message for the first time. Then, in a batch
@@ -79,18 +89,18 @@ class Engine:
         reserved = 0
         try:
             pipeline = self.settings.pipeline(msg.pipeline)
-            tier = self.settings.tiers[pipeline.ladder[msg.tier]]
+            tier = self.settings.tiers[pipeline.ladder[msg.tier_index]]
             system, user = render(pipeline.prompt, msg.job.fields)
             # the estimate only feeds reservations: the batch budget and the tier's tokens-per-minute limit
             prompt_tokens = estimate_tokens(system) + estimate_tokens(user) if msg.budgeted or tier.tpm else 0
             request = self._request(msg, pipeline, tier, system, user)
             reserve = reserve_nanos(self.settings.price(tier), tier, prompt_tokens, request.n) if msg.budgeted else 0
             if msg.budgeted or redelivered:
-                begin = self.store.begin_attempt(msg.batch, msg.job.id, msg.tier, reserve)
+                begin = self.store.begin_attempt(msg.batch, msg.job.id, msg.tier_index, reserve)
                 if begin in (Begin.DONE, Begin.COUNTED):
-                    return "duplicate"
+                    return Outcome.DUPLICATE
                 if begin is Begin.NO_BUDGET:
-                    return self._finalize(msg, pipeline, "budget_exhausted", None,
+                    return self._finalize(msg, pipeline, Status.BUDGET_EXHAUSTED, None,
                                           reason=f"budget: next call on '{tier.name}' would exceed the batch budget")
             reserved = reserve
             return self._attempt(msg, pipeline, tier, request, prompt_tokens, reserve)
@@ -98,7 +108,7 @@ class Engine:
             raise                       # the dispatcher requeues: the job is not lost with Redis
         except Exception as error:      # a bug must end the job with its reason, never strand it
             log.exception("job %s of batch %s: unexpected error", msg.job.id, msg.batch)
-            return self._finalize(msg, self.settings.pipelines.get(msg.pipeline), "failed", None, release=reserved,
+            return self._finalize(msg, self.settings.pipelines.get(msg.pipeline), Status.FAILED, None, release=reserved,
                                   reason=f"internal_error: {type(error).__name__}: {error}")
 
     def _request(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, system: str, user: str
@@ -113,7 +123,7 @@ class Engine:
         )
 
     def _attempt(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, request: CompletionRequest,
-                 prompt_tokens: int, reserve: int) -> str:
+                 prompt_tokens: int, reserve: int) -> Outcome:
         """Call the tier, verify, and decide; the budget reservation is already held."""
         price = self.settings.price(tier)
         result = self.caller.call(tier, request, prompt_tokens)
@@ -130,43 +140,44 @@ class Engine:
         cost += verify_cost
         attempt = replace(attempt, cost_usd=to_usd(cost))
 
-        next_tier = pipeline.next_tier(msg.tier)
+        next_tier = pipeline.next_tier(msg.tier_index)
         if attempt.passed:
-            outcome, status = "accepted", "accepted"
+            outcome, status = Outcome.ACCEPTED, Status.ACCEPTED
         elif next_tier is not None:
-            outcome, status = "escalated", None
+            outcome, status = Outcome.ESCALATED, None
         elif pipeline.on_last_failure == "accept_flagged":
-            outcome, status = "flagged", "accepted_unverified"
+            outcome, status = Outcome.FLAGGED, Status.ACCEPTED_UNVERIFIED
         else:
-            outcome, status = "failed", "failed"
+            outcome, status = Outcome.FAILED, Status.FAILED
         counters = attempt_counters(attempt, cost, retries, outcome)
         if status is None:
             # Send before recording: a crash in between redelivers this message (a duplicate next-tier
             # message, which finalize-once absorbs) instead of losing the job.
             self.dispatcher.send(msg.escalated(attempt))
-            recorded = self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier,
+            recorded = self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier_index,
                                                  release_nanos=reserve, cost_nanos=cost, final=False, counters=counters)
-            return outcome if recorded else "duplicate"
-        reason = "" if status == "accepted" else _failed_reason(attempt)
+            return outcome if recorded else Outcome.DUPLICATE
+        reason = "" if status is Status.ACCEPTED else _failed_reason(attempt)
         return self._finalize(msg, pipeline, status, attempt, reason=reason, release=reserve, cost=cost,
                               counters=counters)
 
     def _after_error(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, attempt: Attempt,
-                     reserve: int, retries: int) -> str:
-        next_tier = pipeline.next_tier(msg.tier)
+                     reserve: int, retries: int) -> Outcome:
+        next_tier = pipeline.next_tier(msg.tier_index)
         bigger = next_tier is not None and self.settings.tiers[next_tier].context_window > tier.context_window
         if attempt.error.startswith(ContextTooLong.kind) and bigger:
-            counters = attempt_counters(attempt, 0, retries, "escalated")
+            counters = attempt_counters(attempt, 0, retries, Outcome.ESCALATED)
             self.dispatcher.send(msg.escalated(attempt))
-            recorded = self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier,
+            recorded = self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier_index,
                                                  release_nanos=reserve, cost_nanos=0, final=False, counters=counters)
-            return "escalated" if recorded else "duplicate"
-        counters = attempt_counters(attempt, 0, retries, "failed")
-        return self._finalize(msg, pipeline, "failed", attempt, reason=attempt.error, release=reserve, cost=0,
+            return Outcome.ESCALATED if recorded else Outcome.DUPLICATE
+        counters = attempt_counters(attempt, 0, retries, Outcome.FAILED)
+        return self._finalize(msg, pipeline, Status.FAILED, attempt, reason=attempt.error, release=reserve, cost=0,
                               counters=counters)
 
-    def _finalize(self, msg: AttemptMessage, pipeline: Pipeline | None, status: str, attempt: Attempt | None, *,
-                  reason: str, release: int = 0, cost: int = 0, counters: list[tuple[str, int]] | None = None) -> str:
+    def _finalize(self, msg: AttemptMessage, pipeline: Pipeline | None, status: Status, attempt: Attempt | None, *,
+                  reason: str, release: int = 0, cost: int = 0, counters: list[tuple[str, int]] | None = None
+                  ) -> Outcome:
         attempts = msg.attempts + ([attempt] if attempt is not None else [])
         answer = next((a for a in reversed(attempts) if a.error is None), None)
         counterfactual = self._counterfactual(pipeline, answer)
@@ -174,7 +185,7 @@ class Engine:
         record: dict[str, Any] = {
             "id": msg.job.id,
             "batch": msg.batch,
-            "status": status,
+            "status": str(status),
             "output": answer.text if answer is not None else None,
             "parsed": answer.parsed if answer is not None else None,
             "tier": final_tier,
@@ -186,10 +197,10 @@ class Engine:
             record["reason"] = reason
         all_counters = (counters or []) + final_counters(status, final_tier, counterfactual)
         recorded = self.store.finish_attempt(
-            msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier if attempt is not None else -1,
+            msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier_index if attempt is not None else -1,
             release_nanos=release, cost_nanos=cost, final=True, record=orjson.dumps(record), counters=all_counters,
         )
-        return status if recorded else "duplicate"
+        return FINAL_OUTCOME[status] if recorded else Outcome.DUPLICATE
 
     # -- pieces ------------------------------------------------------------------------
 

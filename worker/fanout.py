@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from worker.models import Completion, CompletionRequest, Usage
+from cascade.models import Completion, CompletionRequest, Usage
 
 
 def fan_out(call: Callable[[CompletionRequest], Completion], request: CompletionRequest) -> Completion:

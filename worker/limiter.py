@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from worker.config.schema import Tier
-from worker.store.limits import Bucket, LimiterStore
+from cascade.worker.config.schema import Tier
+from cascade.worker.store.limits import Bucket, LimiterStore
 
 WINDOW_S = 60.0          # providers count rpm / tpm over a rolling minute
 MARGIN_S = 0.5           # our admission time vs the provider's clock: network and thread-wake jitter

@@ -5,23 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from worker.models import Attempt, Job
+from cascade.models import Attempt, Job
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptMessage:
-    """Run job `job` of `batch` on ladder position `tier` of `pipeline`."""
+    """Run job `job` of `batch` on ladder position `tier_index` of `pipeline`."""
 
     batch: str
     pipeline: str
-    tier: int
+    tier_index: int                             # position in the pipeline's ladder (0: the first tier)
     job: Job
     history: tuple[dict[str, Any], ...] = ()   # earlier attempts, as Attempt.to_dict()
     budgeted: bool = False                      # the batch has a budget: every call reserves against it
 
     def to_wire(self) -> dict[str, Any]:
         """Compact JSON-safe form for a Celery message."""
-        wire = {"b": self.batch, "p": self.pipeline, "t": self.tier, "id": self.job.id,
+        wire = {"b": self.batch, "p": self.pipeline, "t": self.tier_index, "id": self.job.id,
                 "f": self.job.fields, "l": self.job.line, "h": list(self.history)}
         if self.budgeted:
             wire["g"] = 1
@@ -35,7 +35,7 @@ class AttemptMessage:
 
     def escalated(self, attempt: Attempt) -> AttemptMessage:
         """The message for the next tier, carrying this attempt in the history."""
-        return AttemptMessage(self.batch, self.pipeline, self.tier + 1, self.job, (*self.history, attempt.to_dict()),
+        return AttemptMessage(self.batch, self.pipeline, self.tier_index + 1, self.job, (*self.history, attempt.to_dict()),
                               self.budgeted)
 
     @property

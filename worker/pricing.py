@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from worker.config.schema import Price, Tier
-from worker.models import Usage
+from cascade.models import Usage
+from cascade.worker.config.schema import Price, Tier
 
 NANOS_PER_USD = 1_000_000_000
 

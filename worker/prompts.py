@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.config.schema import Prompt
+from cascade.worker.config.schema import Prompt
 
 
 def render(prompt: Prompt, fields: dict[str, Any]) -> tuple[str, str]:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from worker.config.schema import EngineConfig
-from worker.errors import RateLimited, Retryable
+from cascade.errors import RateLimited, Retryable
+from cascade.worker.config.schema import EngineConfig
 
 T = TypeVar("T")
 

@@ -6,11 +6,11 @@ import os
 import threading
 from collections.abc import Mapping
 
-from worker.config.schema import Settings, Tier
-from worker.errors import ConfigError
-from worker.providers import build_provider
-from worker.providers.base import Provider
-from worker.providers.spec import ProviderSpec
+from cascade.errors import ConfigError
+from cascade.worker.config.schema import Settings, Tier
+from cascade.worker.providers import build_provider
+from cascade.worker.providers.base import Provider
+from cascade.worker.providers.spec import ProviderSpec
 
 SIMULATOR_KEY = "sim-key"   # what a simulator endpoint gets when no real key is set
 

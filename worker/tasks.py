@@ -10,15 +10,15 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import Reject
 
-from worker.messages import AttemptMessage
-from worker.store import StoreError
+from cascade.worker.messages import AttemptMessage
+from cascade.worker.store import StoreError
 
 log = logging.getLogger("cascade.tasks")
 
 
 def register_tasks(app: Celery, get_engine: Callable[[], Any] | None) -> None:
     """Register `cascade.attempt` on the app."""
-    from worker.celery_app import ATTEMPT_TASK
+    from cascade.worker.celery_app import ATTEMPT_TASK
 
     @app.task(name=ATTEMPT_TASK, ignore_result=True, shared=False, bind=True)   # per-app closure
     def attempt(self: Any, message: dict[str, Any]) -> str:

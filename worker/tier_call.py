@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.config.schema import Tier
-from worker.errors import ProviderError, RateLimited, Retryable
-from worker.fanout import fan_out
-from worker.limiter import Limiter
-from worker.models import Completion, CompletionRequest, Usage
-from worker.retrying import RetryPolicy, call_with_retries
-from worker.runtime import ProviderPool
+from cascade.errors import ProviderError, RateLimited, Retryable
+from cascade.models import Completion, CompletionRequest, Usage
+from cascade.worker.config.schema import Tier
+from cascade.worker.fanout import fan_out
+from cascade.worker.limiter import Limiter
+from cascade.worker.retrying import RetryPolicy, call_with_retries
+from cascade.worker.runtime import ProviderPool
 
 log = logging.getLogger("cascade.engine")
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from worker.config.schema import Settings, Tier
-from worker.errors import Permanent, ProviderError
-from worker.models import Completion, CompletionRequest
-from worker.pricing import cost_nanos, estimate_tokens, to_usd
-from worker.store import StoreError
-from worker.tier_call import TierCaller
+from cascade.errors import Permanent, ProviderError
+from cascade.models import Completion, CompletionRequest
+from cascade.worker.config.schema import Settings, Tier
+from cascade.worker.pricing import cost_nanos, estimate_tokens, to_usd
+from cascade.worker.store import StoreError
+from cascade.worker.tier_call import TierCaller
 
 
 class VerifierCalls:

@@ -1,7 +1,7 @@
 """Configuration: TOML parsed once into frozen, validated objects."""
 
-from worker.config.load import load_settings
-from worker.config.schema import EngineConfig, Pipeline, Price, ProducerConfig, RedisConfig, Settings, Tier
+from cascade.worker.config.load import load_settings
+from cascade.worker.config.schema import EngineConfig, Pipeline, Price, ProducerConfig, RedisConfig, Settings, Tier
 
 __all__ = [
     "EngineConfig",

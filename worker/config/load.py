@@ -14,10 +14,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.config.schema import Pipeline, Settings, Tier
-from worker.errors import ConfigError
+from cascade.errors import ConfigError
+from cascade.worker.config.schema import Pipeline, Settings, Tier
 
-DEFAULT_CONFIG = Path("config/cascade.toml")
+#: where a command looks for the config when neither --config nor CASCADE_CONFIG names one:
+#: `cascade init`'s layout (cascade.toml in the current folder), then a checkout's (config/cascade.toml)
+DEFAULT_CONFIGS = (Path("cascade.toml"), Path("config/cascade.toml"))
 
 #: CASCADE_* variables that set a top-level key: variable -> (section, key)
 ENV_KEYS = {
@@ -37,9 +39,9 @@ def load_settings(
 ) -> Settings:
     """Load cascade.toml and every pipeline beside it into one validated Settings."""
     environ = os.environ if environ is None else environ
-    path = Path(path or environ.get("CASCADE_CONFIG") or DEFAULT_CONFIG)
+    path = config_path(path, environ)
     raw = _read_toml(path)
-    _apply_env(raw, environ)
+    from_env = _apply_env(raw, environ)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)
@@ -51,9 +53,22 @@ def load_settings(
     raw["config_dir"] = config_dir
     raw["provider_base_url"] = environ.get("CASCADE_PROVIDER_BASE_URL", "")
     raw["pipelines"] = _load_pipelines(config_dir / "pipelines")
-    settings = _validate(Settings, raw, str(path))
+    settings = _validate(Settings, raw, str(path), from_env)
     _check_references(settings, str(path))
     return settings
+
+
+def config_path(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The cascade.toml to read: `path`, else $CASCADE_CONFIG, else the first of DEFAULT_CONFIGS that exists."""
+    environ = os.environ if environ is None else environ
+    given = path or environ.get("CASCADE_CONFIG")
+    if given:
+        return Path(given)
+    found = next((p for p in DEFAULT_CONFIGS if p.is_file()), None)
+    if found is None:
+        raise ConfigError("no cascade.toml in this folder or in config/: run `cascade init` to write a starter "
+                          "configuration here, or set --config or CASCADE_CONFIG")
+    return found
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -66,23 +81,32 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
 
 
-def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Put CASCADE_* values into the raw config; return which key each variable set (for error messages)."""
+    from_env: dict[tuple[str, ...], str] = {}
     for var, (section, key) in ENV_KEYS.items():
         if var in environ:
             raw.setdefault(section, {})[key] = environ[var]
+            from_env[(section, key)] = var
     tiers = raw.get("tiers", {})
-    by_env_name = {name.upper().replace("-", "_"): name for name in tiers}
+    # Longest name first: with tiers `cheap` and `cheap_fast`, CASCADE_TIER_CHEAP_FAST_CONCURRENCY is
+    # `concurrency` of `cheap_fast`, never `fast_concurrency` of `cheap`.
+    by_env_name = sorted(((name.upper().replace("-", "_"), name) for name in tiers), key=lambda p: -len(p[0]))
     for var, value in environ.items():
         if not var.startswith(TIER_ENV_PREFIX):
             continue
         rest = var[len(TIER_ENV_PREFIX):]
-        name = next((n for env_name, n in by_env_name.items() if rest.startswith(env_name + "_")), None)
-        if name is None:
+        matches = [(env_name, n) for env_name, n in by_env_name if rest.startswith(env_name + "_")]
+        if not matches:
             raise ConfigError(f"environment {var}: no tier matches (tiers: {', '.join(sorted(tiers))})")
-        key = rest[len(name) + 1:].lower()
+        env_name, name = next(((e, n) for e, n in matches if rest[len(e) + 1:].lower() in Tier.model_fields),
+                              matches[0])
+        key = rest[len(env_name) + 1:].lower()
         if key not in Tier.model_fields or key == "name":
             raise ConfigError(f"environment {var}: unknown key '{key}' for tier '{name}'")
         tiers[name][key] = value
+        from_env[("tiers", name, key)] = var
+    return from_env
 
 
 def _load_pipelines(folder: Path) -> dict[str, Pipeline]:
@@ -91,18 +115,23 @@ def _load_pipelines(folder: Path) -> dict[str, Pipeline]:
         raw = _read_toml(file)
         raw.setdefault("name", file.stem)
         raw["source"] = file
-        pipeline = _validate(Pipeline, raw, str(file))
+        pipeline = _validate(Pipeline, raw, str(file), {})
         if pipeline.name != file.stem:
             raise ConfigError(f"{file}: name: '{pipeline.name}' differs from the file name '{file.stem}'")
         pipelines[pipeline.name] = pipeline
     return pipelines
 
 
-def _validate(model: type, raw: dict[str, Any], where: str):
+def _validate(model: type, raw: dict[str, Any], where: str, from_env: Mapping[tuple[str, ...], str]):
+    """The validated model, or a ConfigError naming the file and key (or the variable that set it)."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
+        loc = tuple(str(part) for part in first["loc"])
+        var = next((v for key, v in from_env.items() if loc[:len(key)] == key), None)
+        if var is not None:
+            raise ConfigError(f"environment {var}: {_problem(first)}") from None
         raise ConfigError(f"{where}: {_dotted(first['loc'])}: {_problem(first)}") from None
 
 
@@ -123,7 +152,7 @@ def _problem(error: Mapping[str, Any]) -> str:
 
 
 def _check_references(settings: Settings, where: str) -> None:
-    from verifiers.registry import build_verifier
+    from cascade.verifiers.registry import build_verifier
 
     for name, tier in settings.tiers.items():
         if tier.model not in settings.prices:
@@ -146,9 +175,9 @@ def _check_references(settings: Settings, where: str) -> None:
 
 def _check_verifier_tiers(settings: Settings, pipeline: Pipeline) -> None:
     """Each verifier fits the tiers it runs on (a logprob check needs a provider that gives logprobs)."""
-    from verifiers.base import TierFacts
-    from verifiers.registry import build_verifier
-    from worker.providers import PROVIDERS
+    from cascade.verifiers.base import TierFacts
+    from cascade.verifiers.registry import build_verifier
+    from cascade.worker.providers import PROVIDERS
 
     for tier_name in pipeline.ladder:
         tier = settings.tiers[tier_name]

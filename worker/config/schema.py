@@ -160,7 +160,7 @@ class Settings(Frozen):
 
     def pipeline(self, name: str) -> Pipeline:
         """A pipeline by name, or a ConfigError listing the known ones."""
-        from worker.errors import ConfigError
+        from cascade.errors import ConfigError
 
         try:
             return self.pipelines[name]

@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from worker.config.schema import Settings
-from worker.messages import AttemptMessage
+from cascade.worker.config.schema import Settings
+from cascade.worker.messages import AttemptMessage
 
 log = logging.getLogger("cascade.local")
 
@@ -30,7 +30,7 @@ class LocalDispatcher:
 
     def send(self, message: AttemptMessage) -> None:
         """Queue one message on its tier's pool."""
-        tier = self.settings.pipeline(message.pipeline).ladder[message.tier]
+        tier = self.settings.pipeline(message.pipeline).ladder[message.tier_index]
         with self._lock:
             self._pending[tier] += 1
         self._pools[tier].submit(self._run, tier, message)
@@ -40,7 +40,7 @@ class LocalDispatcher:
         for msg in messages:
             self.send(msg)
 
-    def backlog(self, store: object, tier_name: str) -> int:
+    def backlog(self, tier_name: str) -> int:
         """Messages queued or running on a tier."""
         with self._lock:
             return self._pending[tier_name]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from worker.errors import ConfigError
-from worker.providers.anthropic_provider import AnthropicProvider
-from worker.providers.openai_provider import OpenAIProvider
-from worker.providers.spec import ProviderSpec
+from cascade.errors import ConfigError
+from cascade.worker.providers.anthropic_provider import AnthropicProvider
+from cascade.worker.providers.openai_provider import OpenAIProvider
+from cascade.worker.providers.spec import ProviderSpec
 
 if TYPE_CHECKING:
     import httpx2
 
-    from worker.providers.base import Provider
+    from cascade.worker.providers.base import Provider
 
 #: config's `provider = "..."` -> adapter class (each is built from a ProviderSpec)
 PROVIDERS: dict[str, type] = {

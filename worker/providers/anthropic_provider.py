@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import ProviderError
-from worker.fanout import fan_out
-from worker.models import Completion, CompletionRequest, Usage
-from worker.providers import errors
-from worker.providers.common import connection_limits, rate_limit_hints, require_api_key, seconds_until
-from worker.providers.spec import ProviderSpec
+from cascade.errors import ProviderError
+from cascade.models import Completion, CompletionRequest, Usage
+from cascade.worker.fanout import fan_out
+from cascade.worker.providers import errors
+from cascade.worker.providers.common import connection_limits, rate_limit_hints, require_api_key, seconds_until
+from cascade.worker.providers.spec import ProviderSpec
 
 if TYPE_CHECKING:
     import anthropic

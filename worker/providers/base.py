@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from worker.models import Completion, CompletionRequest
+from cascade.models import Completion, CompletionRequest
 
 
 class Provider(Protocol):

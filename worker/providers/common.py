@@ -11,8 +11,8 @@ from datetime import datetime
 
 import httpx2
 
-from worker.errors import ConfigError
-from worker.providers.spec import ProviderSpec
+from cascade.errors import ConfigError
+from cascade.worker.providers.spec import ProviderSpec
 
 #: one Go-style duration component, as OpenAI writes resets: "1s", "6m0s", "20ms", "1h2m3.5s"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")

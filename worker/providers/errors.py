@@ -23,7 +23,7 @@ import re
 
 import httpx2
 
-from worker.errors import (
+from cascade.errors import (
     ContextTooLong,
     Permanent,
     ProviderError,
@@ -32,7 +32,7 @@ from worker.errors import (
     RateLimited,
     ServerError,
 )
-from worker.providers.common import parse_retry_after
+from cascade.worker.providers.common import parse_retry_after
 
 #: API keys as providers echo them back, masked or not ("sk-proj-****abcd", "sk-ant-api03-...")
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*]{3,}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import ProviderError
-from worker.models import Completion, CompletionRequest, TokenLogprob, Usage
-from worker.providers import errors
-from worker.providers.common import connection_limits, parse_duration, rate_limit_hints, require_api_key
-from worker.providers.spec import ProviderSpec
+from cascade.errors import ProviderError
+from cascade.models import Completion, CompletionRequest, TokenLogprob, Usage
+from cascade.worker.providers import errors
+from cascade.worker.providers.common import connection_limits, parse_duration, rate_limit_hints, require_api_key
+from cascade.worker.providers.spec import ProviderSpec
 
 if TYPE_CHECKING:
     import httpx2

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from worker.errors import Permanent
-from worker.models import Completion, CompletionRequest
-from worker.providers.recorded import RecordedSet
+from cascade.errors import Permanent
+from cascade.models import Completion, CompletionRequest
+from cascade.recorded import RecordedSet
 
 
 class ReplayProvider:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
-from worker.errors import ConfigError
-from worker.store.keys import Keys, check_batch_id
+from cascade.errors import ConfigError
+from cascade.worker.store.keys import Keys, check_batch_id
 
 
 class Begin(IntEnum):
@@ -22,12 +24,58 @@ class Begin(IntEnum):
 
 
 def _script(name: str) -> str:
-    return resources.files("worker.store").joinpath(f"lua/{name}.lua").read_text()
+    return resources.files("cascade.worker.store").joinpath(f"lua/{name}.lua").read_text()
 
 
 def _counter_name(field: str) -> str:
     """A counter name that cannot break the packed "name<TAB>n<NEWLINE>" list (reasons are free text)."""
     return field if field.isprintable() else "".join(c if c.isprintable() else " " for c in field)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch as the store keeps it: what it is, how far it got, and every counter."""
+
+    id: str
+    pipeline: str
+    state: str                      # "submitting" while the producer reads input, then "submitted"
+    mode: str                       # "embedded" | "distributed"
+    created: float                  # epoch seconds of the first submission
+    counters: Mapping[str, int]     # every integer field: total, done, cost, attempts:<tier>, ...
+
+    @classmethod
+    def from_hash(cls, batch: str, raw: Mapping[bytes, bytes]) -> BatchRecord:
+        """Parse the batch hash: integer fields become counters, the rest are the record's words."""
+        words: dict[str, str] = {}
+        counters: dict[str, int] = {}
+        for k, v in raw.items():
+            text = v.decode()
+            if text.lstrip("-").isdigit():
+                counters[k.decode()] = int(text)
+            else:
+                words[k.decode()] = text
+        return cls(batch, words.get("pipeline", ""), words.get("state", ""), words.get("mode", ""),
+                   float(words.get("created", 0) or 0), MappingProxyType(counters))
+
+    @property
+    def total(self) -> int:
+        """Jobs registered so far."""
+        return self.counters.get("total", 0)
+
+    @property
+    def done(self) -> int:
+        """Jobs with their final result."""
+        return self.counters.get("done", 0)
+
+    @property
+    def budget_nanos(self) -> int:
+        """The batch's budget in nano-USD (0: none)."""
+        return self.counters.get("budget", 0)
+
+    @property
+    def finished(self) -> bool:
+        """The whole input was submitted and every job has its result."""
+        return self.state == "submitted" and self.done >= self.total
 
 
 class BatchStore:
@@ -83,14 +131,10 @@ class BatchStore:
         """The keys of a batch that expire `retention_s` after it finishes: record, job states, results."""
         return [self.keys.batch(batch), self.keys.jobs(batch), self.keys.results(batch)]
 
-    def batch_info(self, batch: str) -> dict[str, str | int]:
-        """Every field of the batch record, counters as ints."""
+    def batch(self, batch: str) -> BatchRecord | None:
+        """The batch record with its counters, or None when there is no such batch."""
         raw = self.redis.hgetall(self.keys.batch(check_batch_id(batch)))
-        out: dict[str, str | int] = {}
-        for k, v in raw.items():
-            text = v.decode()
-            out[k.decode()] = int(text) if text.lstrip("-").isdigit() else text
-        return out
+        return BatchRecord.from_hash(batch, raw) if raw else None
 
     def pipeline_counters(self, pipeline: str) -> dict[str, int]:
         """Counters of a pipeline over all its batches."""

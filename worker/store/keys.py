@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from worker.errors import ConfigError
+from cascade.errors import ConfigError
 
 _BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 

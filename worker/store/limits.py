@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from worker.store.keys import Keys
+from cascade.worker.store.keys import Keys
 
 
 def _script(name: str) -> str:
-    return resources.files("worker.store").joinpath(f"lua/{name}.lua").read_text()
+    return resources.files("cascade.worker.store").joinpath(f"lua/{name}.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,14 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.replay import run_pipeline, tier_cost, tier_samples
-from verifiers.calibration import (
-    CONFIDENCE_DEFAULT, CalibrationMap, TierCalibration, dump_calibration, fit_isotonic, load_calibration,
+from cascade.errors import ConfigError
+from cascade.recorded import RecordedRow, RecordedSet
+from cascade.tuning.replay import run_pipeline, tier_cost, tier_samples
+from cascade.verifiers.calibration import (
+    CONFIDENCE_DEFAULT,
+    CalibrationMap,
+    TierCalibration,
+    dump_calibration,
+    fit_isotonic,
+    load_calibration,
 )
-from worker.config.schema import Pipeline, Settings
-from worker.errors import ConfigError
-from worker.pricing import to_usd
-from worker.providers.recorded import RecordedRow, RecordedSet
+from cascade.worker.config.schema import Pipeline, Settings
+from cascade.worker.pricing import to_usd
 
 #: verifiers whose raw score a calibration file maps to P(correct)
 SCORED = ("logprob", "self_consistency")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
-from producer.cli_common import config_option, load
-from verifiers.calibration import CONFIDENCE_DEFAULT
-from worker.config.load import DEFAULT_CONFIG
-from worker.errors import CascadeError
+from cascade.cli.common import config_option, load
+from cascade.errors import CascadeError
+from cascade.verifiers.calibration import CONFIDENCE_DEFAULT
+from cascade.worker.config.load import config_path as find_config
 
 recorded_option = click.option("--recorded", "-r", required=True, type=click.Path(exists=True, dir_okay=False),
                                help="Recorded responses (JSONL in the ../shared/datasets format).")
@@ -77,8 +76,8 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
 
     Example: cascade replay -p mmlu -r ../shared/datasets/mmlu-oai-test.jsonl --config examples/recorded/config/cascade.toml
     """
-    from producer.replay import replay
-    from worker.providers.recorded import load_recorded
+    from cascade.recorded import load_recorded
+    from cascade.tuning.replay import replay
 
     settings = load(config_path, "")
     try:
@@ -114,15 +113,18 @@ def calibrate_command(pipeline: str, recorded: str, split: str | None, target: s
 
     Example: cascade calibrate -p mmlu -r ../shared/datasets/mmlu-oai-train.jsonl --target drop=0.01 --config examples/recorded/config/cascade.toml
     """
-    from producer.calibrate import Target, calibrate, calibration_paths, write_placeholders
-    from verifiers.calibration import dump_calibration
-    from worker.providers.recorded import load_recorded
+    from cascade.recorded import load_recorded
+    from cascade.tuning.calibrate import Target, calibrate, calibration_paths, write_placeholders
+    from cascade.verifiers.calibration import dump_calibration
 
     try:
         goal = Target.parse(target, confidence)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--target") from None
-    config_dir = Path(config_path or os.environ.get("CASCADE_CONFIG") or DEFAULT_CONFIG).parent
+    try:
+        config_dir = find_config(config_path).parent
+    except CascadeError as e:
+        raise click.ClickException(str(e)) from None
     pipeline_file = config_dir / "pipelines" / f"{pipeline}.toml"
     named = calibration_paths(pipeline_file) if pipeline_file.exists() else {}
     if out is None and len(named) != 1:

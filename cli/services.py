@@ -10,8 +10,8 @@ import threading
 
 import click
 
-from producer.cli_common import Command, Group, config_option, load, redact, redis_option
-from worker.errors import CascadeError
+from cascade.cli.common import Command, Group, config_option, load, redact, redis_option
+from cascade.errors import CascadeError
 
 
 @click.command(cls=Command)
@@ -25,8 +25,8 @@ def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str |
 
     Example: CASCADE_REDIS_URL=redis://localhost:6379/0 cascade worker --tier cheap
     """
-    from worker.backends import worker_engine
-    from worker.celery_app import create_app
+    from cascade.worker.backends import worker_engine
+    from cascade.worker.celery_app import create_app
 
     settings = load(config_path, redis_url)
     if settings.embedded:
@@ -72,16 +72,18 @@ def sim() -> None:
 @click.option("--scenario", "-s", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--port", type=int, default=0, show_default=True, help="0 picks a free port.")
 @click.option("--port-file", type=click.Path(dir_okay=False), help="Write the chosen port here.")
-def sim_serve(scenario: str, port: int, port_file: str | None) -> None:
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: loopback, or 0.0.0.0 inside a container (docker-compose.yml's sim service).")
+def sim_serve(scenario: str, port: int, port_file: str | None, host: str) -> None:
     """Serve the simulator until interrupted.
 
     Example: cascade sim serve --scenario examples/scenario.toml --port 8900
     """
-    from simulator.server import serve_forever
+    from cascade.simulator.server import serve_forever
 
     try:
-        serve_forever(scenario, "127.0.0.1", port, port_file)
-    except CascadeError as e:
+        serve_forever(scenario, host, port, port_file)
+    except (CascadeError, ValueError) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -93,8 +95,8 @@ def sim_exec(scenario: str, command: tuple[str, ...]) -> None:
 
     Example: cascade sim exec -s examples/scenario.toml -- cascade-submit examples/tickets.jsonl -p ticket-triage --wait
     """
-    from simulator.scenario import load_scenario
-    from simulator.server import SimServer
+    from cascade.simulator.scenario import load_scenario
+    from cascade.simulator.server import SimServer
 
     try:
         server = SimServer(load_scenario(scenario)).start()

@@ -7,7 +7,17 @@ result record carries plain values, never live objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class Status(StrEnum):
+    """How a job ended: the `status` of its result record."""
+
+    ACCEPTED = "accepted"                        # a tier's answer passed its checks
+    ACCEPTED_UNVERIFIED = "accepted_unverified"  # the last tier failed its checks; the pipeline keeps it, flagged
+    FAILED = "failed"                            # no usable answer (the reason says why)
+    BUDGET_EXHAUSTED = "budget_exhausted"        # the next call did not fit the batch budget
 
 
 @dataclass(frozen=True, slots=True)

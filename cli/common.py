@@ -6,8 +6,8 @@ import re
 
 import click
 
-from worker.config import Settings, load_settings
-from worker.errors import CascadeError
+from cascade.errors import CascadeError
+from cascade.worker.config import Settings, load_settings
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="cascade.toml to use (default: $CASCADE_CONFIG or config/cascade.toml).")
@@ -34,7 +34,7 @@ class Command(click.Command):
 
     def invoke(self, ctx: click.Context):
         """Run the command, turning Redis and Cascade errors into ClickException."""
-        from worker.store import StoreError
+        from cascade.worker.store import StoreError
 
         try:
             return super().invoke(ctx)

@@ -16,17 +16,17 @@ from typing import Any
 
 import orjson
 
-from producer.reader import RawRow
-from producer.report import summarize
-from producer.results import ResultDrain
-from producer.submit import Submitter
-from verifiers import build_chain
-from worker.config.schema import Pipeline, RedisConfig, Settings, Tier
-from worker.errors import ConfigError
-from worker.pricing import cost_nanos, to_usd
-from worker.providers.recorded import RecordedRow, RecordedSet
-from worker.providers.replay import ReplayProvider
-from worker.runtime import ProviderPool
+from cascade.errors import ConfigError
+from cascade.producer.reader import RawRow
+from cascade.producer.report import summarize
+from cascade.producer.results import ResultDrain
+from cascade.producer.submit import Submitter
+from cascade.recorded import RecordedRow, RecordedSet
+from cascade.verifiers import build_chain
+from cascade.worker.config.schema import Pipeline, RedisConfig, Settings, Tier
+from cascade.worker.pricing import cost_nanos, to_usd
+from cascade.worker.providers.replay import ReplayProvider
+from cascade.worker.runtime import ProviderPool
 
 #: the job fields a recorded row provides to a pipeline's prompt template
 ROW_FIELDS = ("system", "user")
@@ -69,7 +69,7 @@ def check_replayable(settings: Settings, pipeline: Pipeline, recorded: RecordedS
 def run_pipeline(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
                  rows: Iterable[RecordedRow] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The engine's result records for `rows` (default: every recorded row) in row order, and the batch counters."""
-    from worker.backends import open_backend
+    from cascade.worker.backends import open_backend
 
     check_replayable(settings, pipeline, recorded)
     run_settings = replay_settings(settings, pipeline)
@@ -86,7 +86,7 @@ def run_pipeline(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
         if result.rejected:
             raise ConfigError(f"{recorded.source}: {result.rejected[0]}")
         ResultDrain(backend.store, batch, sink).wait(poll_s=0.02)
-        counters = backend.store.batch_info(batch)
+        counters = backend.store.batch(batch).counters
     finally:
         backend.close()
     order = {job.value["id"]: i for i, job in enumerate(jobs)}

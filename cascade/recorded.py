@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from worker.errors import ConfigError, Permanent
-from worker.models import Completion, TokenLogprob, Usage
+from cascade.errors import ConfigError, Permanent
+from cascade.models import Completion, TokenLogprob, Usage
 
 
 @dataclass(frozen=True)

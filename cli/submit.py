@@ -1,4 +1,4 @@
-"""The `cascade` and `cascade-submit` commands: thin shells over the producer and worker libraries."""
+"""`cascade-submit` (also `cascade submit`): read a file, submit it as one batch, optionally wait for the results."""
 
 from __future__ import annotations
 
@@ -6,20 +6,18 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import click
 import orjson
 
-from producer.cli_common import Command, Group, config_option, load, redact, redis_option
-from producer.cli_eval import calibrate_command, replay_command
-from producer.cli_ops import sim, worker
-from producer.reader import read_rows
-from producer.report import format_summary, summarize
-from producer.results import ResultDrain
-from producer.submit import Submitter
-from worker.config import Settings
-from worker.errors import CascadeError, InputError
+from cascade.cli.common import Command, config_option, load, redact, redis_option
+from cascade.errors import CascadeError, InputError
+from cascade.producer.reader import read_rows
+from cascade.producer.report import format_summary, summarize
+from cascade.producer.results import ResultDrain
+from cascade.producer.submit import Submitter
+from cascade.worker.store import BatchRecord
 
 EXIT_REJECTED = 3   # the batch ran, but some input rows were rejected
 
@@ -37,10 +35,10 @@ class Progress:
         self.bar = tqdm(total=0, unit="job", file=sys.stderr, disable=not enabled, dynamic_ncols=True,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} jobs [{elapsed}<{remaining}, {rate_fmt}]")
 
-    def update(self, info: dict[str, Any]) -> None:
+    def update(self, record: BatchRecord) -> None:
         """Show `done` of `total` from a batch record."""
-        self.bar.total = int(info.get("total", 0))
-        self.bar.n = int(info.get("done", 0))
+        self.bar.total = record.total
+        self.bar.n = record.done
         self.bar.refresh()
 
     def close(self) -> None:
@@ -79,7 +77,7 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         raise click.UsageError("--json prints the summary on stdout: give --out for the results")
     fmt = fmt if fmt != "auto" else ("csv" if source.lower().endswith(".csv") else "jsonl")
     batch = batch_id or new_batch_id(pipeline)
-    from worker.backends import open_backend
+    from cascade.worker.backends import open_backend
 
     with ExitStack() as stack:
         try:
@@ -108,7 +106,7 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
 
             def tick() -> None:
                 drain.drain()
-                bar.update(backend.store.batch_info(batch))
+                bar.update(backend.store.batch(batch))
 
             submitter.while_waiting = tick
         source_stream = sys.stdin.buffer if source == "-" else _open_source(source, stack)
@@ -122,7 +120,7 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         else:
             drain.wait(on_progress=bar.update)
             bar.close()
-            summary = summarize(backend.store.batch_info(batch), settings, pipe)
+            summary = summarize(backend.store.batch(batch).counters, settings, pipe)
             summary["batch"] = batch
             summary["mode"] = backend.mode
             if as_json:
@@ -161,112 +159,3 @@ class _RejectedFile:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-
-
-@click.group(cls=Group)
-@click.version_option(package_name="cascade")
-def cascade() -> None:
-    """Cascade: batch LLM work through cheap-first model tiers with verified escalation.
-
-    Example: cascade worker --tier cheap
-    """
-
-
-cascade.add_command(submit_command)
-
-
-def _distributed_store(settings: Settings):
-    if settings.embedded:
-        raise click.UsageError("this command needs a Redis URL (--redis-url or CASCADE_REDIS_URL): "
-                               "an embedded batch lives only inside the process that ran it")
-    import redis
-
-    from worker.backends import batch_store
-
-    return batch_store(settings, redis.Redis.from_url(settings.redis.url))
-
-
-@cascade.command()
-@click.argument("batch")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@config_option
-@redis_option
-def status(batch: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
-    """Show a batch's progress, per-tier figures, cost and savings.
-
-    Example: cascade status ticket-triage-20261122-081500-ab12
-    """
-    settings = load(config_path, redis_url)
-    store = _distributed_store(settings)
-    try:
-        info = store.batch_info(batch)
-    except CascadeError as e:
-        raise click.BadParameter(str(e), param_hint="BATCH") from None
-    if not info:
-        raise click.ClickException(f"no batch '{batch}' in {redact(settings.redis.url)}")
-    pipe = load_pipeline(settings, str(info["pipeline"]))
-    summary = summarize(info, settings, pipe) | {"batch": batch, "state": info.get("state")}
-    if as_json:
-        click.echo(orjson.dumps(summary).decode())
-    else:
-        click.echo(format_summary(summary, f"batch {batch} ({info.get('state')}, pipeline {pipe.name})"))
-
-
-def load_pipeline(settings: Settings, name: str):
-    """A pipeline by name or a ClickException."""
-    try:
-        return settings.pipeline(name)
-    except CascadeError as e:
-        raise click.ClickException(str(e)) from None
-
-
-@cascade.command()
-@click.argument("batch")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Append the records to this file (default: stdout).")
-@click.option("--follow", "-f", is_flag=True, help="Keep draining until the batch is finished.")
-@click.option("--keep", is_flag=True, help="Leave the records in Redis (default: delete each once written).")
-@config_option
-@redis_option
-def results(batch: str, out: str | None, follow: bool, keep: bool, config_path: str | None,
-            redis_url: str | None) -> None:
-    """Write a batch's result records as JSONL, removing them from Redis once written.
-
-    Example: cascade results ticket-triage-20261122-081500-ab12 --follow --out results.jsonl
-    """
-    settings = load(config_path, redis_url)
-    store = _distributed_store(settings)
-    with ExitStack() as stack:
-        sink = stack.enter_context(open(out, "ab")) if out else sys.stdout.buffer
-        drain = ResultDrain(store, batch, sink, trim=not keep)
-        if follow:
-            drain.wait()
-        else:
-            drain.drain()
-    click.echo(f"results: {drain.written} records" + (f" appended to {out}" if out else ""), err=True)
-
-
-@cascade.command()
-@click.option("--pipeline", "-p", "names", multiple=True, help="Only these pipelines (default: all).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per pipeline.")
-@config_option
-@redis_option
-def stats(names: tuple[str, ...], as_json: bool, config_path: str | None, redis_url: str | None) -> None:
-    """Per pipeline and tier: attempts, escalation rate, reject reasons, tokens, cost, savings.
-
-    Example: cascade stats --pipeline ticket-triage
-    """
-    settings = load(config_path, redis_url)
-    store = _distributed_store(settings)
-    for name in names or sorted(settings.pipelines):
-        pipe = load_pipeline(settings, name)
-        summary = summarize(store.pipeline_counters(name), settings, pipe)
-        if as_json:
-            click.echo(orjson.dumps(summary).decode())
-        else:
-            click.echo(format_summary(summary, f"pipeline {name} (all batches)"))
-
-
-cascade.add_command(worker)
-cascade.add_command(sim)
-cascade.add_command(replay_command)
-cascade.add_command(calibrate_command)

@@ -1,0 +1,25 @@
+"""The `cascade` command group: every subcommand registered in one place."""
+
+from __future__ import annotations
+
+import click
+
+from cascade.cli.batches import results, stats, status
+from cascade.cli.common import Group
+from cascade.cli.init import init
+from cascade.cli.services import sim, worker
+from cascade.cli.submit import submit_command
+from cascade.cli.tuning import calibrate_command, replay_command
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="cascade-batch")
+def cascade() -> None:
+    """Cascade: batch LLM work through cheap-first model tiers with verified escalation.
+
+    Example: cascade worker --tier cheap
+    """
+
+
+for command in (init, submit_command, status, results, stats, worker, sim, replay_command, calibrate_command):
+    cascade.add_command(command)
