@@ -84,6 +84,7 @@ class BenchConfig:
         env["CASCADE_CONFIG"] = str(self.path)
         if sim_url:
             env["CASCADE_PROVIDER_BASE_URL"] = sim_url
+            env["CASCADE_PROVIDER_API_KEY"] = "sim-key"
         return env
 
     def cleanup(self) -> None:

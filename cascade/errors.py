@@ -3,14 +3,17 @@
     CascadeError
     ├── ConfigError              bad or inconsistent configuration (names file and key)
     ├── InputError               a bad input row (names the line)
-    └── ProviderError            a model call failed; `.provider_message` keeps the provider's words
-        ├── Retryable            worth trying again on the same tier
+    ├── PoisonMessage            a queue message that is not a job of any batch (dead-lettered, never retried)
+    └── ProviderError            a model call failed; `.provider_message` keeps the provider's words,
+        │                        `.spent` the usage of the parts that were answered (and billed)
+        ├── Retryable            worth trying again on the same tier: the tier waits, the job does not fail
         │   ├── RateLimited      429 / overloaded; `.retry_after` seconds when the provider said
         │   ├── ProviderTimeout  no answer within the tier's timeout
         │   ├── ProviderUnavailable  connection refused or reset
         │   └── ServerError      5xx
         └── Permanent            the same request will fail again
-            └── ContextTooLong   the prompt does not fit the model's window
+            ├── ContextTooLong   the prompt does not fit the model's window
+            └── TierUnusable     no request to this tier can work (401, 403, unknown model): the tier stops
 """
 
 from __future__ import annotations
@@ -27,10 +30,15 @@ class ConfigError(CascadeError):
 class InputError(CascadeError):
     """An input row that cannot become a job; the message names the line."""
 
-    def __init__(self, line: int, reason: str):
+    def __init__(self, line: int, reason: str, raw: str = ""):
         super().__init__(f"line {line}: {reason}")
         self.line = line
         self.reason = reason
+        self.raw = raw          # the row as read, so a rejected row can be fixed and submitted again
+
+
+class PoisonMessage(CascadeError):
+    """A queue message that cannot be a job (malformed, unknown batch or pipeline): dead-lettered, never retried."""
 
 
 class ProviderError(CascadeError):
@@ -42,6 +50,7 @@ class ProviderError(CascadeError):
         super().__init__(message)
         self.provider_message = message
         self.status = status
+        self.spent = None       # Usage of the sampled calls that did answer before one failed (fan-out)
 
 
 class Retryable(ProviderError):
@@ -88,3 +97,9 @@ class ContextTooLong(Permanent):
     """The prompt does not fit the model's context window; a larger tier may take it."""
 
     kind = "context_too_long"
+
+
+class TierUnusable(Permanent):
+    """Every request to the tier will fail the same way (bad key, no access, unknown model): stop the tier."""
+
+    kind = "tier_unusable"

@@ -18,6 +18,7 @@ class Status(StrEnum):
     ACCEPTED_UNVERIFIED = "accepted_unverified"  # the last tier failed its checks; the pipeline keeps it, flagged
     FAILED = "failed"                            # no usable answer (the reason says why)
     BUDGET_EXHAUSTED = "budget_exhausted"        # the next call did not fit the batch budget
+    CANCELLED = "cancelled"                      # `cascade cancel` stopped the batch before this job's next call
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,18 @@ class Completion:
     def truncated(self) -> bool:
         """True when generation stopped at max_tokens."""
         return self.finish_reason in ("length", "max_tokens")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (a paid answer kept while its recording is retried)."""
+        return {"text": self.text, "usage": [self.usage.input_tokens, self.usage.output_tokens, self.usage.cached_tokens],
+                "finish_reason": self.finish_reason, "model": self.model, "latency_ms": self.latency_ms,
+                "logprobs": [[t.token, t.logprob] for t in self.logprobs], "samples": list(self.samples)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Completion:
+        """Inverse of `to_dict`."""
+        return cls(d["text"], Usage(*d["usage"]), d["finish_reason"], d["model"], d["latency_ms"],
+                   tuple(TokenLogprob(t, lp) for t, lp in d.get("logprobs", ())), tuple(d.get("samples", ())))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cascade.cli.batches import results, stats, status
+from cascade.cli.batches import budget, cancel, results, retry, stats, status
 from cascade.cli.common import Group
 from cascade.cli.init import init
 from cascade.cli.services import sim, worker
@@ -21,5 +21,6 @@ def cascade() -> None:
     """
 
 
-for command in (init, submit_command, status, results, stats, worker, sim, replay_command, calibrate_command):
+for command in (init, submit_command, status, results, stats, cancel, retry, budget, worker, sim, replay_command,
+                calibrate_command):
     cascade.add_command(command)

@@ -6,12 +6,14 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 
 import click
 
 from cascade.cli.common import Command, Group, config_option, load, redact, redis_option
 from cascade.errors import CascadeError
+from cascade.worker.store import StoreError
+
+SIMULATOR_KEY = "sim-key"   # what `cascade sim exec` gives its command as the endpoint's key
 
 
 @click.command(cls=Command)
@@ -25,7 +27,9 @@ def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str |
 
     Example: CASCADE_REDIS_URL=redis://localhost:6379/0 cascade worker --tier cheap
     """
-    from cascade.worker.backends import worker_engine
+    from celery import signals
+
+    from cascade.worker.backends import worker_runtime
     from cascade.worker.celery_app import create_app
 
     settings = load(config_path, redis_url)
@@ -35,26 +39,24 @@ def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str |
         raise click.BadParameter(f"unknown tier '{tier}' (known: {', '.join(sorted(settings.tiers))})",
                                  param_hint="--tier")
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine_box: dict[str, object] = {}
-    lock = threading.Lock()
-
-    def get_engine() -> object:
-        with lock:
-            if "engine" not in engine_box:
-                engine_box["engine"] = worker_engine(settings, app, tier)
-            return engine_box["engine"]
-
-    app = create_app(settings, get_engine)
+    tier_cfg = settings.tiers[tier]
+    threads = concurrency or tier_cfg.concurrency
+    box: dict[str, object] = {}
+    app = create_app(settings, lambda: box["runtime"].engine)
     try:
-        get_engine()   # build the engine (and the tier's SDK client) before taking any message
+        runtime = box["runtime"] = worker_runtime(settings, app, tier, threads)   # builds the SDK client: checks the key
+        runtime.start()
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
-    tier_cfg = settings.tiers[tier]
+    except StoreError as e:
+        raise click.ClickException(f"Redis {redact(settings.redis.url)}: {e}") from None
+    signals.worker_shutting_down.connect(lambda **_: runtime.stopping(), weak=False)
+    signals.worker_shutdown.connect(lambda **_: runtime.close(), weak=False)
     click.echo(f"cascade worker: tier {tier} ({tier_cfg.provider} {tier_cfg.model}), queue {tier_cfg.queue_name}, "
-               f"{concurrency or tier_cfg.concurrency} threads, broker {redact(settings.redis.url)}", err=True)
+               f"{threads} threads, broker {redact(settings.redis.url)}, id {runtime.info.worker_id}", err=True)
     app.worker_main([
         "worker", "--queues", tier_cfg.queue_name, "--pool", "threads",
-        "--concurrency", str(concurrency or tier_cfg.concurrency), "--prefetch-multiplier", "1",
+        "--concurrency", str(threads), "--prefetch-multiplier", "1",
         "--loglevel", loglevel, "--hostname", f"{tier}@%h-{os.getpid()}",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
@@ -104,7 +106,8 @@ def sim_exec(scenario: str, command: tuple[str, ...]) -> None:
         raise click.ClickException(str(e)) from None
     click.echo(f"simulator: {server.url} (scenario {scenario})", err=True)
     try:
-        env = dict(os.environ, CASCADE_PROVIDER_BASE_URL=server.url)
+        # the simulator's own key: the tiers' real keys (if any are set) never reach it
+        env = dict(os.environ, CASCADE_PROVIDER_BASE_URL=server.url, CASCADE_PROVIDER_API_KEY=SIMULATOR_KEY)
         code = subprocess.call(list(command), env=env)
     finally:
         server.stop()

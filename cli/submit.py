@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 import uuid
@@ -13,13 +14,18 @@ import orjson
 
 from cascade.cli.common import Command, config_option, load, redact, redis_option
 from cascade.errors import CascadeError, InputError
-from cascade.producer.reader import read_rows
+from cascade.producer.reader import check_encoding, read_rows
 from cascade.producer.report import format_summary, summarize
 from cascade.producer.results import ResultDrain
 from cascade.producer.submit import Submitter
+from cascade.producer.watch import TierStopped, Watch
 from cascade.worker.store import BatchRecord
 
-EXIT_REJECTED = 3   # the batch ran, but some input rows were rejected
+EXIT_REJECTED = 3    # the batch ran, but some input rows were rejected
+EXIT_FAILED = 4      # --wait: some jobs ended failed
+EXIT_BUDGET = 5      # --wait: some jobs ended budget_exhausted
+EXIT_CANCELLED = 6   # --wait: the batch was cancelled
+
 
 def new_batch_id(pipeline: str) -> str:
     """A fresh batch id: pipeline, UTC time, and a short random suffix."""
@@ -54,19 +60,23 @@ class Progress:
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Results file (default: stdout).")
 @click.option("--budget", type=float, help="USD cap for the batch; jobs end budget_exhausted when a call won't fit.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True)
+@click.option("--encoding", default="utf-8", show_default=True,
+              help="Text encoding of the input (a UTF-8 byte-order mark is skipped).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line on stdout.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @config_option
 @redis_option
 def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool, out: str | None,
-                   budget: float | None, fmt: str, as_json: bool, progress: bool,
+                   budget: float | None, fmt: str, encoding: str, as_json: bool, progress: bool,
                    config_path: str | None, redis_url: str | None) -> None:
     """Submit a JSONL or CSV file (or - for stdin) as one batch.
 
     Example: cascade-submit tickets.jsonl --pipeline ticket-triage --wait --out results.jsonl
 
-    Rejected rows are reported on stderr with their line and in OUT.rejected.jsonl; valid rows
-    still run. Exit status 3 when any row was rejected.
+    Rejected rows are reported on stderr with their line and in OUT.rejected.jsonl (with the raw row);
+    valid rows still run. Exit status: 0 all accepted, 1 a configuration, connection or input-file
+    error (nothing submitted), 2 a usage error, 3 rows were rejected; with --wait also 4 jobs failed,
+    5 jobs ran out of budget, 6 the batch was cancelled (the first that applies of 4, 5, 6, 3).
     """
     settings = load(config_path, redis_url)
     try:
@@ -75,13 +85,22 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         raise click.BadParameter(str(e), param_hint="--pipeline") from None
     if as_json and wait and not out:
         raise click.UsageError("--json prints the summary on stdout: give --out for the results")
+    try:
+        check_encoding(encoding)
+    except LookupError:
+        raise click.BadParameter(f"unknown encoding '{encoding}'", param_hint="--encoding") from None
     fmt = fmt if fmt != "auto" else ("csv" if source.lower().endswith(".csv") else "jsonl")
     batch = batch_id or new_batch_id(pipeline)
     from cascade.worker.backends import open_backend
 
+    def rows():
+        stream = sys.stdin.buffer if source == "-" else _open_source(source, stack)
+        return read_rows(stream, fmt, settings.producer.max_row_bytes, encoding)
+
     with ExitStack() as stack:
+        first_rows = _peeked(rows(), source)      # an unreadable or empty file creates no batch
         try:
-            backend = open_backend(settings)
+            backend = open_backend(settings, pipeline=pipe)
         except CascadeError as e:
             raise click.ClickException(str(e)) from None
         stack.callback(backend.close)
@@ -96,48 +115,110 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         stack.callback(rejected_out.close)
         bar = Progress(progress)
         stack.callback(bar.close)
+        say = lambda message: bar.bar.write(f"cascade-submit: {message}", file=sys.stderr)  # noqa: E731
         submitter = Submitter(backend, settings, pipe, batch, round((budget or 0) * 1e9),
-                              on_reject=lambda err: rejected_out.write(err, bar))
+                              on_reject=lambda err: rejected_out.write(err, bar), say=say)
         run = submitter.open()
-        drain = None
+        drain = watch = None
         if wait:
             sink = stack.enter_context(open(out, "ab" if run > 1 else "wb")) if out else sys.stdout.buffer
-            drain = ResultDrain(backend.store, batch, sink)
+            drain = ResultDrain(backend.store, batch, sink, waits=submitter.waits)
+            watch = Watch(backend, settings, pipe, say)
 
             def tick() -> None:
                 drain.drain()
-                bar.update(backend.store.batch(batch))
+                watch.check()
+                record = submitter.waits("reading the batch", lambda: backend.store.batch(batch))
+                if record is not None:
+                    bar.update(record)
 
             submitter.while_waiting = tick
-        source_stream = sys.stdin.buffer if source == "-" else _open_source(source, stack)
-        result = submitter.run(read_rows(source_stream, fmt, settings.producer.max_row_bytes))
-        click.echo(f"cascade-submit: batch {batch}: {result.published} jobs queued"
-                   + (f", {result.already_submitted} already submitted earlier" if result.already_submitted else "")
-                   + (f", {len(result.rejected)} rows rejected" if result.rejected else ""), err=True)
-        if drain is None:
-            click.echo(f"cascade-submit: follow it with: cascade status {batch} / cascade results {batch} --follow",
-                       err=True)
-        else:
-            drain.wait(on_progress=bar.update)
-            bar.close()
-            summary = summarize(backend.store.batch(batch).counters, settings, pipe)
+        try:
+            result = submitter.run(first_rows)
+            click.echo(f"cascade-submit: batch {batch}: {result.published} jobs queued"
+                       + (f", {result.already_submitted} already submitted earlier" if result.already_submitted
+                          else "")
+                       + (f", {len(result.rejected)} rows rejected" if result.rejected else "")
+                       + (" (the batch was cancelled: the rest of the input was not read)" if result.cancelled
+                          else ""), err=True)
+            if drain is None:
+                click.echo(f"cascade-submit: follow it with: cascade status {batch} / cascade results {batch} "
+                           "--follow", err=True)
+                record = None
+            else:
+                record = _wait(drain, watch, bar, submitter, rows if source != "-" else None)
+        except TierStopped as e:
+            raise click.ClickException(str(e)) from None
+        if record is not None:
+            summary = summarize(record.counters, settings, pipe)
             summary["batch"] = batch
             summary["mode"] = backend.mode
             if as_json:
                 click.echo(orjson.dumps(summary).decode())
             else:
                 click.echo(format_summary(summary, f"batch {batch} ({backend.mode}, pipeline {pipe.name})"), err=True)
+                if summary["statuses"].get("budget_exhausted"):
+                    click.echo(f"budget: ran out: {summary['statuses']['budget_exhausted']} jobs ended "
+                               f"budget_exhausted; raise it with `cascade budget {batch} USD` and run them with "
+                               f"`cascade retry {batch} --status budget_exhausted`", err=True)
             if out:
                 click.echo(f"results: {drain.written} records written to {out}", err=True)
     if result.rejected:
         where = f" (listed in {rejected_out.path})" if rejected_out.path else ""
         click.echo(f"cascade-submit: {len(result.rejected)} rows rejected{where}", err=True)
-        sys.exit(EXIT_REJECTED)
+    sys.exit(exit_status(record, bool(result.rejected)))
+
+
+def exit_status(record: BatchRecord | None, rejected: bool) -> int:
+    """The documented exit status: 4 failed, 5 budget exhausted, 6 cancelled, 3 rejected rows, else 0."""
+    counters = record.counters if record is not None else {}
+    if counters.get("status:failed"):
+        return EXIT_FAILED
+    if counters.get("status:budget_exhausted"):
+        return EXIT_BUDGET
+    if counters.get("status:cancelled") or (record is not None and record.state == "cancelled"):
+        return EXIT_CANCELLED
+    return EXIT_REJECTED if rejected else 0
+
+
+def _wait(drain: ResultDrain, watch: Watch, bar: Progress, submitter: Submitter, rows) -> BatchRecord:
+    """Drain until the batch is finished. When Redis was unreachable at some point (it may have lost its last
+    second of writes), read the input again: rows it forgot are registered and run, the rest are skipped."""
+    def progress(record: BatchRecord) -> None:
+        watch.check()
+        bar.update(record)
+
+    drain.wait(on_progress=progress)
+    for _ in range(3):
+        if not submitter.waits.outages or rows is None:
+            break
+        submitter.waits.outages = 0
+        submitter.open()
+        again = submitter.run(rows())
+        if not again.published:
+            break
+        bar.bar.write(f"cascade-submit: {again.published} rows were lost by Redis and are submitted again",
+                      file=sys.stderr)
+        drain.wait(on_progress=progress)
+    bar.close()
+    return submitter.waits("reading the batch", lambda: drain.store.batch(drain.batch))
+
+
+def _peeked(rows, source: str):
+    """The rows, once the first one has been read: an empty input is an error before any batch exists."""
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        raise click.ClickException(f"{'stdin' if source == '-' else source}: no rows (the input is empty); "
+                                   "nothing was submitted")
+    return itertools.chain([first], iterator)
 
 
 def _open_source(source: str, stack: ExitStack) -> BinaryIO:
     try:
         return stack.enter_context(open(source, "rb"))
+    except IsADirectoryError:
+        raise click.BadParameter(f"{source} is a directory, not a file", param_hint="SOURCE") from None
     except OSError as e:
         raise click.BadParameter(f"cannot read {source}: {e.strerror}", param_hint="SOURCE") from None
 
@@ -154,7 +235,7 @@ class _RejectedFile:
         if self.path:
             if self._file is None:
                 self._file = open(self.path, "wb")
-            self._file.write(orjson.dumps({"line": error.line, "reason": error.reason}) + b"\n")
+            self._file.write(orjson.dumps({"line": error.line, "reason": error.reason, "row": error.raw}) + b"\n")
 
     def close(self) -> None:
         if self._file is not None:

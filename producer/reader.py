@@ -1,9 +1,13 @@
-"""Stream JSONL or CSV rows without loading the file; validate each into a Job or an InputError."""
+"""Stream JSONL or CSV rows without loading the file; validate each into a Job or an InputError.
+
+Text is decoded line by line in the given encoding (UTF-8 by default; a byte-order mark is skipped), so
+a line that is not valid in it is one rejected row that names its line, never a traceback.
+"""
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -14,77 +18,117 @@ from cascade.errors import InputError
 from cascade.models import Job
 
 MAX_ID_LENGTH = 256
+BOM = codecs.BOM_UTF8
 
 
 @dataclass(frozen=True, slots=True)
 class RawRow:
-    """One input row: its line number, and either the decoded object or why it could not be decoded."""
+    """One input row: its line number, the decoded object or why it could not be decoded, and its raw text."""
 
     line: int
     value: dict[str, Any] | None
     error: str = ""
+    raw: str = ""           # the row as read (what a rejected-rows file gives back to be fixed)
 
 
-def read_rows(stream: BinaryIO, fmt: str, max_row_bytes: int) -> Iterator[RawRow]:
+def check_encoding(encoding: str) -> str:
+    """The codec name, or LookupError naming the unknown one."""
+    return codecs.lookup(encoding).name
+
+
+def read_rows(stream: BinaryIO, fmt: str, max_row_bytes: int, encoding: str = "utf-8") -> Iterator[RawRow]:
     """Rows of a JSONL or CSV stream, one at a time, blank lines skipped."""
+    lines = _decoded_lines(stream, encoding)
     if fmt == "csv":
-        yield from _csv_rows(stream, max_row_bytes)
+        yield from _csv_rows(lines, max_row_bytes)
     else:
-        yield from _jsonl_rows(stream, max_row_bytes)
+        yield from _jsonl_rows(lines, max_row_bytes)
 
 
-def _jsonl_rows(stream: BinaryIO, max_row_bytes: int) -> Iterator[RawRow]:
-    for line, raw in enumerate(stream, start=1):
+def _decoded_lines(stream: BinaryIO, encoding: str) -> Iterator[tuple[int, bytes, str | None, str]]:
+    """(line number, raw bytes, decoded text or None, why not) for each line."""
+    for number, raw in enumerate(stream, start=1):
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        try:
+            yield number, raw, raw.decode(encoding), ""
+        except UnicodeDecodeError as e:
+            yield number, raw, None, (f"not valid {encoding} (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                      "give --encoding when the file uses another one")
+
+
+def _jsonl_rows(lines: Iterator[tuple[int, bytes, str | None, str]], max_row_bytes: int) -> Iterator[RawRow]:
+    for line, raw, text, problem in lines:
+        shown = text.rstrip("\r\n") if text is not None else raw.decode("utf-8", "replace").rstrip("\r\n")
         if len(raw) > max_row_bytes:
-            yield RawRow(line, None, f"row is {len(raw)} bytes, over the limit of {max_row_bytes}")
+            yield RawRow(line, None, f"row is {len(raw)} bytes, over the limit of {max_row_bytes}", shown[:1000])
             continue
-        if not raw.strip():
+        if text is None:
+            yield RawRow(line, None, problem, shown)
+            continue
+        if not text.strip():
             continue
         try:
-            value = orjson.loads(raw)
+            value = orjson.loads(text)
         except orjson.JSONDecodeError as e:
-            yield RawRow(line, None, f"invalid JSON: {e}")
+            yield RawRow(line, None, f"invalid JSON: {e}", shown)
             continue
         if not isinstance(value, dict):
-            yield RawRow(line, None, f"expected a JSON object, got {type(value).__name__}")
+            yield RawRow(line, None, f"expected a JSON object, got {type(value).__name__}", shown)
             continue
-        yield RawRow(line, value)
+        yield RawRow(line, value, raw=shown)
 
 
-def _csv_rows(stream: BinaryIO, max_row_bytes: int) -> Iterator[RawRow]:
-    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
-    reader = csv.DictReader(text)
+def _csv_rows(lines: Iterator[tuple[int, bytes, str | None, str]], max_row_bytes: int) -> Iterator[RawRow]:
+    bad: list[RawRow] = []
+
+    def texts() -> Iterator[str]:
+        for line, raw, text, problem in lines:
+            if text is None:
+                bad.append(RawRow(line, None, problem, raw.decode("utf-8", "replace").rstrip("\r\n")))
+                continue
+            yield text
+
+    reader = csv.DictReader(texts())
     for row in reader:
+        yield from _drain(bad)
         line = reader.line_num
+        shown = orjson.dumps({k: v for k, v in row.items() if k is not None}).decode()
         if None in row:
-            yield RawRow(line, None, f"{len(row[None])} more value(s) than header columns")
+            yield RawRow(line, None, f"{len(row[None])} more value(s) than header columns", shown)
             continue
         missing = [k for k, v in row.items() if v is None]
         size = sum(len(v) for v in row.values() if v)
         if size > max_row_bytes:
-            yield RawRow(line, None, f"row is {size} bytes, over the limit of {max_row_bytes}")
+            yield RawRow(line, None, f"row is {size} bytes, over the limit of {max_row_bytes}", shown[:1000])
         elif missing:
-            yield RawRow(line, None, f"missing value(s) for column(s): {', '.join(missing)}")
+            yield RawRow(line, None, f"missing value(s) for column(s): {', '.join(missing)}", shown)
         else:
-            yield RawRow(line, dict(row))
+            yield RawRow(line, dict(row), raw=shown)
+    yield from _drain(bad)
+
+
+def _drain(bad: list[RawRow]) -> Iterator[RawRow]:
+    while bad:
+        yield bad.pop(0)
 
 
 def to_job(row: RawRow, required_fields: Sequence[str]) -> Job:
     """The Job of a decoded row, or InputError naming the line and the problem."""
     if row.value is None:
-        raise InputError(row.line, row.error)
+        raise InputError(row.line, row.error, row.raw)
     value = row.value
     if "id" not in value or value["id"] in (None, ""):
-        raise InputError(row.line, "missing 'id'")
+        raise InputError(row.line, "missing 'id'", row.raw)
     job_id = value["id"]
     if isinstance(job_id, bool) or not isinstance(job_id, (str, int)):
-        raise InputError(row.line, f"'id' must be a string or an integer, got {type(job_id).__name__}")
+        raise InputError(row.line, f"'id' must be a string or an integer, got {type(job_id).__name__}", row.raw)
     job_id = str(job_id)
     if len(job_id) > MAX_ID_LENGTH:
-        raise InputError(row.line, f"'id' is longer than {MAX_ID_LENGTH} characters")
+        raise InputError(row.line, f"'id' is longer than {MAX_ID_LENGTH} characters", row.raw)
     missing = [f for f in required_fields if f not in value or value[f] is None]
     if missing:
         names = ", ".join(f"'{f}'" for f in missing)
-        raise InputError(row.line, f"missing field {names} used by the prompt")
+        raise InputError(row.line, f"missing field {names} used by the prompt", row.raw)
     fields = {k: v for k, v in value.items() if k != "id"}
     return Job(job_id, fields, row.line)

@@ -1,17 +1,32 @@
-"""Submit a batch: validate rows, register them once, publish to the first tier with backpressure."""
+"""Submit a batch: validate rows, register them once (payload in the store), publish to the first tier with
+backpressure. Redis restarting under the producer is waited out, never a failed submission."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from redis.exceptions import ResponseError
 
 from cascade.errors import InputError
 from cascade.models import Job
 from cascade.producer.reader import RawRow, to_job
 from cascade.worker.backends import Backend
 from cascade.worker.config.schema import Pipeline, Settings
-from cascade.worker.messages import AttemptMessage
+from cascade.worker.messages import JobPayload, JobRef
+from cascade.worker.pricing import estimate_tokens
+from cascade.worker.prompts import render
+from cascade.worker.store import Registration
+from cascade.worker.store.batches import CANCELLED
+from cascade.worker.store_retry import PASSING
+
+log = logging.getLogger("cascade.producer")
+T = TypeVar("T")
+
+PUBLISH_TRIES = 3       # a chunk that cannot be published after these is left to the reconciler (it is registered)
 
 
 @dataclass
@@ -23,6 +38,37 @@ class SubmitResult:
     published: int = 0          # jobs put on the first tier's queue by this run
     already_submitted: int = 0  # rows an earlier run of the same batch id had submitted
     rejected: list[InputError] = field(default_factory=list)
+    cancelled: bool = False     # the batch was cancelled while this run read its input
+
+
+class StoreWaits:
+    """Store calls of the producer, waited out while Redis restarts or refuses writes for memory (the
+    ledger drains it); `outages` counts the waits, so the caller can check that nothing was lost."""
+
+    def __init__(self, say: Callable[[str], None], sleep: Callable[[float], None] = time.sleep):
+        self.say = say
+        self.sleep = sleep
+        self.outages = 0
+
+    def __call__(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, retried while Redis is unreachable or out of memory."""
+        wait, since = 0.2, None
+        while True:
+            try:
+                result = call()
+            except (*PASSING, ResponseError) as error:
+                if isinstance(error, ResponseError) and not isinstance(error, PASSING) and "OOM" not in str(error):
+                    raise
+                if since is None:
+                    since = time.monotonic()
+                    self.outages += 1
+                    self.say(f"Redis unreachable while {what} ({error}); waiting for it")
+            else:
+                if since is not None:
+                    self.say(f"Redis answers again after {time.monotonic() - since:.1f} s")
+                return result
+            self.sleep(wait)
+            wait = min(5.0, wait * 2)
 
 
 class Submitter:
@@ -31,7 +77,8 @@ class Submitter:
     def __init__(self, backend: Backend, settings: Settings, pipeline: Pipeline, batch: str,
                  budget_nanos: int = 0,
                  on_reject: Callable[[InputError], None] | None = None,
-                 while_waiting: Callable[[], None] | None = None):
+                 while_waiting: Callable[[], None] | None = None,
+                 say: Callable[[str], None] | None = None):
         """`while_waiting` runs after each chunk and while the queue is full (drain results, show progress)."""
         self.backend = backend
         self.settings = settings
@@ -40,6 +87,7 @@ class Submitter:
         self.budget_nanos = budget_nanos
         self.on_reject = on_reject or (lambda error: None)
         self.while_waiting = while_waiting or (lambda: None)
+        self.waits = StoreWaits(say or log.warning)
         self.first_tier = pipeline.ladder[0]
         self._run = 0
         self._budgeted = budget_nanos > 0
@@ -47,9 +95,11 @@ class Submitter:
     def open(self) -> int:
         """Create the batch, or reopen it to resume; return this run's number (1 for a new batch)."""
         store = self.backend.store
+        # Not waited out: a Redis that does not answer before anything is submitted is a wrong URL or a
+        # server that is down, and the user should hear so at once. Outages after this are waited out.
         self._run = store.open_batch(self.batch, self.pipeline.name, self.budget_nanos, self.backend.mode)
-        # an earlier run's budget still holds when this one gives none: every message must reserve
-        self._budgeted = store.batch(self.batch).budget_nanos > 0
+        # an earlier run's budget still holds when this one gives none: every job needs its prompt estimate
+        self._budgeted = self.waits("reading the batch", lambda: store.batch(self.batch)).budget_nanos > 0
         return self._run
 
     def run(self, rows: Iterable[RawRow]) -> SubmitResult:
@@ -57,43 +107,71 @@ class Submitter:
         store = self.backend.store
         result = SubmitResult(self.batch, self._run or self.open())
         required = self.pipeline.prompt.fields
-        chunk: list[Job] = []
-        last_line = 0
+        chunk: list[tuple[Job, str]] = []
         for row in rows:
-            last_line = row.line
             try:
-                chunk.append(to_job(row, required))
+                chunk.append((to_job(row, required), row.raw))
             except InputError as error:
                 self._reject(result, error)
             if len(chunk) >= self.settings.producer.chunk_size:
-                self._flush(result, chunk, last_line)
+                self._flush(result, chunk)
                 chunk = []
-        self._flush(result, chunk, last_line)
-        store.mark_submitted(self.batch, len(result.rejected))
+                if self._cancelled():
+                    result.cancelled = True
+                    break
+        if not result.cancelled:
+            self._flush(result, chunk)
+        self.waits("closing the submission", lambda: store.mark_submitted(self.batch, len(result.rejected)))
         return result
 
-    def _flush(self, result: SubmitResult, chunk: list[Job], last_line: int) -> None:
+    def _cancelled(self) -> bool:
+        record = self.waits("reading the batch", lambda: self.backend.store.batch(self.batch))
+        return record is not None and record.state == CANCELLED
+
+    def _registration(self, job: Job) -> Registration:
+        tokens = 0
+        if self._budgeted:      # the store reserves each call's worst case from this estimate
+            system, user = render(self.pipeline.prompt, job.fields)
+            tokens = estimate_tokens(system) + estimate_tokens(user)
+        return Registration(job.id, job.line, tokens, JobPayload(job).to_json())
+
+    def _flush(self, result: SubmitResult, chunk: list[tuple[Job, str]]) -> None:
+        if not chunk:
+            return
         store = self.backend.store
-        codes = store.register_jobs(self.batch, result.run, [(job.id, job.line) for job in chunk]) if chunk else []
-        to_send = []
-        for job, code in zip(chunk, codes):
-            if code == 1:
-                to_send.append(AttemptMessage(self.batch, self.pipeline.name, 0, job, budgeted=self._budgeted))
+        registrations = [self._registration(job) for job, _ in chunk]
+        codes = self.waits("registering jobs", lambda: store.register_jobs(
+            self.batch, result.run, self.first_tier, registrations))
+        refs = []
+        for (job, raw), code in zip(chunk, codes):
+            if code > 0:
+                refs.append(JobRef(self.batch, self.pipeline.name, job.id, 0, code))
             elif code == 0:
                 result.already_submitted += 1
             else:
-                self._reject(result, InputError(job.line, f"duplicate id '{job.id}' (first on line {-code})"))
-        if to_send:
-            self.backend.dispatcher.send_many(to_send)
-            result.published += len(to_send)
-        store.mark_published(self.batch, result.run, last_line)
+                self._reject(result, InputError(job.line, f"duplicate id '{job.id}' (first on line {-code})", raw))
+        if refs:
+            self._publish(refs)
+            result.published += len(refs)
         self.while_waiting()
         self._wait_below_high_water()
+
+    def _publish(self, refs: list[JobRef]) -> None:
+        for attempt in range(1, PUBLISH_TRIES + 1):
+            try:
+                self.backend.dispatcher.send_many(refs)
+                return
+            except Exception as error:  # kombu's OperationalError, a RedisError: the broker is down
+                if attempt == PUBLISH_TRIES:
+                    log.warning("could not publish %d jobs (%s); they are registered, and a worker's reconciler "
+                                "publishes them", len(refs), error)
+                    return
+                time.sleep(0.5 * attempt)
 
     def _wait_below_high_water(self) -> None:
         # Backpressure: Redis holds a bounded number of messages whatever the batch size.
         high = self.settings.producer.high_water
-        while self.backend.backlog(self.first_tier) >= high:
+        while self.waits("reading the queue", lambda: self.backend.backlog(self.first_tier)) >= high:
             self.while_waiting()
             time.sleep(0.05)
 

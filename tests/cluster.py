@@ -68,6 +68,7 @@ def cascade_env(redis_url: str | None, sim_url: str) -> dict[str, str]:
     """The environment of a cascade process: Redis (or embedded when None) and every tier on the simulator."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
     env["CASCADE_PROVIDER_BASE_URL"] = sim_url
+    env["CASCADE_PROVIDER_API_KEY"] = "sim-key"
     if redis_url:
         env["CASCADE_REDIS_URL"] = redis_url
     return env

@@ -47,3 +47,58 @@ class ScriptedProvider:
             return out
         return Completion(text=out, usage=Usage(100, 10, 0), finish_reason="stop", model=request.model,
                           latency_ms=12.0, logprobs=(TokenLogprob(out[:3], -0.01),))
+
+
+class SamplingProvider:
+    """A provider without `n` (as Anthropic): each sample is its own call; `answer(i)` gives call i's answer."""
+
+    supports_logprobs = False
+    supports_n = False
+
+    def __init__(self, answer: Callable[[int], str | ProviderError]):
+        self.answer = answer
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        with self._lock:
+            self.calls += 1
+            i = self.calls
+        out = self.answer(i)
+        if isinstance(out, ProviderError):
+            raise out
+        return Completion(text=out, usage=Usage(100, 10, 0), finish_reason="stop", model=request.model, latency_ms=5.0)
+
+
+class NullDispatcher:
+    """Takes escalations and forgets them (for tests of one tier)."""
+
+    def __init__(self):
+        self.sent: list = []
+
+    def send(self, ref) -> None:
+        self.sent.append(ref)
+
+    def backlog(self, tier_name: str) -> int:
+        return 0
+
+
+def one_job(settings, providers, job, *, batch: str = "b", pipeline: str = "ticket-triage", limiter=None,
+            dispatcher=None, client=None, sleep=None):
+    """An engine over fakeredis (or `client`) with `job` registered in `batch`: (engine, batch store, its JobRef)."""
+    import fakeredis
+
+    from cascade.worker.engine import Engine
+    from cascade.worker.messages import JobPayload, JobRef
+    from cascade.worker.runtime import ProviderPool
+    from cascade.worker.store import BatchStore, JobStore, Registration
+
+    client = client or fakeredis.FakeRedis()
+    store = BatchStore(client, "t")
+    engine = Engine(settings, JobStore(client, "t"), ProviderPool(settings, providers), dispatcher or NullDispatcher(),
+                    limiter, sleep=sleep or (lambda seconds: None))
+    store.open_batch(batch, pipeline)
+    first = settings.pipeline(pipeline).ladder[0]
+    [seq] = store.register_jobs(batch, 1, first, [Registration(job.id, job.line, 0, JobPayload(job).to_json())])
+    store.mark_submitted(batch, 0)
+    return engine, store, JobRef(batch, pipeline, job.id, 0, seq)

@@ -10,7 +10,7 @@ import redis
 from click.testing import CliRunner
 
 from cascade.cli.main import cascade
-from cascade.cli.submit import EXIT_REJECTED, submit_command
+from cascade.cli.submit import EXIT_BUDGET, EXIT_REJECTED, submit_command
 from cascade.simulator import SimServer, load_scenario
 from tests.cluster import SCENARIO, cascade_env, cluster_config, delete_namespace, read_jsonl
 from tests.helpers import copy_config
@@ -60,7 +60,9 @@ def test_bad_rows_are_named_by_line_and_valid_rows_still_run(tmp_path, sim):
     assert sorted(r["id"] for r in read_jsonl(out)) == ["r1", "r2", "r3"]
     rejected = read_jsonl(tmp_path / "out.jsonl.rejected.jsonl")
     assert sorted(r["line"] for r in rejected) == [2, 3, 5, 6]   # duplicates are found when a chunk registers
-    assert {"line": 3, "reason": "missing 'id'"} in rejected
+    assert {"line": 3, "reason": "missing 'id'", "row": '{"subject":"no id","body":"b"}'} in rejected
+    assert {"line": 5, "reason": "duplicate id 'r1' (first on line 1)",
+            "row": '{"id":"r1","subject":"again","body":"dup"}'} in rejected
 
 
 def test_csv_input_and_an_oversized_row(tmp_path, sim):
@@ -165,8 +167,9 @@ def test_a_budget_is_never_overspent_and_ends_the_rest_budget_exhausted(tmp_path
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--budget", "0.0002", "--out", str(out),
                                      "--json", "--no-progress", "--config", str(copy_config(tmp_path))],
                     cascade_env(None, sim.url))
-    # Then every job has a record, some ran and the others ended budget_exhausted, within budget
-    assert result.exit_code == 0, result.stderr
+    # Then every job has a record, some ran and the others ended budget_exhausted, within budget, and the exit
+    # status says the budget ran out
+    assert result.exit_code == EXIT_BUDGET, result.stderr
     summary = orjson.loads(result.stdout)
     records = read_jsonl(out)
     assert sorted(r["id"] for r in records) == [row["id"] for row in GOOD]
@@ -189,10 +192,13 @@ def test_a_resubmission_without_budget_still_reserves_against_the_first_runs(tmp
         assert invoke(submit_command, [*args, "--budget", "1"], env).exit_code == 0
         source.write_bytes(lines(*GOOD))
         assert invoke(submit_command, args, env).exit_code == 0
-        # Then every queued message, the new ones too, says the batch has a budget to reserve against
+        # Then five small job references are queued, and every job, the new ones too, carries the prompt
+        # estimate its calls reserve against the first run's budget
         bodies = [orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))
                   for raw in client.lrange(f"{ns}.tier.cheap", 0, -1)]
-        assert len(bodies) == 5 and all(args[0]["g"] == 1 for args, _, _ in bodies)
+        assert sorted(args[0]["id"] for args, _, _ in bodies) == ["r1", "r2", "r3", "r4", "r5"]
+        live = client.hgetall(f"{ns}:batch:budgeted-1:live")
+        assert len(live) == 5 and all(int(state.rsplit(b"|", 1)[1]) > 10 for state in live.values())
     finally:
         delete_namespace(redis_url, ns)
         client.close()

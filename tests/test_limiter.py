@@ -16,16 +16,13 @@ from cascade.errors import RateLimited, ServerError
 from cascade.models import Completion, CompletionRequest, Job, Usage
 from cascade.worker.config import load_settings
 from cascade.worker.config.schema import Tier
-from cascade.worker.engine import Engine
 from cascade.worker.limiter import MARGIN_S, WINDOW_S, NoLimiter, RedisLimiter, request_bucket, token_bucket
-from cascade.worker.messages import AttemptMessage
 from cascade.worker.pricing import estimate_tokens
 from cascade.worker.prompts import render
 from cascade.worker.retrying import RetryPolicy
 from cascade.worker.runtime import ProviderPool
-from cascade.worker.store import BatchStore
 from cascade.worker.tier_call import TierCaller
-from tests.helpers import ScriptedProvider, copy_config
+from tests.helpers import ScriptedProvider, copy_config, one_job
 
 
 def tier(**limits) -> Tier:
@@ -225,18 +222,15 @@ def test_low_rate_limit_hints_pause_the_tier_briefly(client):
 def test_engine_pauses_the_tier_on_429_and_on_low_hints(tmp_path):
     settings = load_settings(copy_config(tmp_path), environ={})
     conn = fakeredis.FakeRedis()
-    store, limiter = BatchStore(conn, "e"), RedisLimiter(conn, "e")
+    limiter = RedisLimiter(conn, "e")
     good = '{"category": "billing", "priority": "low"}'
     answers = iter([RateLimited("slow down", retry_after=0.2),
                     Completion(good, Usage(100, 10), "stop", "gpt-4o-mini", 5.0,
                                rate_limit={"remaining_requests": 0, "reset_requests_s": 1.5})])
     provider = ScriptedProvider(lambda request, n: next(answers))
-    engine = Engine(settings, store, ProviderPool(settings, {"cheap": provider}), dispatcher=None, limiter=limiter,
-                    sleep=lambda s: None)
-    store.open_batch("b", "ticket-triage")
-    store.register_jobs("b", 1, [("j", 1)])
     job = Job("j", {"subject": "Refund", "body": "charged twice"}, 1)
-    assert engine.handle(AttemptMessage("b", "ticket-triage", 0, job)) == "accepted"
+    engine, store, ref = one_job(settings, {"cheap": provider}, job, limiter=limiter, client=conn)
+    assert engine.handle(ref) == "accepted"
     assert len(provider.calls) == 2               # the 429 was retried after its cooldown
     assert 1.0 < limiter.store.cooldown_left("cheap") <= 1.5
 
@@ -252,7 +246,7 @@ def test_a_rate_limited_call_pauses_every_worker_of_the_tier(tmp_path, error, ex
     limiter = RedisLimiter(fakeredis.FakeRedis(), "e")
     provider = ScriptedProvider(lambda request, n: error)
     caller = TierCaller(ProviderPool(settings, {"cheap": provider}), limiter,
-                        RetryPolicy(max_retries=0), sleep=lambda s: None)
+                        RetryPolicy(max_retries=0, horizon_s=0.0), sleep=lambda s: None)
     result = caller.call(settings.tiers["cheap"], CompletionRequest("m", "sys", "user", 16), 10)
     assert result.completion is None
     assert limiter.store.cooldown_left("cheap") == pytest.approx(expected_s, abs=0.1)
@@ -360,18 +354,16 @@ def test_engine_reserves_max_tokens_per_sample_and_settles_as_the_provider_count
     config = copy_config(tmp_path)
     (config.parent / "pipelines" / "sampled.toml").write_text(SAMPLED)
     settings = load_settings(config, environ={"CASCADE_TIER_CHEAP_TPM": "1000000"})
-    store, limiter = BatchStore(fakeredis.FakeRedis(), "e"), RecordingLimiter()
+    limiter = RecordingLimiter()
     good = '{"category": "billing", "priority": "low"}'
     provider = ScriptedProvider(lambda request, _: Completion(good, Usage(90, 12 * request.n), "stop", "gpt-4o-mini",
                                                               5.0, samples=(good,) * request.n))
     provider.tpm_counts_max_tokens = counts_max_tokens
     provider.supports_n = one_call          # without `n` (Anthropic), every sample is a request of its own
-    engine = Engine(settings, store, ProviderPool(settings, {"cheap": provider}), dispatcher=None, limiter=limiter)
-    store.open_batch("b", pipeline)
-    store.register_jobs("b", 1, [("j", 1)])
     # When one job is answered (with n samples in one call)
     job = Job("j", {"subject": "Refund", "body": "charged twice"}, 1)
-    assert engine.handle(AttemptMessage("b", pipeline, 0, job)) == "accepted"
+    engine, store, ref = one_job(settings, {"cheap": provider}, job, pipeline=pipeline, limiter=limiter)
+    assert engine.handle(ref) == "accepted"
     # Then each request's reservation covers its samples, and its settlement is what the provider counts
     requests = 1 if one_call else n
     per_request = n // requests

@@ -21,6 +21,7 @@ from cascade.errors import (
     ProviderUnavailable,
     RateLimited,
     ServerError,
+    TierUnusable,
 )
 from cascade.models import CompletionRequest, TokenLogprob, Usage
 from cascade.worker.providers import PROVIDERS, AnthropicProvider, OpenAIProvider, ProviderSpec, build_provider
@@ -435,7 +436,7 @@ def test_non_json_gateway_page_keeps_its_text(kind: str):
     assert caught.value.provider_message == f"{kind} 502: Bad Gateway from proxy"
 
 
-def test_openai_401_is_permanent_with_the_providers_words_and_no_key():
+def test_openai_401_makes_the_tier_unusable_with_the_providers_words_and_no_key():
     words = (
         "Incorrect API key provided: sk-test-****************cret. "
         "You can find your API key at https://platform.openai.com/account/api-keys."
@@ -445,7 +446,7 @@ def test_openai_401_is_permanent_with_the_providers_words_and_no_key():
         openai_provider(Recorder(answer(401, body))).complete(request())
 
     err = caught.value
-    assert type(err) is Permanent
+    assert type(err) is TierUnusable
     assert err.status == 401
     assert err.provider_message == (
         "openai 401: Incorrect API key provided: sk-***. "
@@ -455,21 +456,22 @@ def test_openai_401_is_permanent_with_the_providers_words_and_no_key():
     assert err.__cause__ is None and err.__suppress_context__  # the SDK error (with headers) is dropped
 
 
-def test_anthropic_401_is_permanent_with_the_providers_words_and_no_key():
+def test_anthropic_401_makes_the_tier_unusable_with_the_providers_words_and_no_key():
     body = anthropic_error(f"invalid x-api-key {ANTHROPIC_KEY}", "authentication_error")
     with pytest.raises(Permanent) as caught:
         anthropic_provider(Recorder(answer(401, body))).complete(request())
-    assert type(caught.value) is Permanent
+    assert type(caught.value) is TierUnusable
     assert caught.value.provider_message == "anthropic 401: invalid x-api-key ***"
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
-@pytest.mark.parametrize("status", [400, 403, 404, 422])
-def test_other_4xx_are_permanent(kind: str, status: int):
+@pytest.mark.parametrize("status, kind_of_error", [(400, Permanent), (403, TierUnusable), (404, TierUnusable),
+                                                   (422, Permanent)])
+def test_other_4xx_are_permanent_and_403_404_stop_the_tier(kind: str, status: int, kind_of_error: type):
     body = openai_error("nope") if kind == "openai" else anthropic_error("nope")
     with pytest.raises(Permanent) as caught:
         MAKERS[kind](Recorder(answer(status, body))).complete(request())
-    assert type(caught.value) is Permanent
+    assert type(caught.value) is kind_of_error
     assert caught.value.status == status
     assert caught.value.provider_message == f"{kind} {status}: nope"
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
-import fakeredis
 import orjson
 import pytest
 import redis
@@ -24,12 +22,9 @@ from cascade.verifiers.calibration import (
 from cascade.verifiers.judge import JudgeVerifier, fence
 from cascade.verifiers.registry import build_verifier
 from cascade.worker.config import load_settings
-from cascade.worker.engine import Engine
-from cascade.worker.limiter import NoLimiter
-from cascade.worker.messages import AttemptMessage
-from cascade.worker.runtime import ProviderPool
-from cascade.worker.store import BatchStore
-from tests.helpers import ScriptedProvider, copy_config
+from cascade.worker.leases import ShuttingDown
+from cascade.worker.limiter import RedisLimiter
+from tests.helpers import ScriptedProvider, copy_config, one_job
 
 JOB = Job("j1", {"q": "2+2?"})
 REQUEST = CompletionRequest(model="m", system="sys", user="What is 2+2?", max_tokens=32)
@@ -247,13 +242,9 @@ def test_the_engine_gives_verifiers_a_priced_model_call(tmp_path):
     good = '{"category": "billing", "priority": "low"}'
     providers = {"cheap": ScriptedProvider(lambda r, n: good),
                  "frontier": ScriptedProvider(lambda r, n: '{"score": 0.95, "reason": "fine"}')}
-    store = BatchStore(fakeredis.FakeRedis(), "t")
-    engine = Engine(settings, store, ProviderPool(settings, providers), dispatcher=None)
-    store.open_batch("b1", "ticket-triage")
-    store.register_jobs("b1", 1, [("j1", 1)])
-    store.mark_submitted("b1", 0)
     job = Job("j1", {"subject": "Refund", "body": "charged twice"}, 1)
-    assert engine.handle(AttemptMessage("b1", "ticket-triage", 0, job)) == "accepted"
+    engine, store, ref = one_job(settings, providers, job, batch="b1")
+    assert engine.handle(ref) == "accepted"
     [judge_call] = providers["frontier"].calls
     assert judge_call.model == "claude-sonnet-4-6" and "charged twice" in judge_call.user
     [(_, raw)] = store.read_results("b1")
@@ -266,35 +257,36 @@ def test_the_engine_gives_verifiers_a_priced_model_call(tmp_path):
     assert info["verify_out_tok:cheap"] == 10 and info["cost:cheap"] == 471_000
 
 
-class FailingForTier(NoLimiter):
-    """A limiter whose Redis is gone for one tier's calls."""
-
-    def __init__(self, tier: str):
-        self.tier = tier
-
-    def acquire(self, tier, tokens):
-        if tier.name == self.tier:
-            raise redis.exceptions.ConnectionError("Connection refused")
-        return None
-
-
-def test_a_redis_failure_under_a_judge_call_requeues_instead_of_escalating(tmp_path):
-    # Given a judge on the frontier tier, whose limiter cannot reach Redis
+def test_a_redis_outage_under_a_judge_call_waits_instead_of_escalating(tmp_path):
+    # Given a judge on the frontier tier, whose limiter's Redis is down (nothing listens on its port)
     path = copy_config(tmp_path)
     pipeline = path.parent / "pipelines" / "ticket-triage.toml"
-    pipeline.write_text(pipeline.read_text() + '\ncheap = [{ name = "judge", tier = "frontier", rubric = "Right?" }]\n')
-    settings = load_settings(path, environ={})
+    pipeline.write_text(pipeline.read_text() + '\ncheap = [{ name = "judge", tier = "frontier", rubric = "Right?" }]\n'
+                        + '\n[tiers]\n' * 0)
+    settings = load_settings(path, environ={"CASCADE_TIER_FRONTIER_RPM": "60"})
     providers = {"cheap": ScriptedProvider(lambda r, n: '{"category": "billing", "priority": "low"}'),
                  "frontier": ScriptedProvider(lambda r, n: '{"score": 1, "reason": "fine"}')}
-    store = BatchStore(fakeredis.FakeRedis(), "t")
-    dispatcher = []
-    engine = Engine(settings, store, ProviderPool(settings, providers), dispatcher=SimpleNamespace(send=dispatcher.append),
-                    limiter=FailingForTier("frontier"))
-    store.open_batch("b1", "ticket-triage")
-    store.register_jobs("b1", 1, [("j1", 1)])
+    waits = []
+
+    def sleep(seconds):        # the worker is asked to stop after the third wait
+        waits.append(seconds)
+        if len(waits) == 3:
+            raise ShuttingDown()
+
+    dead = redis.Redis(port=_free_port(), socket_connect_timeout=0.2)
+    limiter = RedisLimiter(dead, "t", sleep=sleep)
     job = Job("j1", {"subject": "Refund", "body": "charged twice"}, 1)
-    # When the attempt runs, then the store error reaches the task (which requeues the message)
-    with pytest.raises(redis.exceptions.ConnectionError):
-        engine.handle(AttemptMessage("b1", "ticket-triage", 0, job))
+    engine, store, ref = one_job(settings, providers, job, batch="b1", limiter=limiter)
+    # When the attempt runs, the judge's admission waits for Redis; stopping then gives the job back
+    assert engine.handle(ref) == "released"
     # and the job was neither escalated nor recorded, and the judge was never asked
-    assert dispatcher == [] and store.read_results("b1") == [] and providers["frontier"].calls == []
+    assert engine.dispatcher.sent == [] and store.read_results("b1") == [] and providers["frontier"].calls == []
+    assert len(waits) == 3
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

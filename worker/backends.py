@@ -1,24 +1,29 @@
-"""Open the store and dispatcher for a run: embedded (one process) or distributed (Redis + Celery)."""
+"""Open the stores and dispatcher for a run: embedded (one process) or distributed (Redis + Celery)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from cascade.worker.config.schema import Settings
+from cascade.worker.config.schema import Pipeline, Settings
 from cascade.worker.dispatch.base import Dispatcher
-from cascade.worker.store import BatchStore
+from cascade.worker.store import BatchStore, JobStore, SweepStore, WorkerInfo
 
 
 @dataclass
 class Backend:
-    """A store and a dispatcher that share one Redis; `mode` is embedded or distributed."""
+    """A batch store, the sweeps store and a dispatcher that share one Redis; `mode` is embedded or distributed."""
 
     mode: str
     store: BatchStore
+    sweeps: SweepStore
     dispatcher: Dispatcher
+    stop: Any = None            # embedded: what tells waiting jobs to give up when the run ends
 
     def backlog(self, tier_name: str) -> int:
         """Messages waiting (or, embedded, running) on a tier."""
@@ -26,7 +31,15 @@ class Backend:
 
     def close(self) -> None:
         """Stop local pools or release broker connections."""
+        if self.stop is not None:
+            self.stop()
         self.dispatcher.close()
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A client for the configured Redis whose commands time out instead of hanging on a dead connection."""
+    return redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s,
+                                socket_connect_timeout=10, socket_keepalive=True, health_check_interval=30)
 
 
 def batch_store(settings: Settings, client: Any) -> BatchStore:
@@ -34,46 +47,107 @@ def batch_store(settings: Settings, client: Any) -> BatchStore:
     return BatchStore(client, settings.redis.namespace, retention_s=settings.redis.retention_days * 86400)
 
 
-def open_backend(settings: Settings, providers: Any = None) -> Backend:
-    """The backend the settings ask for: embedded when no Redis URL is configured."""
+def job_store(settings: Settings, client: Any) -> JobStore:
+    """The job store of these settings over `client`."""
+    return JobStore(client, settings.redis.namespace, retention_s=settings.redis.retention_days * 86400)
+
+
+def open_backend(settings: Settings, providers: Any = None, pipeline: Pipeline | None = None) -> Backend:
+    """The backend the settings ask for: embedded when no Redis URL is configured. Embedded, the API keys of
+    the tiers `pipeline` calls are checked here, before anything is submitted."""
     if settings.embedded:
-        return _embedded(settings, providers)
+        return _embedded(settings, providers, pipeline)
     from cascade.worker.celery_app import create_app
     from cascade.worker.dispatch.celery_dispatch import CeleryDispatcher
 
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings)
     store = batch_store(settings, client)
     app = create_app(settings)
-    return Backend("distributed", store, CeleryDispatcher(app, settings, store))
+    return Backend("distributed", store, SweepStore(client, settings.redis.namespace),
+                   CeleryDispatcher(app, settings, store))
 
 
-def _embedded(settings: Settings, providers: Any) -> Backend:
+def _embedded(settings: Settings, providers: Any, pipeline: Pipeline | None) -> Backend:
     import fakeredis
 
     from cascade.worker.dispatch.local import LocalDispatcher
     from cascade.worker.engine import Engine
+    from cascade.worker.leases import LeaseKeeper
     from cascade.worker.limiter import RedisLimiter
-    from cascade.worker.runtime import ProviderPool
-
-    client = fakeredis.FakeRedis()
-    store = batch_store(settings, client)
-    dispatcher = LocalDispatcher(settings)
-    limiter = RedisLimiter(client, settings.redis.namespace)   # same scripts as distributed, in-process
-    engine = Engine(settings, store, providers or ProviderPool(settings), dispatcher, limiter)
-    dispatcher.bind(engine.handle)
-    return Backend("embedded", store, dispatcher)
-
-
-def worker_engine(settings: Settings, app: Any, tier_name: str, providers: Any = None) -> Any:
-    """The engine a Celery worker process runs: real Redis store, escalations published through `app`."""
-    from cascade.worker.dispatch.celery_dispatch import CeleryDispatcher
-    from cascade.worker.engine import Engine
-    from cascade.worker.limiter import RedisLimiter
-    from cascade.worker.runtime import ProviderPool
+    from cascade.worker.runtime import ProviderPool, called_tiers
 
     providers = providers or ProviderPool(settings)
-    providers.get(tier_name)            # fail at startup, not on the first job, when the key is missing
-    client = redis.Redis.from_url(settings.redis.url)
+    if pipeline is not None:
+        providers.check(called_tiers(pipeline))
+    client = fakeredis.FakeRedis()
     store = batch_store(settings, client)
-    limiter = RedisLimiter(client, settings.redis.namespace)   # tier limits shared by every worker process
-    return Engine(settings, store, providers, CeleryDispatcher(app, settings, store), limiter)
+    sweeps = SweepStore(client, settings.redis.namespace)
+    dispatcher = LocalDispatcher(settings)
+    keeper = LeaseKeeper(None, "embedded", lease_s=settings.engine.lease_s)
+    limiter = RedisLimiter(client, settings.redis.namespace, sleep=keeper.sleep,     # the same scripts, in-process
+                           circuit=circuit_policy(settings))
+    engine = Engine(settings, job_store(settings, client), providers, dispatcher, limiter, keeper=keeper,
+                    sweeps=sweeps)
+    dispatcher.bind(engine.handle)
+    return Backend("embedded", store, sweeps, dispatcher, stop=keeper.stop)
+
+
+def circuit_policy(settings: Settings) -> Any:
+    """The [engine] section's circuit settings."""
+    from cascade.worker.limiter import CircuitPolicy
+
+    engine = settings.engine
+    return CircuitPolicy(engine.circuit_failures, engine.circuit_open_s, engine.circuit_max_open_s)
+
+
+@dataclass
+class WorkerRuntime:
+    """What one `cascade worker` process runs besides Celery: the engine, its heartbeat and its reconciler."""
+
+    engine: Any
+    keeper: Any
+    reconciler: Any
+    info: WorkerInfo
+
+    def start(self) -> None:
+        """Register the worker, then start the heartbeat and the reconciler."""
+        self.keeper.start(self.info)
+        self.reconciler.start()
+
+    def stopping(self) -> None:
+        """Warm shutdown began: jobs that wait (circuit, stopped tier, Redis) give their leases back."""
+        self.keeper.stop()
+
+    def close(self) -> None:
+        """The worker stopped: keep unrecorded paid answers, end the threads, unregister."""
+        self.reconciler.stop()
+        self.engine.keep_paid_answers()
+        self.keeper.close()
+
+
+def worker_runtime(settings: Settings, app: Any, tier_name: str, concurrency: int, providers: Any = None
+                   ) -> WorkerRuntime:
+    """The engine a Celery worker process runs: real Redis stores, escalations published through `app`."""
+    from cascade.worker.dispatch.celery_dispatch import CeleryDispatcher
+    from cascade.worker.engine import Engine
+    from cascade.worker.leases import LeaseKeeper, new_worker_id
+    from cascade.worker.limiter import RedisLimiter
+    from cascade.worker.reconciler import Reconciler
+    from cascade.worker.runtime import ProviderPool
+
+    providers = providers or ProviderPool(settings, threads=concurrency)
+    providers.get(tier_name)            # fail at startup, not on the first job, when the key is missing
+    client = redis_client(settings)
+    store = batch_store(settings, client)
+    sweeps = SweepStore(client, settings.redis.namespace)
+    engine_cfg = settings.engine
+    worker_id = new_worker_id(tier_name)
+    keeper = LeaseKeeper(sweeps, worker_id, lease_s=engine_cfg.lease_s, heartbeat_s=engine_cfg.heartbeat_s)
+    limiter = RedisLimiter(client, settings.redis.namespace, sleep=keeper.sleep, circuit=circuit_policy(settings))
+    dispatcher = CeleryDispatcher(app, settings, store)
+    engine = Engine(settings, job_store(settings, client), providers, dispatcher, limiter, keeper=keeper,
+                    sweeps=sweeps)
+    reconciler = Reconciler(settings, sweeps, dispatcher, lease_s=engine_cfg.lease_s, sweep_s=engine_cfg.sweep_s,
+                            queue_depth=dispatcher.backlog)
+    info = WorkerInfo(worker_id, tier_name, concurrency, socket.gethostname(), os.getpid(), round(time.time(), 3))
+    return WorkerRuntime(engine, keeper, reconciler, info)

@@ -1,55 +1,83 @@
-"""The cascade decision for one job on one tier: attempt -> verify -> accept | escalate | finalize.
+"""The cascade decision for one job on one tier: lease -> attempt -> verify -> accept | escalate | finalize.
 
-Plain Python: no Celery. A dispatcher (Celery or local threads) delivers messages to
-`Engine.handle` and takes the escalations it sends.
+Plain Python: no Celery. A dispatcher (Celery or local threads) delivers job references to
+`Engine.handle`, and takes the escalations it publishes. The job's payload lives in the store; a step is
+leased to one delivery, recorded once, and only then is the next tier's message published (a message
+lost after that is the reconciler's to publish again, never a lost job).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from cascade.errors import ContextTooLong
-from cascade.models import Attempt, Completion, CompletionRequest, Status, Usage
+from cascade.errors import ConfigError, ContextTooLong, PoisonMessage
+from cascade.models import Attempt, Completion, CompletionRequest, Job, Status, Usage
 from cascade.verifiers import VerifyContext, build_chain
 from cascade.verifiers.chain import VerifierChain
 from cascade.verifiers.parsing import parse_output
 from cascade.worker.config.schema import Pipeline, Settings, Tier
 from cascade.worker.counters import attempt_counters, final_counters
 from cascade.worker.dispatch.base import Dispatcher
+from cascade.worker.leases import LeaseKeeper, ShuttingDown
 from cascade.worker.limiter import Limiter, NoLimiter
-from cascade.worker.messages import AttemptMessage
-from cascade.worker.pricing import cost_nanos, estimate_tokens, reserve_nanos, to_usd
+from cascade.worker.messages import JobPayload, JobRef
+from cascade.worker.pricing import cost_nanos, estimate_tokens, reserve_rates, to_usd
 from cascade.worker.prompts import render
 from cascade.worker.retrying import RetryPolicy
 from cascade.worker.runtime import ProviderPool
-from cascade.worker.store import BatchStore, Begin, StoreError
-from cascade.worker.tier_call import TierCaller
+from cascade.worker.store import JobStore, Lease, LeaseCode, StoreError, SweepStore, pack_counters
+from cascade.worker.store_retry import StoreRefused, StoreRetry
+from cascade.worker.tier_call import TierCaller, TierHealth
 from cascade.worker.verifier_calls import VerifierCalls
 
 log = logging.getLogger("cascade.engine")
 
+PAID_CACHE = 10_000         # paid completions kept in memory while their recording fails
+ROOM_POLL_S = 0.2           # how often an escalation waiting for room on the next queue looks again
+ROOM_LOG_S = 30.0           # how often it says so
+
 
 class Outcome(StrEnum):
-    """What one delivery of an attempt message did."""
+    """What one delivery of a job message did."""
 
     ACCEPTED = "accepted"                   # the answer passed: the job is final
     ESCALATED = "escalated"                 # rejected: the job went on to the next tier
     FLAGGED = "flagged"                     # the last tier was rejected and kept (accepted_unverified)
     FAILED = "failed"                       # the job ended without a usable answer
     BUDGET_EXHAUSTED = "budget_exhausted"   # the next call did not fit the batch budget
-    DUPLICATE = "duplicate"                 # a redelivery of work already recorded: nothing counted
+    CANCELLED = "cancelled"                 # the batch was cancelled
+    DUPLICATE = "duplicate"                 # a redelivery of work already recorded or held: nothing counted
+    RELEASED = "released"                   # the worker is stopping: the job goes back on its queue
+    DEAD_LETTERED = "dead_lettered"         # Redis refused to record it: out of circulation, its answer kept
 
 
 #: the outcome of a delivery that finalized the job with this status
 FINAL_OUTCOME = {Status.ACCEPTED: Outcome.ACCEPTED, Status.ACCEPTED_UNVERIFIED: Outcome.FLAGGED,
-                 Status.FAILED: Outcome.FAILED, Status.BUDGET_EXHAUSTED: Outcome.BUDGET_EXHAUSTED}
+                 Status.FAILED: Outcome.FAILED, Status.BUDGET_EXHAUSTED: Outcome.BUDGET_EXHAUSTED,
+                 Status.CANCELLED: Outcome.CANCELLED}
+#: statuses `cascade retry` can run again: the job's payload is kept when it ends so
+RETRYABLE = (Status.FAILED, Status.BUDGET_EXHAUSTED, Status.CANCELLED)
+
+
+@dataclass
+class Step:
+    """One delivery of one job at one tier, as the engine works on it."""
+
+    ref: JobRef
+    pipeline: Pipeline
+    tier: Tier
+    lease: Lease
+    payload: JobPayload
+    paid_nanos: int = 0         # what has been spent on this delivery's calls so far
 
 
 class Engine:
@@ -58,133 +86,205 @@ class Engine:
     def __init__(
         self,
         settings: Settings,
-        store: BatchStore,
+        jobs: JobStore,
         providers: ProviderPool,
         dispatcher: Dispatcher,
         limiter: Limiter | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        *,
+        keeper: LeaseKeeper | None = None,
+        sweeps: SweepStore | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
-        self.store = store
+        self.jobs = jobs
+        self.sweeps = sweeps
         self.providers = providers
         self.dispatcher = dispatcher
-        self.caller = TierCaller(providers, limiter or NoLimiter(), RetryPolicy.from_config(settings.engine), sleep)
+        self.keeper = keeper or LeaseKeeper(None, "local", lease_s=settings.engine.lease_s)
+        self.sleep = sleep or self.keeper.sleep
+        self.store = StoreRetry(self.sleep, settings.engine.store_retries)
+        self.caller = TierCaller(providers, limiter or NoLimiter(), RetryPolicy.from_config(settings.engine),
+                                 self.sleep, TierHealth(sweeps, self.sleep), clock)
         self._chains: dict[tuple[str, str], VerifierChain] = {
             (pipeline.name, tier): build_chain(pipeline.verifier_specs(tier), settings.config_dir,
                                                f"{pipeline.source}: verifiers.{tier}")
             for pipeline in settings.pipelines.values() for tier in pipeline.ladder
         }
+        self._paid: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._paid_lock = threading.Lock()
+        self._room_checked: dict[str, float] = {}
 
-    # -- the decision ------------------------------------------------------------------
+    # -- a delivery ------------------------------------------------------------------------
 
-    def handle(self, msg: AttemptMessage, redelivered: bool = True) -> Outcome:
-        """Process one message; return what happened (accepted, escalated, failed, duplicate, ...).
-
-        `redelivered=False` says the broker delivers this message for the first time. Then, in a batch
-        without a budget, the pre-check round trip is skipped. A duplicate is still possible after a
-        crash (between publishing an escalation and recording it, or a producer's between publishing
-        and confirming a chunk, then a resubmission); `finish_attempt` counts it once and its call's
-        cost goes to cost_duplicate.
-        """
-        reserved = 0
+    def handle(self, ref: JobRef) -> Outcome:
+        """Process one delivery of a job message; PoisonMessage when it names no job of ours."""
+        pipeline, tier = self._resolve(ref)
+        token = self.keeper.new_token()
+        per_token, per_call = reserve_rates(self.settings.price(tier), tier, self._request_n(pipeline, tier))
+        engine = self.settings.engine
+        lease = self.store(f"lease {ref.label}", lambda: self.jobs.take_lease(
+            ref.batch, ref.job_id, ref.tier_index, tier.name, ref.seq, token, lease_ms=self.keeper.lease_ms,
+            reserve_per_token=per_token, reserve_per_call=per_call, max_deliveries=engine.max_deliveries))
+        if lease.code is LeaseCode.UNKNOWN:
+            raise PoisonMessage(f"job '{ref.job_id}' is not registered in batch '{ref.batch}'")
+        if lease.code in (LeaseCode.DONE, LeaseCode.STALE, LeaseCode.HELD):
+            return Outcome.DUPLICATE
+        self.keeper.hold(ref.batch, ref.job_id, token)
+        step = Step(ref, pipeline, tier, lease, _payload(ref, lease))
         try:
-            pipeline = self.settings.pipeline(msg.pipeline)
-            tier = self.settings.tiers[pipeline.ladder[msg.tier_index]]
-            system, user = render(pipeline.prompt, msg.job.fields)
-            # the estimate only feeds reservations: the batch budget and the tier's tokens-per-minute limit
-            prompt_tokens = estimate_tokens(system) + estimate_tokens(user) if msg.budgeted or tier.tpm else 0
-            request = self._request(msg, pipeline, tier, system, user)
-            reserve = reserve_nanos(self.settings.price(tier), tier, prompt_tokens, request.n) if msg.budgeted else 0
-            if msg.budgeted or redelivered:
-                begin = self.store.begin_attempt(msg.batch, msg.job.id, msg.tier_index, reserve)
-                if begin in (Begin.DONE, Begin.COUNTED):
-                    return Outcome.DUPLICATE
-                if begin is Begin.NO_BUDGET:
-                    return self._finalize(msg, pipeline, Status.BUDGET_EXHAUSTED, None,
-                                          reason=f"budget: next call on '{tier.name}' would exceed the batch budget")
-            reserved = reserve
-            return self._attempt(msg, pipeline, tier, request, prompt_tokens, reserve)
-        except StoreError:
-            raise                       # the dispatcher requeues: the job is not lost with Redis
+            if not lease.payload:
+                raise ValueError("the job's payload is missing from the store")
+            return self._run(step)
+        except ShuttingDown:
+            self._release(step)
+            return Outcome.RELEASED
+        except StoreRefused as error:
+            return self._dead_letter(step, str(error))
         except Exception as error:      # a bug must end the job with its reason, never strand it
-            log.exception("job %s of batch %s: unexpected error", msg.job.id, msg.batch)
-            return self._finalize(msg, self.settings.pipelines.get(msg.pipeline), Status.FAILED, None, release=reserved,
-                                  reason=f"internal_error: {type(error).__name__}: {error}")
+            log.exception("job %s: unexpected error", ref.label)
+            return self._finalize(step, Status.FAILED, None, reason=f"internal_error: {type(error).__name__}: {error}",
+                                  cost=step.paid_nanos, counters=[("cost", step.paid_nanos),
+                                                                  (f"cost:{tier.name}", step.paid_nanos)])
+        finally:
+            self.keeper.drop(ref.batch, ref.job_id)
 
-    def _request(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, system: str, user: str
-                 ) -> CompletionRequest:
+    def _resolve(self, ref: JobRef) -> tuple[Pipeline, Tier]:
+        try:
+            pipeline = self.settings.pipeline(ref.pipeline)
+        except ConfigError:
+            raise PoisonMessage(f"unknown pipeline '{ref.pipeline}' (job {ref.label})") from None
+        if ref.tier_index >= len(pipeline.ladder):
+            raise PoisonMessage(f"tier index {ref.tier_index} is past the end of pipeline '{pipeline.name}' "
+                                f"({len(pipeline.ladder)} tiers; job {ref.label})")
+        return pipeline, self.settings.tiers[pipeline.ladder[ref.tier_index]]
+
+    def _run(self, step: Step) -> Outcome:
+        code = step.lease.code
+        if code is LeaseCode.CANCELLED:
+            return self._finalize(step, Status.CANCELLED, None, reason="cancelled: the batch was cancelled")
+        if code is LeaseCode.NO_BUDGET:
+            return self._finalize(step, Status.BUDGET_EXHAUSTED, None,
+                                  reason=f"budget: next call on '{step.tier.name}' would exceed the batch budget")
+        if code is LeaseCode.POISON:
+            reason = (f"poison: delivered {step.lease.deliveries - 1} times on '{step.tier.name}' without being "
+                      "recorded (a worker died or Redis refused each time)")
+            self._log_dead_letter(step, reason)
+            return self._finalize(step, Status.FAILED, None, reason=reason)
+        return self._attempt(step)
+
+    # -- the attempt -----------------------------------------------------------------------
+
+    def _request_n(self, pipeline: Pipeline, tier: Tier) -> int:
+        chain = self._chains[(pipeline.name, tier.name)]
+        return (chain.sampling or (1, 0.0))[0]
+
+    def _request(self, step: Step, system: str, user: str) -> CompletionRequest:
         """The tier's call for this job, shaped by its checks: logprobs for `logprob`, n samples for
         `self_consistency` (at its sampling temperature)."""
-        chain = self._chains[(pipeline.name, tier.name)]
-        n, temperature = chain.sampling or (1, tier.temperature)
+        chain = self._chains[(step.pipeline.name, step.tier.name)]
+        n, temperature = chain.sampling or (1, step.tier.temperature)
         return CompletionRequest(
-            model=tier.model, system=system, user=user, max_tokens=tier.max_tokens, temperature=temperature, n=n,
-            timeout=tier.timeout_s, logprobs=chain.wants_logprobs, job_id=msg.job.id,
-        )
+            model=step.tier.model, system=system, user=user, max_tokens=step.tier.max_tokens, temperature=temperature,
+            n=n, timeout=step.tier.timeout_s, logprobs=chain.wants_logprobs, job_id=step.ref.job_id)
 
-    def _attempt(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, request: CompletionRequest,
-                 prompt_tokens: int, reserve: int) -> Outcome:
-        """Call the tier, verify, and decide; the budget reservation is already held."""
-        price = self.settings.price(tier)
-        result = self.caller.call(tier, request, prompt_tokens)
-        completion, retries, error = result.completion, result.retries, result.error
+    def _attempt(self, step: Step) -> Outcome:
+        """Call the tier (or take the answer an earlier delivery paid for), verify, and decide."""
+        tier, price = step.tier, self.settings.price(step.tier)
+        system, user = render(step.pipeline.prompt, step.payload.job.fields)
+        request = self._request(step, system, user)
+        paid = self._paid_answer(step)
+        if paid is not None:
+            completion, retries, error, spent = paid, 0, "", Usage()
+        else:
+            prompt_tokens = estimate_tokens(system) + estimate_tokens(user) if tier.tpm else 0
+            result = self.caller.call(tier, request, prompt_tokens)
+            completion, retries, error, spent = result.completion, result.retries, result.error, result.spent
         if completion is None:
-            attempt = Attempt(tier.name, tier.model, "", "error", Usage(), 0.0, 0.0, error=error)
-            return self._after_error(msg, pipeline, tier, attempt, reserve, retries)
+            cost = cost_nanos(price, spent, tier.batch_pricing)
+            step.paid_nanos = cost
+            attempt = Attempt(tier.name, tier.model, "", "error", spent, to_usd(cost), 0.0, error=error)
+            return self._after_error(step, attempt, cost, retries)
 
         cost = cost_nanos(price, completion.usage, tier.batch_pricing)
+        step.paid_nanos = cost
+        self._remember_paid(step, completion)
         attempt = Attempt(tier.name, completion.model or tier.model, completion.text, completion.finish_reason,
                           completion.usage, to_usd(cost), completion.latency_ms)
-        attempt = self._verify(msg, pipeline, tier, attempt, completion, request)
-        verify_cost = sum(round(v.cost_usd * 1e9) for v in attempt.verdicts)
-        cost += verify_cost
+        attempt = self._verify(step, attempt, completion, request)
+        cost += sum(round(v.cost_usd * 1e9) for v in attempt.verdicts)
+        step.paid_nanos = cost
         attempt = replace(attempt, cost_usd=to_usd(cost))
 
-        next_tier = pipeline.next_tier(msg.tier_index)
+        next_tier = step.pipeline.next_tier(step.ref.tier_index)
         if attempt.passed:
             outcome, status = Outcome.ACCEPTED, Status.ACCEPTED
         elif next_tier is not None:
             outcome, status = Outcome.ESCALATED, None
-        elif pipeline.on_last_failure == "accept_flagged":
+        elif step.pipeline.on_last_failure == "accept_flagged":
             outcome, status = Outcome.FLAGGED, Status.ACCEPTED_UNVERIFIED
         else:
             outcome, status = Outcome.FAILED, Status.FAILED
         counters = attempt_counters(attempt, cost, retries, outcome)
         if status is None:
-            # Send before recording: a crash in between redelivers this message (a duplicate next-tier
-            # message, which finalize-once absorbs) instead of losing the job.
-            self.dispatcher.send(msg.escalated(attempt))
-            recorded = self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier_index,
-                                                 release_nanos=reserve, cost_nanos=cost, final=False, counters=counters)
-            return outcome if recorded else Outcome.DUPLICATE
+            return self._escalate(step, attempt, cost, counters)
         reason = "" if status is Status.ACCEPTED else _failed_reason(attempt)
-        return self._finalize(msg, pipeline, status, attempt, reason=reason, release=reserve, cost=cost,
-                              counters=counters)
+        return self._finalize(step, status, attempt, reason=reason, cost=cost, counters=counters)
 
-    def _after_error(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, attempt: Attempt,
-                     reserve: int, retries: int) -> Outcome:
-        next_tier = pipeline.next_tier(msg.tier_index)
-        bigger = next_tier is not None and self.settings.tiers[next_tier].context_window > tier.context_window
+    def _after_error(self, step: Step, attempt: Attempt, cost: int, retries: int) -> Outcome:
+        next_tier = step.pipeline.next_tier(step.ref.tier_index)
+        bigger = next_tier is not None and self.settings.tiers[next_tier].context_window > step.tier.context_window
         if attempt.error.startswith(ContextTooLong.kind) and bigger:
-            counters = attempt_counters(attempt, 0, retries, Outcome.ESCALATED)
-            self.dispatcher.send(msg.escalated(attempt))
-            recorded = self.store.finish_attempt(msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier_index,
-                                                 release_nanos=reserve, cost_nanos=0, final=False, counters=counters)
-            return Outcome.ESCALATED if recorded else Outcome.DUPLICATE
-        counters = attempt_counters(attempt, 0, retries, Outcome.FAILED)
-        return self._finalize(msg, pipeline, Status.FAILED, attempt, reason=attempt.error, release=reserve, cost=0,
-                              counters=counters)
+            return self._escalate(step, attempt, cost, attempt_counters(attempt, cost, retries, Outcome.ESCALATED))
+        counters = attempt_counters(attempt, cost, retries, Outcome.FAILED)
+        return self._finalize(step, Status.FAILED, attempt, reason=attempt.error, cost=cost, counters=counters)
 
-    def _finalize(self, msg: AttemptMessage, pipeline: Pipeline | None, status: Status, attempt: Attempt | None, *,
-                  reason: str, release: int = 0, cost: int = 0, counters: list[tuple[str, int]] | None = None
-                  ) -> Outcome:
-        attempts = msg.attempts + ([attempt] if attempt is not None else [])
+    def _verify(self, step: Step, attempt: Attempt, completion: Completion, request: CompletionRequest) -> Attempt:
+        """Run the tier's chain; model-calling verifiers get `ctx.call`, priced and limited like any call."""
+        calls = VerifierCalls(self.settings, self.caller, step.tier)
+        ctx = VerifyContext(completion=completion, output_format=step.pipeline.output, labels=step.pipeline.labels,
+                            config_dir=self.settings.config_dir, request=request, call=calls)
+        verdicts = self._chains[(step.pipeline.name, step.tier.name)].run(step.payload.job, attempt, ctx)
+        if calls.stopping is not None:
+            raise calls.stopping            # the worker is stopping: give the job back, do not judge it
+        text = next((v.output for v in verdicts if v.output is not None), attempt.text)
+        parsed = parse_output(text, step.pipeline.output, step.pipeline.labels)
+        return replace(attempt, text=text, verdicts=tuple(verdicts), parsed=parsed)
+
+    # -- recording -------------------------------------------------------------------------
+
+    def _escalate(self, step: Step, attempt: Attempt, cost: int, counters: list[tuple[str, int]]) -> Outcome:
+        """Record the attempt and move the job on, then publish its next message (after room is free)."""
+        ref = step.ref
+        next_tier = self.settings.tiers[step.pipeline.ladder[ref.tier_index + 1]]
+        self._wait_for_room(next_tier)
+        payload = step.payload.escalated(attempt).to_json()
+        recorded = self.store(f"record {ref.label}", lambda: self.jobs.record_escalation(
+            ref.batch, ref.pipeline, ref.job_id, step.lease.token, tier_index=ref.tier_index,
+            next_tier=next_tier.name, cost_nanos=cost, payload=payload, counters=pack_counters(counters)))
+        self._forget_paid(step)
+        if not recorded.counted:
+            return Outcome.DUPLICATE
+        if recorded.seq:
+            self._publish(JobRef(ref.batch, ref.pipeline, ref.job_id, ref.tier_index + 1, recorded.seq))
+        return Outcome.ESCALATED
+
+    def _publish(self, ref: JobRef) -> None:
+        try:
+            self.dispatcher.send(ref)
+        except Exception as error:      # the broker is down: the job is recorded as queued; the reconciler publishes it
+            log.warning("job %s: could not publish to its next tier (%s); the reconciler will", ref.label, error)
+
+    def _finalize(self, step: Step, status: Status, attempt: Attempt | None, *, reason: str, cost: int = 0,
+                  counters: list[tuple[str, int]] | None = None) -> Outcome:
+        ref = step.ref
+        attempts = step.payload.attempts + ([attempt] if attempt is not None else [])
         answer = next((a for a in reversed(attempts) if a.error is None), None)
-        counterfactual = self._counterfactual(pipeline, answer)
+        counterfactual = self._counterfactual(step.pipeline, answer)
         final_tier = answer.tier if answer is not None else (attempt.tier if attempt is not None else "-")
         record: dict[str, Any] = {
-            "id": msg.job.id,
-            "batch": msg.batch,
+            "id": ref.job_id,
+            "batch": ref.batch,
             "status": str(status),
             "output": answer.text if answer is not None else None,
             "parsed": answer.parsed if answer is not None else None,
@@ -195,27 +295,95 @@ class Engine:
         }
         if reason:
             record["reason"] = reason
+        if step.payload.retry_round:
+            record["retry_round"] = step.payload.retry_round
         all_counters = (counters or []) + final_counters(status, final_tier, counterfactual)
-        recorded = self.store.finish_attempt(
-            msg.batch, msg.pipeline, msg.job.id, tier_index=msg.tier_index if attempt is not None else -1,
-            release_nanos=release, cost_nanos=cost, final=True, record=orjson.dumps(record), counters=all_counters,
-        )
-        return FINAL_OUTCOME[status] if recorded else Outcome.DUPLICATE
+        keep = f"{status}|{ref.tier_index}|{final_tier}|{counterfactual}" if status in RETRYABLE else ""
+        recorded = self.store(f"record {ref.label}", lambda: self.jobs.record_final(
+            ref.batch, ref.pipeline, ref.job_id, step.lease.token, tier_index=ref.tier_index if attempt else -1,
+            cost_nanos=cost, record=orjson.dumps(record), counters=pack_counters(all_counters), keep=keep))
+        self._forget_paid(step)
+        return FINAL_OUTCOME[status] if recorded.counted else Outcome.DUPLICATE
 
-    # -- pieces ------------------------------------------------------------------------
+    def _release(self, step: Step) -> None:
+        """Give the job back (the worker is stopping); the task requeues its message."""
+        ref = step.ref
+        try:
+            self.jobs.release(ref.batch, ref.job_id, step.tier.name, step.lease.token, ref.seq)
+        except StoreError as error:     # Redis is gone too: the lease expires and the reconciler takes over
+            log.warning("job %s: could not give it back (%s); its lease will expire", ref.label, error)
 
-    def _verify(self, msg: AttemptMessage, pipeline: Pipeline, tier: Tier, attempt: Attempt,
-                completion: Completion, request: CompletionRequest) -> Attempt:
-        """Run the tier's chain; model-calling verifiers get `ctx.call`, priced and limited like any call."""
-        calls = VerifierCalls(self.settings, self.caller, tier)
-        ctx = VerifyContext(completion=completion, output_format=pipeline.output, labels=pipeline.labels,
-                            config_dir=self.settings.config_dir, request=request, call=calls)
-        verdicts = self._chains[(pipeline.name, tier.name)].run(msg.job, attempt, ctx)
-        if calls.store_error is not None:
-            raise calls.store_error         # Redis failed under a verifier's call: requeue, do not judge
-        text = next((v.output for v in verdicts if v.output is not None), attempt.text)
-        parsed = parse_output(text, pipeline.output, pipeline.labels)
-        return replace(attempt, text=text, verdicts=tuple(verdicts), parsed=parsed)
+    def _dead_letter(self, step: Step, reason: str) -> Outcome:
+        """Redis refused to record this job: keep its paid answer, take it out of circulation, say so once.
+        Its lease is not renewed any more: the reconciler offers it again later, and the kept answer is used."""
+        log.error("job %s: %s; dead-lettered (its paid answer is kept, no call will be paid twice)",
+                  step.ref.label, reason)
+        self._log_dead_letter(step, reason)
+        return Outcome.DEAD_LETTERED
+
+    def _log_dead_letter(self, step: Step, reason: str) -> None:
+        ref = step.ref
+        self.dead_letter_message({"kind": "job", "batch": ref.batch, "job": ref.job_id, "tier": step.tier.name,
+                                  "reason": reason})
+
+    def dead_letter_message(self, entry: dict[str, Any]) -> None:
+        """Add an entry to the dead-letter list (best effort: when Redis refuses, the log line is the record)."""
+        if self.sweeps is None:
+            return
+        try:
+            self.sweeps.dead_letter(entry)
+        except StoreError as error:
+            log.error("could not dead-letter %s (%s)", orjson.dumps(entry)[:500].decode(), error)
+
+    # -- answers paid for but not yet recorded ----------------------------------------------
+
+    def _paid_answer(self, step: Step) -> Completion | None:
+        """An answer an earlier delivery paid for and could not record (kept in Redis or in this process)."""
+        raw = step.lease.paid
+        if not raw:
+            with self._paid_lock:
+                raw = self._paid.get((step.ref.batch, step.ref.job_id, step.ref.tier_index), b"")
+        return Completion.from_dict(orjson.loads(raw)) if raw else None
+
+    def _remember_paid(self, step: Step, completion: Completion) -> None:
+        """Hold the paid answer in memory until it is recorded (a store failure must not pay for it twice)."""
+        key = (step.ref.batch, step.ref.job_id, step.ref.tier_index)
+        with self._paid_lock:
+            self._paid[key] = orjson.dumps(completion.to_dict())
+            while len(self._paid) > PAID_CACHE:
+                self._paid.popitem(last=False)
+
+    def _forget_paid(self, step: Step) -> None:
+        with self._paid_lock:
+            self._paid.pop((step.ref.batch, step.ref.job_id, step.ref.tier_index), None)
+
+    def keep_paid_answers(self) -> None:
+        """Write the answers held in memory to Redis (before a worker stops with recordings still failing)."""
+        with self._paid_lock:
+            items = list(self._paid.items())
+        for (batch, job_id, _), raw in items:
+            try:
+                self.jobs.keep_paid(batch, job_id, raw)
+            except StoreError:
+                log.error("job %s/%s: its paid answer could not be kept: %s", batch, job_id, raw[:200])
+
+    # -- backpressure ------------------------------------------------------------------------
+
+    def _wait_for_room(self, tier: Tier) -> None:
+        """Hold an escalation while the next tier's queue is at the high-water mark (its lease stays renewed).
+        Tiers only ever wait on later tiers, and the last tier never escalates, so this cannot deadlock."""
+        high = self.settings.producer.high_water
+        now = time.monotonic()
+        if now - self._room_checked.get(tier.name, -1.0) < 1.0:
+            return          # looked less than a second ago and there was room: one LLEN per second per tier
+        waited_since, said = now, now
+        while self.dispatcher.backlog(tier.name) >= high:
+            if time.monotonic() - said > ROOM_LOG_S:
+                said = time.monotonic()
+                log.warning("escalations to %s wait: its queue holds %d messages or more for %.0f s (is a %s "
+                            "worker running?)", tier.queue_name, high, said - waited_since, tier.name)
+            self.sleep(ROOM_POLL_S)
+        self._room_checked[tier.name] = time.monotonic()
 
     def _counterfactual(self, pipeline: Pipeline | None, answer: Attempt | None) -> int:
         """What this job would have cost sent straight to the last tier: its prompt and answer length there."""
@@ -226,6 +394,14 @@ class Engine:
             return round(answer.cost_usd * 1e9)
         usage = Usage(input_tokens=answer.usage.prompt_tokens, output_tokens=answer.usage.output_tokens)
         return cost_nanos(self.settings.price(last), usage, last.batch_pricing)
+
+
+def _payload(ref: JobRef, lease: Lease) -> JobPayload:
+    """The leased job's payload; an unreadable one becomes an empty payload, and the job fails with the reason."""
+    try:
+        return JobPayload.from_json(ref.job_id, lease.payload)
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return JobPayload(Job(ref.job_id, {}, 0))
 
 
 def _failed_reason(attempt: Attempt) -> str:

@@ -7,15 +7,26 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+from cascade.errors import ProviderError
 from cascade.models import Completion, CompletionRequest, Usage
 
 
 def fan_out(call: Callable[[CompletionRequest], Completion], request: CompletionRequest) -> Completion:
-    """Make `request.n` single calls at once; the first failure is raised once every call has ended."""
+    """Make `request.n` single calls at once. When one fails for good, its error is raised once every call has
+    ended, carrying in `spent` the usage of the calls that did answer (they are billed all the same)."""
     single = replace(request, n=1)
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=request.n, thread_name_prefix="fan-out") as pool:
-        answers = list(pool.map(call, [single] * request.n))
+        futures = [pool.submit(call, single) for _ in range(request.n)]
+    answers, failures = [], []
+    for future in futures:
+        error = future.exception()
+        (failures if error is not None else answers).append(error if error is not None else future.result())
+    if failures:
+        first = failures[0]
+        if isinstance(first, ProviderError):
+            first.spent = sum((a.usage for a in answers), Usage())
+        raise first
     first = answers[0]
     return Completion(
         text=first.text,

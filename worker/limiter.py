@@ -9,16 +9,21 @@ how providers count; a small burst absorbs threads that wake late.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cascade.worker.config.schema import Tier
 from cascade.worker.store.limits import Bucket, LimiterStore
+from cascade.worker.store_retry import PASSING
+
+log = logging.getLogger("cascade.limiter")
+T = TypeVar("T")
 
 WINDOW_S = 60.0          # providers count rpm / tpm over a rolling minute
 MARGIN_S = 0.5           # our admission time vs the provider's clock: network and thread-wake jitter
@@ -49,6 +54,10 @@ class Limiter(Protocol):
         """Read a successful call's rate-limit hints; pause the tier before the provider refuses."""
         ...
 
+    def report(self, tier: Tier, lease: object, ok: bool) -> None:
+        """A call ended: a transient failure counts toward opening the tier's circuit, a success closes it."""
+        ...
+
 
 class NoLimiter:
     """Admits every call at once (tiers without rpm / tpm limits)."""
@@ -65,6 +74,18 @@ class NoLimiter:
 
     def observe(self, tier: Tier, rate_limit: Mapping[str, float]) -> None:
         """Nothing to slow down."""
+
+    def report(self, tier: Tier, lease: object, ok: bool) -> None:
+        """No shared circuit."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    """When a tier's circuit opens and for how long: consecutive transient failures, then doubling periods."""
+
+    failures_to_open: int = 5
+    first_open_s: float = 1.0
+    max_open_s: float = 60.0
 
 
 def request_bucket(rpm: int) -> Bucket:
@@ -92,6 +113,8 @@ class Lease:
     lease_id: str       # in-flight lease ("" when the tier has no cap)
     tokens: int         # reserved: prompt estimate + max_tokens
     started: float      # clock() when the call could start
+    probe: str = ""     # this call's token for the tier's circuit
+    circuit: bool = False   # the circuit was open or half-open when the call was admitted (it is a probe)
 
 
 class RedisLimiter:
@@ -99,11 +122,13 @@ class RedisLimiter:
 
     def __init__(self, redis: Any, namespace: str = "cascade", *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
-                 max_wait_s: float = MAX_WAIT_S):
+                 max_wait_s: float = MAX_WAIT_S, circuit: CircuitPolicy = CircuitPolicy()):
         self.store = LimiterStore(redis, namespace)
         self.sleep = sleep
         self.clock = clock
         self.max_wait_s = max_wait_s
+        self.circuit = circuit
+        self._failing: dict[str, bool] = {}          # tier -> this process saw a transient failure or an open circuit
         self._rng = rng or random.Random()
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._ids = itertools.count(1)
@@ -113,26 +138,59 @@ class RedisLimiter:
     def acquire(self, tier: Tier, tokens: int) -> Lease:
         """Block until one call of about `tokens` tokens may start on `tier`; return its lease."""
         requests, token_limit = request_bucket(tier.rpm), token_bucket(tier.tpm)
-        if not (requests.per_ms or token_limit.per_ms or tier.max_in_flight):
+        probe = f"{self._prefix}{next(self._ids)}"
+        limited = bool(requests.per_ms or token_limit.per_ms or tier.max_in_flight)
+        if not limited and not self._failing.get(tier.name):
             self._honour_cooldown_unlimited(tier.name)
-            return Lease(tier.name, "", tokens, self.clock())
-        lease_id = f"{self._prefix}{next(self._ids)}" if tier.max_in_flight else ""
+            if not self._failing.get(tier.name):
+                return Lease(tier.name, "", tokens, self.clock(), probe)
+        lease_id = probe if tier.max_in_flight else ""
         refusals = 0
         while True:
             self._sleep_out_cooldown(tier.name)
-            admission = self.store.acquire(
+            admission = self._through_outage(lambda: self.store.acquire(
                 tier.name, requests, token_limit, tokens, max_in_flight=tier.max_in_flight, lease_id=lease_id,
-                lease_ttl_s=tier.timeout_s + LEASE_SLACK_S, max_book_s=self.max_wait_s, refusals=refusals)
+                lease_ttl_s=tier.timeout_s + LEASE_SLACK_S, max_book_s=self.max_wait_s, refusals=refusals,
+                probe=probe, probe_ttl_s=tier.timeout_s + LEASE_SLACK_S))
+            self._failing[tier.name] = admission.circuit or self._failing.get(tier.name, False)
             if admission.cooldown_s:
                 self._note_cooldown(tier.name, admission.cooldown_s)
             if admission.admitted:
                 if admission.wait_s > 0:
                     self.sleep(admission.wait_s)      # our booked slot: no jitter needed, no second ask
+                    # Another process may have met a 429 (or opened the circuit) while this slot waited:
+                    # a booked call must not go out into it.
+                    left, _ = self._through_outage(lambda: self.store.pause(tier.name))
+                    if left > 0:
+                        self._note_cooldown(tier.name, left)
+                        self.settle(tier, Lease(tier.name, lease_id, tokens, self.clock()), 0)
+                        continue
                 self._sleep_out_cooldown(tier.name)   # a 429 seen by this process while we slept
-                return Lease(tier.name, lease_id, tokens, self.clock())
+                return Lease(tier.name, lease_id, tokens, self.clock(), probe, admission.circuit)
             if not admission.cooldown_s:
                 refusals += 1
             self.sleep(self._jittered(min(admission.wait_s, self.max_wait_s)))
+
+    def report(self, tier: Tier, lease: object, ok: bool) -> None:
+        """Count a transient failure toward the tier's circuit, or close it after a success. A success costs a
+        round trip only while this process knows of failures (the common case stays free)."""
+        if not isinstance(lease, Lease) or (ok and not (lease.circuit or self._failing.get(tier.name))):
+            return
+        try:
+            opened = self.store.report(tier.name, ok, lease.probe, failures_to_open=self.circuit.failures_to_open,
+                                       first_open_s=self.circuit.first_open_s, max_open_s=self.circuit.max_open_s)
+        except PASSING:
+            return      # Redis restarting: the circuit is bookkeeping, the call itself is done
+        if ok:
+            self._failing[tier.name] = False
+            if opened < 0:
+                log.warning("tier %s: circuit closed, calls resume", tier.name)
+        else:
+            self._failing[tier.name] = True
+            if opened > 0:
+                log.warning("tier %s: circuit open for %.1f s after repeated failures; its jobs wait", tier.name,
+                            opened)
+                self._note_cooldown(tier.name, opened)
 
     def settle(self, tier: Tier, lease: object, used_tokens: int) -> None:
         """Free the lease's in-flight slot and refund (or debit) the tokens it did not (or over) use."""
@@ -141,11 +199,17 @@ class RedisLimiter:
         token_limit = token_bucket(tier.tpm)
         delta = used_tokens - lease.tokens if token_limit.per_ms else 0
         if lease.lease_id or delta:
-            self.store.settle(tier.name, token_limit, delta, lease.lease_id, max(0.0, self.clock() - lease.started))
+            try:
+                self.store.settle(tier.name, token_limit, delta, lease.lease_id, max(0.0, self.clock() - lease.started))
+            except PASSING:
+                pass    # Redis restarting: the buckets refill and the in-flight lease lapses by themselves
 
     def cool_down(self, tier: Tier, seconds: float) -> None:
         """Pause every worker of the tier for `seconds`; an already-set cooldown that ends later wins."""
-        self._note_cooldown(tier.name, self.store.cool_down(tier.name, seconds))
+        try:
+            self._note_cooldown(tier.name, self.store.cool_down(tier.name, seconds))
+        except PASSING:
+            self._note_cooldown(tier.name, seconds)     # at least this process waits
 
     def observe(self, tier: Tier, rate_limit: Mapping[str, float]) -> None:
         """Pause the tier briefly when the provider says its requests or tokens are nearly spent."""
@@ -174,10 +238,22 @@ class RedisLimiter:
         now = self.clock()
         if now - self._cool_checked.get(tier, -math.inf) >= COOLDOWN_POLL_S:
             self._cool_checked[tier] = now
-            left = self.store.cooldown_left(tier)
+            left, circuit = self._through_outage(lambda: self.store.pause(tier))
             if left:
                 self._note_cooldown(tier, left)
+            if circuit:
+                self._failing[tier] = True      # half-open: calls go through the script, one probe at a time
         self._sleep_out_cooldown(tier)
+
+    def _through_outage(self, call: Callable[[], T]) -> T:
+        """A limiter read or booking, waited out while Redis restarts (the caller's sleep can interrupt it)."""
+        wait = 0.2
+        while True:
+            try:
+                return call()
+            except PASSING:
+                self.sleep(wait)
+                wait = min(5.0, wait * 2)
 
     def _jittered(self, seconds: float) -> float:
         # spread callers that were told the same wait, so they do not all ask again at once

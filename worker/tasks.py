@@ -1,17 +1,16 @@
-"""Thin Celery shells over the engine."""
+"""The thin Celery shell over the engine: decode the job reference, run it, dead-letter what is not a job."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import Reject
 
-from cascade.worker.messages import AttemptMessage
-from cascade.worker.store import StoreError
+from cascade.errors import PoisonMessage
+from cascade.worker.messages import JobRef
 
 log = logging.getLogger("cascade.tasks")
 
@@ -19,22 +18,24 @@ log = logging.getLogger("cascade.tasks")
 def register_tasks(app: Celery, get_engine: Callable[[], Any] | None) -> None:
     """Register `cascade.attempt` on the app."""
     from cascade.worker.celery_app import ATTEMPT_TASK
+    from cascade.worker.engine import Outcome
 
     @app.task(name=ATTEMPT_TASK, ignore_result=True, shared=False, bind=True)   # per-app closure
-    def attempt(self: Any, message: dict[str, Any]) -> str:
+    def attempt(self: Any, *args: Any, **kwargs: Any) -> str:
         """Run one attempt of one job on this worker's tier."""
         if get_engine is None:
             raise RuntimeError("this process publishes only; start workers with `cascade worker`")
+        engine = get_engine()
         try:
-            return get_engine().handle(AttemptMessage.from_wire(message), redelivered=_redelivered(self.request))
-        except StoreError as error:
-            # Redis hiccup: put the message back rather than lose the job; pause so a dead Redis is not hammered.
-            log.warning("store error on %s/%s: %s; requeueing", message.get("b"), message.get("id"), error)
-            time.sleep(1.0)
-            raise Reject(str(error), requeue=True) from error
-
-
-def _redelivered(request: Any) -> bool:
-    """Whether the broker may have delivered this message before (kombu flags the messages it restores)."""
-    info = request.delivery_info
-    return True if not info else bool(info.get("redelivered", True))
+            if len(args) != 1 or kwargs:
+                raise PoisonMessage(f"expected one job reference, got args={str(args)[:200]} kwargs={str(kwargs)[:200]}")
+            outcome = engine.handle(JobRef.from_wire(args[0]))
+        except PoisonMessage as error:
+            queue = (self.request.delivery_info or {}).get("routing_key", "")
+            log.warning("poison message on %s: %s; moved to the dead-letter list", queue, error)
+            engine.dead_letter_message({"kind": "message", "queue": queue, "reason": str(error),
+                                        "raw": str(args[:1])[:4096]})
+            return "dead_lettered"
+        if outcome is Outcome.RELEASED:
+            raise Reject("worker stopping: the job goes back on its queue", requeue=True)
+        return str(outcome)

@@ -7,24 +7,24 @@ from dataclasses import replace
 from cascade.errors import Permanent, ProviderError
 from cascade.models import Completion, CompletionRequest
 from cascade.worker.config.schema import Settings, Tier
+from cascade.worker.leases import ShuttingDown
 from cascade.worker.pricing import cost_nanos, estimate_tokens, to_usd
-from cascade.worker.store import StoreError
 from cascade.worker.tier_call import TierCaller
 
 
 class VerifierCalls:
     """`VerifyContext.call` for one attempt: limiter and retries as any call, cost from the price table.
 
-    A verifier turns any exception into a failed verdict. A Redis failure (the limiter's) is not the
-    answer's fault: it is kept in `store_error`, and the engine raises it after the chain, so the
-    message is requeued instead of the job being escalated.
+    A verifier turns any exception into a failed verdict. A worker that is stopping is not the answer's
+    fault: ShuttingDown is kept in `stopping`, and the engine raises it after the chain, so the job is
+    given back instead of being judged.
     """
 
     def __init__(self, settings: Settings, caller: TierCaller, tier: Tier):
         self.settings = settings
         self.caller = caller
         self.tier = tier
-        self.store_error: StoreError | None = None
+        self.stopping: ShuttingDown | None = None
 
     def __call__(self, tier_name: str | None, request: CompletionRequest) -> tuple[Completion, float]:
         """Call `tier_name` (None: the attempt's tier) with its own model and timeout; return (completion, USD)."""
@@ -34,8 +34,8 @@ class VerifierCalls:
         request = replace(request, model=tier.model, timeout=tier.timeout_s)
         try:
             result = self.caller.call(tier, request, estimate_tokens(request.system) + estimate_tokens(request.user))
-        except StoreError as error:
-            self.store_error = error
+        except ShuttingDown as stopping:
+            self.stopping = stopping
             raise
         if result.completion is None:
             raise ProviderError(f"verifier call on '{tier.name}': {result.error}")

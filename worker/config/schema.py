@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -19,17 +20,35 @@ class RedisConfig(Frozen):
     """Where the queues and the batch records live."""
 
     url: str = ""                       # empty: embedded mode (in-process fakeredis, no server)
+    socket_timeout_s: float = Field(30.0, gt=0)   # a command on a dead connection fails instead of hanging
+
+    @field_validator("url")
+    @classmethod
+    def _has_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            shown = re.sub(r":[^:@/]*@", ":***@", value)    # never a password in a message
+            raise ValueError(f"must start with redis://, rediss:// or unix:// (got {shown!r})")
+        return value
     namespace: str = "cascade"          # prefix of every key Cascade writes, so deployments can share a Redis
     visibility_timeout_s: int = Field(3600, ge=1)  # far above the longest call: a slow job is not redelivered
     retention_days: float = Field(7.0, ge=0)       # a finished batch's keys expire this long after; 0 keeps them
 
 
 class EngineConfig(Frozen):
-    """How a worker treats a failing provider."""
+    """How a worker treats a failing provider, a failing Redis and a lost message."""
 
-    max_retries: int = Field(6, ge=0)   # retryable errors (429, 5xx, timeouts) before the job fails on that tier
+    max_retries: int = Field(6, ge=0)   # quick retries of a transient error (429, 5xx, timeout); then every backoff_max_s
     backoff_base_s: float = Field(0.5, ge=0)
-    backoff_max_s: float = Field(20.0, ge=0)  # capped: a thread never sleeps long on one job
+    backoff_max_s: float = Field(20.0, ge=0)  # capped: a thread never sleeps long between two tries
+    transient_horizon_s: float = Field(21600.0, gt=0)  # 6 h: a job fails for a transient cause only after this
+    circuit_failures: int = Field(5, ge=1)    # consecutive transient failures on a tier that open its circuit
+    circuit_open_s: float = Field(1.0, gt=0)  # first open period; each failed probe doubles it
+    circuit_max_open_s: float = Field(60.0, gt=0)
+    lease_s: float = Field(15.0, gt=0)        # a killed worker's jobs are published again this long after its last heartbeat
+    heartbeat_s: float = Field(2.0, gt=0)     # how often a worker renews its leases
+    sweep_s: float = Field(2.0, gt=0)         # how often each worker looks for jobs whose message is gone
+    max_deliveries: int = Field(10, ge=1)     # deliveries of one step without a recorded attempt before it is poison
+    store_retries: int = Field(5, ge=0)       # tries of a write that Redis refuses (OOM, script error) before dead-letter
 
 
 class ProducerConfig(Frozen):

@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from cascade.worker.messages import AttemptMessage
+from cascade.worker.messages import JobRef
 
 
 class Dispatcher(Protocol):
     """Delivers attempt messages to the workers of the tier each names."""
 
-    def send(self, message: AttemptMessage) -> None:
+    def send(self, ref: JobRef) -> None:
         """Queue one message on the tier its `tier_index` names."""
         ...
 
-    def send_many(self, messages: Sequence[AttemptMessage]) -> None:
+    def send_many(self, refs: Sequence[JobRef]) -> None:
         """Queue a chunk in as few round trips as the transport allows."""
         ...
 

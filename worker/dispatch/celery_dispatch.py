@@ -1,4 +1,4 @@
-"""Publish attempt messages to the tier queues of a Celery app."""
+"""Publish job messages to the tier queues of a Celery app."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from celery import Celery
 
 from cascade.worker.celery_app import ATTEMPT_TASK
 from cascade.worker.config.schema import Settings
-from cascade.worker.messages import AttemptMessage
+from cascade.worker.messages import JobRef
 from cascade.worker.store import BatchStore
 
 
@@ -21,25 +21,25 @@ class CeleryDispatcher:
         self.store = store
         self.task = app.tasks[ATTEMPT_TASK]
 
-    def _queue(self, msg: AttemptMessage) -> str:
-        pipeline = self.settings.pipeline(msg.pipeline)
-        return self.settings.tiers[pipeline.ladder[msg.tier_index]].queue_name
+    def _queue(self, ref: JobRef) -> str:
+        pipeline = self.settings.pipeline(ref.pipeline)
+        return self.settings.tiers[pipeline.ladder[ref.tier_index]].queue_name
 
-    def _publish(self, msg: AttemptMessage, producer: object | None = None) -> None:
-        # A short argsrepr: Celery otherwise repeats up to 1 KB of the arguments in a header.
-        self.task.apply_async(args=(msg.to_wire(),), queue=self._queue(msg), producer=producer,
-                              argsrepr=f"{msg.batch}/{msg.job.id}@{msg.tier_index}", kwargsrepr="{}")
+    def _publish(self, ref: JobRef, producer: object | None = None) -> None:
+        # A short argsrepr: Celery otherwise repeats the arguments in a header.
+        self.task.apply_async(args=(ref.to_wire(),), queue=self._queue(ref), producer=producer,
+                              argsrepr=ref.label, kwargsrepr="{}")
 
-    def send(self, message: AttemptMessage) -> None:
+    def send(self, ref: JobRef) -> None:
         """Publish one message."""
-        self._publish(message)
+        self._publish(ref)
 
-    def send_many(self, messages: Sequence[AttemptMessage]) -> None:
+    def send_many(self, refs: Sequence[JobRef]) -> None:
         """Publish a chunk in as few Redis round trips as kombu allows."""
         with self.app.producer_or_acquire() as producer:
-            with producer.batch(max_size=max(1, len(messages))):
-                for msg in messages:
-                    self._publish(msg, producer)
+            with producer.batch(max_size=max(1, len(refs))):
+                for ref in refs:
+                    self._publish(ref, producer)
 
     def backlog(self, tier_name: str) -> int:
         """Messages waiting on a tier's queue."""

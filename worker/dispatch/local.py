@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from cascade.worker.config.schema import Settings
-from cascade.worker.messages import AttemptMessage
+from cascade.worker.messages import JobRef
 
 log = logging.getLogger("cascade.local")
 
@@ -22,34 +22,34 @@ class LocalDispatcher:
                        for name, tier in settings.tiers.items()}
         self._pending = {name: 0 for name in settings.tiers}
         self._lock = threading.Lock()
-        self._handler: Callable[[AttemptMessage], object] | None = None
+        self._handler: Callable[[JobRef], object] | None = None
 
-    def bind(self, handler: Callable[[AttemptMessage], object]) -> None:
+    def bind(self, handler: Callable[[JobRef], object]) -> None:
         """Set the function that processes a message (the engine's `handle`)."""
         self._handler = handler
 
-    def send(self, message: AttemptMessage) -> None:
+    def send(self, ref: JobRef) -> None:
         """Queue one message on its tier's pool."""
-        tier = self.settings.pipeline(message.pipeline).ladder[message.tier_index]
+        tier = self.settings.pipeline(ref.pipeline).ladder[ref.tier_index]
         with self._lock:
             self._pending[tier] += 1
-        self._pools[tier].submit(self._run, tier, message)
+        self._pools[tier].submit(self._run, tier, ref)
 
-    def send_many(self, messages: Sequence[AttemptMessage]) -> None:
+    def send_many(self, refs: Sequence[JobRef]) -> None:
         """Queue a chunk."""
-        for msg in messages:
-            self.send(msg)
+        for ref in refs:
+            self.send(ref)
 
     def backlog(self, tier_name: str) -> int:
         """Messages queued or running on a tier."""
         with self._lock:
             return self._pending[tier_name]
 
-    def _run(self, tier: str, message: AttemptMessage) -> None:
+    def _run(self, tier: str, ref: JobRef) -> None:
         try:
-            self._handler(message)
+            self._handler(ref)
         except Exception:
-            log.exception("job %s of batch %s failed on tier %s", message.job.id, message.batch, tier)
+            log.exception("job %s failed on tier %s", ref.label, tier)
         finally:
             with self._lock:
                 self._pending[tier] -= 1

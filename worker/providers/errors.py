@@ -6,6 +6,8 @@ these functions decide the class, so both providers map statuses the same way:
     429, 529 (Anthropic "overloaded")   -> RateLimited, `retry_after` from the headers
     408, 409, 5xx                        -> ServerError
     prompt too long (a 400)              -> ContextTooLong
+    401, 403, 404 (bad key, no access,  -> TierUnusable: every call to the tier would fail the same way
+      unknown model)
     any other 4xx                        -> Permanent
     429 for an exhausted quota or spend  -> Permanent (waiting does not refill it)
     client-side timeout                  -> ProviderTimeout
@@ -31,6 +33,7 @@ from cascade.errors import (
     ProviderUnavailable,
     RateLimited,
     ServerError,
+    TierUnusable,
 )
 from cascade.worker.providers.common import parse_retry_after
 
@@ -65,6 +68,8 @@ def status_error(
         return RateLimited(text, status=status, retry_after=parse_retry_after(response.headers))
     if status in (408, 409) or status >= 500:
         return ServerError(text, status=status)
+    if status in (401, 403, 404):
+        return TierUnusable(text, status=status)
     return Permanent(text, status=status)
 
 

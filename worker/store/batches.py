@@ -1,35 +1,19 @@
-"""Batch bookkeeping over Redis: a few round trips per job, each a Lua script where it must be atomic."""
+"""Batch records over Redis: open, register jobs, counters, results, and control (cancel, budget, retry)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
-from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
 from cascade.errors import ConfigError
 from cascade.worker.store.keys import Keys, check_batch_id
+from cascade.worker.store.scripts import load_script
 
-
-class Begin(IntEnum):
-    """What `begin_attempt` decided."""
-
-    GO = 0
-    DONE = 1            # the job is already final: a redelivered message, nothing to do
-    COUNTED = 2         # this tier already ran for the job (redelivered after it escalated)
-    NO_BUDGET = 3       # the call does not fit the batch budget
-
-
-def _script(name: str) -> str:
-    return resources.files("cascade.worker.store").joinpath(f"lua/{name}.lua").read_text()
-
-
-def _counter_name(field: str) -> str:
-    """A counter name that cannot break the packed "name<TAB>n<NEWLINE>" list (reasons are free text)."""
-    return field if field.isprintable() else "".join(c if c.isprintable() else " " for c in field)
+#: the states a batch record goes through
+SUBMITTING, SUBMITTED, CANCELLED = "submitting", "submitted", "cancelled"
 
 
 @dataclass(frozen=True)
@@ -38,7 +22,7 @@ class BatchRecord:
 
     id: str
     pipeline: str
-    state: str                      # "submitting" while the producer reads input, then "submitted"
+    state: str                      # submitting while the producer reads input, then submitted (or cancelled)
     mode: str                       # "embedded" | "distributed"
     created: float                  # epoch seconds of the first submission
     counters: Mapping[str, int]     # every integer field: total, done, cost, attempts:<tier>, ...
@@ -74,22 +58,42 @@ class BatchRecord:
 
     @property
     def finished(self) -> bool:
-        """The whole input was submitted and every job has its result."""
-        return self.state == "submitted" and self.done >= self.total
+        """The whole input was submitted (or the batch cancelled) and every job has its result."""
+        return self.state in (SUBMITTED, CANCELLED) and self.done >= self.total
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One job as the producer registers it."""
+
+    job_id: str
+    line: int
+    prompt_tokens: int      # estimate for budget reservations (0 when the batch has no budget)
+    payload: bytes          # JobPayload JSON
+
+
+@dataclass(frozen=True, slots=True)
+class KeptJob:
+    """A job that ended without an accepted answer, as `cascade retry` finds it."""
+
+    job_id: str
+    status: str
+    step: int               # the ladder position it stopped at (where a retry starts)
+    raw: bytes              # the kept value (a retry only takes it while it is unchanged)
+    payload: bytes
 
 
 class BatchStore:
-    """Batch records, per-job state, counters and result streams of one namespace."""
+    """Batch records, job registration, counters and result streams of one namespace."""
 
     def __init__(self, redis: Any, namespace: str = "cascade", retention_s: float = 0.0):
         """`retention_s`: how long a finished batch's keys stay in Redis (0: until deleted)."""
         self.redis = redis
         self.keys = Keys(namespace)
         self.retention_ms = round(retention_s * 1000)
-        self._register = redis.register_script(_script("register_jobs"))
-        self._begin = redis.register_script(_script("begin_attempt"))
-        self._finish = redis.register_script(_script("finish_attempt"))
-        self._submitted = redis.register_script(_script("mark_submitted"))
+        self._register = load_script(redis, "register_jobs")
+        self._submitted = load_script(redis, "mark_submitted")
+        self._retry = load_script(redis, "retry_jobs")
 
     # -- batches -------------------------------------------------------------------------
 
@@ -97,39 +101,36 @@ class BatchStore:
         """Create the batch (or reopen it for the same pipeline); return this submission's run number."""
         check_batch_id(batch)
         key = self.keys.batch(batch)
-        existing = self.redis.hget(key, "pipeline")
-        if existing is not None and existing.decode() != pipeline:
-            raise ConfigError(f"batch '{batch}' already exists for pipeline '{existing.decode()}'")
+        existing = self.redis.hmget(key, "pipeline", "state")
+        if existing[0] is not None and existing[0].decode() != pipeline:
+            raise ConfigError(f"batch '{batch}' already exists for pipeline '{existing[0].decode()}'")
+        if existing[1] == CANCELLED.encode():
+            raise ConfigError(f"batch '{batch}' was cancelled; submit under another --batch-id")
         pipe = self.redis.pipeline()
         pipe.hsetnx(key, "pipeline", pipeline)
         pipe.hsetnx(key, "created", f"{time.time():.3f}")
-        pipe.hset(key, mapping={"state": "submitting", "mode": mode})
+        pipe.hset(key, mapping={"state": SUBMITTING, "mode": mode})
         if budget_nanos:
             pipe.hset(key, "budget", budget_nanos)
         runs_at = len(pipe)
         pipe.hincrby(key, "runs", 1)
-        for batch_key in self._expiring(batch):     # resubmitted: live again until it finishes again
+        for batch_key in self.keys.batch_keys(batch):     # resubmitted: live again until it finishes again
             pipe.persist(batch_key)
         return int(pipe.execute()[runs_at])
 
-    def register_jobs(self, batch: str, run: int, jobs: Sequence[tuple[str, int]]) -> list[int]:
-        """Register (job id, line) pairs of one run: 1 publish, 0 already submitted, -L duplicate of line L."""
-        args: list[Any] = [run]
-        for job_id, line in jobs:
-            args += (job_id, line)
-        return self._register(keys=[self.keys.jobs(batch), self.keys.batch(batch)], args=args)
-
-    def mark_published(self, batch: str, run: int, line: int) -> None:
-        """Confirm that every registered row up to `line` of this run is on the queue."""
-        self.redis.hset(self.keys.batch(batch), f"published:{run}", line)
+    def register_jobs(self, batch: str, run: int, first_tier: str, jobs: Sequence[Registration]) -> list[int]:
+        """Register jobs of one run on the first tier: each one's message sequence number when new (publish it),
+        0 when an earlier run registered it, -L when it repeats the id of line L of this run."""
+        args: list[Any] = [run, batch]
+        for job in jobs:
+            args += (job.job_id, job.line, job.prompt_tokens, job.payload)
+        keys = [self.keys.jobs(batch), self.keys.batch(batch), self.keys.live(batch), self.keys.payload(batch),
+                self.keys.queued(first_tier), self.keys.tier_seq(first_tier)]
+        return [int(code) for code in self._register(keys=keys, args=args)]
 
     def mark_submitted(self, batch: str, rejected: int) -> None:
         """The producer has read the whole input: the batch is complete once `done == total`."""
-        self._submitted(keys=self._expiring(batch), args=[rejected, self.retention_ms])
-
-    def _expiring(self, batch: str) -> list[str]:
-        """The keys of a batch that expire `retention_s` after it finishes: record, job states, results."""
-        return [self.keys.batch(batch), self.keys.jobs(batch), self.keys.results(batch)]
+        self._submitted(keys=self.keys.batch_keys(batch), args=[rejected, self.retention_ms])
 
     def batch(self, batch: str) -> BatchRecord | None:
         """The batch record with its counters, or None when there is no such batch."""
@@ -140,35 +141,40 @@ class BatchStore:
         """Counters of a pipeline over all its batches."""
         return {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.pipeline(pipeline)).items()}
 
-    # -- attempts --------------------------------------------------------------------------
+    # -- control ---------------------------------------------------------------------------
 
-    def begin_attempt(self, batch: str, job_id: str, tier_index: int, reserve_nanos: int) -> Begin:
-        """Check the job is still to do at this tier and reserve the call's expected cost."""
-        code = self._begin(
-            keys=[self.keys.jobs(batch), self.keys.batch(batch)], args=[job_id, tier_index, reserve_nanos]
-        )
-        return Begin(int(code))
+    def cancel(self, batch: str) -> BatchRecord | None:
+        """Stop the batch: queued jobs end `cancelled` as workers take them; calls in flight finish."""
+        record = self.batch(batch)
+        if record is not None:
+            self.redis.hset(self.keys.batch(batch), mapping={"state": CANCELLED, "cancelled_at": f"{time.time():.3f}"})
+        return record
 
-    def finish_attempt(
-        self,
-        batch: str,
-        pipeline: str,
-        job_id: str,
-        *,
-        tier_index: int,
-        release_nanos: int,
-        cost_nanos: int,
-        final: bool,
-        record: bytes = b"",
-        counters: Iterable[tuple[str, int]] = (),
-    ) -> bool:
-        """Count one attempt and, when `final`, finalize the job once; False for a duplicate."""
-        # One argument for all counters: redis-py packs each argument on its own, and this is the hot path.
-        packed = "\n".join(f"{_counter_name(field)}\t{n}" for field, n in counters if n)
-        args = [job_id, tier_index, release_nanos, cost_nanos, "1" if final else "0", record, packed,
-                self.retention_ms]
-        keys = [self.keys.jobs(batch), self.keys.batch(batch), self.keys.results(batch), self.keys.pipeline(pipeline)]
-        return bool(self._finish(keys=keys, args=args))
+    def set_budget(self, batch: str, budget_nanos: int) -> None:
+        """Give the batch a new budget (nano-USD); calls already refused stay refused until retried."""
+        self.redis.hset(self.keys.batch(batch), "budget", budget_nanos)
+
+    def kept_jobs(self, batch: str, statuses: Sequence[str]) -> Iterator[KeptJob]:
+        """Jobs that ended with one of `statuses` and can be run again."""
+        for job_id, raw in self.redis.hscan_iter(self.keys.kept(batch), count=500):
+            head, _, payload = raw.partition(b"\n")
+            status, step = head.decode().split("|")[:2]
+            if status in statuses:
+                yield KeptJob(job_id.decode(), status, int(step), raw, payload)
+
+    def retry_jobs(self, batch: str, pipeline: str, ladder: Sequence[str], jobs: Sequence[tuple[KeptJob, bytes]]
+                   ) -> list[tuple[str, int, int]]:
+        """Put kept jobs back at the tier they stopped at, each with its new payload; (job id, step, seq) each."""
+        args: list[Any] = [len(ladder), batch, 0]
+        for kept, payload in jobs:
+            args += (kept.job_id, kept.raw, payload)
+        others = [self.keys.results(batch)]
+        args[2] = len(others)
+        keys = [self.keys.jobs(batch), self.keys.batch(batch), self.keys.live(batch), self.keys.payload(batch),
+                self.keys.kept(batch), self.keys.pipeline(pipeline), *map(self.keys.queued, ladder),
+                *map(self.keys.tier_seq, ladder), *others]
+        out = self._retry(keys=keys, args=args)
+        return [(out[i].decode(), int(out[i + 1]), int(out[i + 2])) for i in range(0, len(out), 3)]
 
     # -- results ---------------------------------------------------------------------------
 
@@ -186,3 +192,7 @@ class BatchStore:
     def queue_depth(self, queue_name: str) -> int:
         """Messages waiting on a tier's queue."""
         return int(self.redis.llen(Keys.queue(queue_name)))
+
+    def queued_jobs(self, tier: str) -> int:
+        """Jobs waiting for a worker of `tier` (their messages on its queue, or about to be published)."""
+        return int(self.redis.zcard(self.keys.queued(tier)))

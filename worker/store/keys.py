@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from cascade.errors import ConfigError
 
 _BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SEP = "\x1f"      # between batch and job id in a due-set member (batch ids never hold it)
 
 
 def check_batch_id(batch: str) -> str:
@@ -17,16 +18,44 @@ def check_batch_id(batch: str) -> str:
     return batch
 
 
+def member(batch: str, job_id: str) -> str:
+    """A job's name in the namespace-wide due sets."""
+    return f"{batch}{SEP}{job_id}"
+
+
+def split_member(value: bytes | str) -> tuple[str, str]:
+    """(batch, job id) of a due-set member."""
+    text = value.decode() if isinstance(value, bytes) else value
+    batch, _, job_id = text.partition(SEP)
+    return batch, job_id
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Key names under one namespace.
 
-    batch:{id}          hash: pipeline, state, total, done, budget, cost, reserved and the counters
-    batch:{id}:jobs     hash: job id -> "run:line:counted-tiers:done" (done-once and resubmission)
-    batch:{id}:results  stream: one result record per finished job, trimmed once drained
-    pipeline:{name}     hash: the same counters summed over every batch of the pipeline
-    limiter:{tier}:state   hash: a tier's rate buckets, 429 cooldown and mean call time (cluster-wide)
-    limiter:{tier}:leases  sorted set: calls in flight on a tier, by lease expiry
+    Per batch
+      batch:{id}            hash: pipeline, state, total, done, budget, cost, reserved and the counters
+      batch:{id}:jobs       hash: job id -> "run:line:counted-tiers:done:last-token" (finalize-once, resubmission)
+      batch:{id}:live       hash: job id -> "step|lease-token|deliveries|reserved-nanos|prompt-tokens"
+                            (jobs not yet final: where they are and who holds them)
+      batch:{id}:payload    hash: job id -> the job's fields and earlier attempts (JobPayload JSON)
+      batch:{id}:paid       hash: job id -> a paid completion not yet recorded (a store failure after the call)
+      batch:{id}:kept       hash: job id -> how a failed / budget_exhausted / cancelled job ended, and its
+                            payload, so `cascade retry` can run it again
+      batch:{id}:results    stream: one result record per finished job
+    Per namespace
+      pipeline:{name}       hash: the same counters summed over every batch of the pipeline
+      leased                sorted set: batch SEP job -> lease expiry (ms); renewed by the holder's heartbeat
+      queued:{tier}         sorted set: batch SEP job -> the publish sequence number of its message
+      tier:{tier}:seq       counter: last sequence number given to a message of the tier's queue
+      tier:{tier}:taken     the highest sequence number a worker has taken from the tier's queue
+      tier:{tier}:status    hash: state "stopped", reason, since (a 401 / 403 / unknown model)
+      workers               hash: worker id -> {tier, concurrency, pid, host, started} (JSON)
+      worker:{id}           liveness: exists while the worker's heartbeat runs
+      deadletter            list: messages and jobs taken out of circulation, with their reason
+      limiter:{tier}:state  hash: a tier's rate buckets, 429 cooldown, circuit and mean call time
+      limiter:{tier}:leases sorted set: calls in flight on a tier, by lease expiry
     """
 
     namespace: str = "cascade"
@@ -36,16 +65,72 @@ class Keys:
         return f"{self.namespace}:batch:{batch}"
 
     def jobs(self, batch: str) -> str:
-        """Per-job state of a batch."""
+        """Per-job done-once state of a batch."""
         return f"{self.namespace}:batch:{batch}:jobs"
+
+    def live(self, batch: str) -> str:
+        """Where each unfinished job of a batch is, and who holds it."""
+        return f"{self.namespace}:batch:{batch}:live"
+
+    def payload(self, batch: str) -> str:
+        """Each unfinished job's fields and attempt history."""
+        return f"{self.namespace}:batch:{batch}:payload"
+
+    def paid(self, batch: str) -> str:
+        """Paid completions whose recording failed."""
+        return f"{self.namespace}:batch:{batch}:paid"
+
+    def kept(self, batch: str) -> str:
+        """Jobs that ended without an accepted answer, kept for `cascade retry`."""
+        return f"{self.namespace}:batch:{batch}:kept"
 
     def results(self, batch: str) -> str:
         """The results stream of a batch."""
         return f"{self.namespace}:batch:{batch}:results"
 
+    def batch_keys(self, batch: str) -> list[str]:
+        """Every key of one batch (what expires `retention_days` after it finishes)."""
+        return [self.batch(batch), self.jobs(batch), self.live(batch), self.payload(batch), self.paid(batch),
+                self.kept(batch), self.results(batch)]
+
     def pipeline(self, pipeline: str) -> str:
         """Counters of a pipeline over all its batches."""
         return f"{self.namespace}:pipeline:{pipeline}"
+
+    @property
+    def leased(self) -> str:
+        """Jobs held by a worker, by lease expiry."""
+        return f"{self.namespace}:leased"
+
+    def queued(self, tier: str) -> str:
+        """Jobs whose message waits on a tier's queue, by sequence number."""
+        return f"{self.namespace}:queued:{tier}"
+
+    def tier_seq(self, tier: str) -> str:
+        """The last sequence number given to a tier's messages."""
+        return f"{self.namespace}:tier:{tier}:seq"
+
+    def tier_taken(self, tier: str) -> str:
+        """The highest sequence number taken from a tier's queue."""
+        return f"{self.namespace}:tier:{tier}:taken"
+
+    def tier_status(self, tier: str) -> str:
+        """Whether a tier is stopped, and why."""
+        return f"{self.namespace}:tier:{tier}:status"
+
+    @property
+    def workers(self) -> str:
+        """The worker registry."""
+        return f"{self.namespace}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """A worker's liveness key."""
+        return f"{self.namespace}:worker:{worker_id}"
+
+    @property
+    def deadletter(self) -> str:
+        """Messages and jobs taken out of circulation."""
+        return f"{self.namespace}:deadletter"
 
     def limiter(self, tier: str, part: str) -> str:
         """Shared limiter state of a tier: `part` is "state" or "leases"."""

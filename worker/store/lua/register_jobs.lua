@@ -1,31 +1,28 @@
--- Register a chunk of jobs of one submission run; decide which to publish.
--- KEYS[1] jobs hash, KEYS[2] batch hash
--- ARGV[1] run number, then pairs: job id, line number
--- Returns one integer per job: 1 publish, 0 already submitted by an earlier run, -L duplicate of line L in this run.
+-- Register a chunk of jobs of one submission run: each new job gets its state, its payload and a place
+-- in the first tier's queued set (with the sequence number its message carries).
+-- KEYS[1] jobs hash, KEYS[2] batch hash, KEYS[3] live hash, KEYS[4] payload hash,
+-- KEYS[5] queued set of the first tier, KEYS[6] that tier's sequence counter
+-- ARGV[1] run number, ARGV[2] batch id, then for each job: id, line, prompt tokens, payload
+-- Returns one integer per job: its message's sequence number (> 0: publish it), 0 already submitted by an
+-- earlier run (the reconciler owns its message now), -L duplicate of line L in this run.
 local run = ARGV[1]
+local prefix = ARGV[2] .. '\31'
 local out = {}
 local new = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 4 do
   local id, line = ARGV[i], ARGV[i + 1]
   local cur = redis.call('HGET', KEYS[1], id)
   if not cur then
-    redis.call('HSET', KEYS[1], id, run .. ':' .. line .. '::-')
+    redis.call('HSET', KEYS[1], id, run .. ':' .. line .. '::-:')
+    redis.call('HSET', KEYS[3], id, '0||0|0|' .. ARGV[i + 2])
+    redis.call('HSET', KEYS[4], id, ARGV[i + 3])
+    local seq = redis.call('INCR', KEYS[6])
+    redis.call('ZADD', KEYS[5], seq, prefix .. id)
     new = new + 1
-    out[#out + 1] = 1
+    out[#out + 1] = seq
   else
-    local r, l, flags, done = string.match(cur, '^(%d+):(%d+):([01]*):(.)$')
-    if r == run then
-      out[#out + 1] = -tonumber(l)
-    else
-      -- an earlier run registered it; republish only if that run stopped before confirming the publish
-      local published = tonumber(redis.call('HGET', KEYS[2], 'published:' .. r) or '0')
-      if done == '-' and flags == '' and tonumber(l) > published then
-        redis.call('HSET', KEYS[1], id, run .. ':' .. line .. '::-')
-        out[#out + 1] = 1
-      else
-        out[#out + 1] = 0
-      end
-    end
+    local r, l = string.match(cur, '^(%d+):(%d+):')
+    if r == run then out[#out + 1] = -tonumber(l) else out[#out + 1] = 0 end
   end
 end
 if new > 0 then redis.call('HINCRBY', KEYS[2], 'total', new) end
