@@ -217,8 +217,6 @@ def _peeked(rows, source: str):
 def _open_source(source: str, stack: ExitStack) -> BinaryIO:
     try:
         return stack.enter_context(open(source, "rb"))
-    except IsADirectoryError:
-        raise click.BadParameter(f"{source} is a directory, not a file", param_hint="SOURCE") from None
     except OSError as e:
         raise click.BadParameter(f"cannot read {source}: {e.strerror}", param_hint="SOURCE") from None
 

@@ -40,8 +40,43 @@ class Reply:
     delay_s: float = 0.0
 
 
+def _api_key(headers: Mapping[str, str]) -> str:
+    """The key a request carries: OpenAI's bearer token or Anthropic's x-api-key."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    bearer = lowered.get("authorization", "")
+    return bearer[7:] if bearer.lower().startswith("bearer ") else lowered.get("x-api-key", "")
+
+
 def _json_reply(status: int, document: Any, headers: dict[str, str] | None = None, delay_s: float = 0.0) -> Reply:
     return Reply(status, {**_JSON, **(headers or {})}, orjson.dumps(document), delay_s)
+
+
+@dataclass
+class Faults:
+    """Faults switched on at run time through POST /control: an outage, a 429 storm, a required key."""
+
+    mode: str = "ok"                # "ok" | "500" (every call fails) | "429" (every call is rate limited)
+    retry_after_s: float = 1.0      # what a 429 storm's replies say
+    api_key: str | None = None      # when set, a call with another key gets 401
+
+    MODES = ("ok", "500", "429")
+
+    def update(self, body: Any) -> None:
+        """Apply a control request's fields; ValueError names a bad one."""
+        if not isinstance(body, dict) or set(body) - {"mode", "retry_after_s", "api_key"}:
+            raise ValueError("expected {mode?, retry_after_s?, api_key?}")
+        if "mode" in body:
+            if body["mode"] not in self.MODES:
+                raise ValueError(f"mode must be one of {', '.join(self.MODES)}")
+            self.mode = body["mode"]
+        if "retry_after_s" in body:
+            self.retry_after_s = float(body["retry_after_s"])
+        if "api_key" in body:
+            self.api_key = body["api_key"] or None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current faults (the required key is not shown)."""
+        return {"mode": self.mode, "retry_after_s": self.retry_after_s, "key_required": self.api_key is not None}
 
 
 class SimEngine:
@@ -49,17 +84,20 @@ class SimEngine:
 
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
+        self.faults = Faults()
         self.stats = Stats()
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], int] = {}
         self._limiters: dict[str, RollingWindow] = {}
         self._ids = itertools.count(1)
 
-    def route(self, method: str, target: str, raw: bytes) -> Reply:
+    def route(self, method: str, target: str, raw: bytes, headers: Mapping[str, str] | None = None) -> Reply:
         """The reply to `method target` with request body `raw`."""
         path = target.split("?", 1)[0].rstrip("/") or "/"
         if method == "GET" and path == "/health":
             return _json_reply(200, {"status": "ok"})
+        if path == "/control" and method in ("GET", "POST"):
+            return self._control(raw if method == "POST" else b"")
         if method == "GET" and path == "/stats":
             return _json_reply(200, self.stats.snapshot())
         if method == "POST" and path == "/stats/reset":
@@ -69,7 +107,16 @@ class SimEngine:
         if wire is None or method != "POST":
             wire = anthropic_wire if path.startswith("/v1/messages") else openai_wire
             return _json_reply(404, wire.error("not_found", f"Invalid URL ({method} {path})"))
-        return self.call(wire, raw)
+        return self.call(wire, raw, headers or {})
+
+    def _control(self, raw: bytes) -> Reply:
+        if raw:
+            try:
+                with self._lock:
+                    self.faults.update(orjson.loads(raw))
+            except (orjson.JSONDecodeError, ValueError, TypeError) as e:
+                return _json_reply(400, {"error": str(e)})
+        return _json_reply(200, self.faults.snapshot())
 
     def reset(self) -> None:
         """Zero the counters and forget which requests were seen (rate-limit windows stay)."""
@@ -94,7 +141,7 @@ class SimEngine:
                 limiter = self._limiters[model] = RollingWindow(profile.rpm, profile.tpm)
         return limiter
 
-    def call(self, wire: ModuleType, raw: bytes) -> Reply:
+    def call(self, wire: ModuleType, raw: bytes, headers: Mapping[str, str] | None = None) -> Reply:
         """One model call in `wire`'s protocol: validate, limit, maybe fail, else answer."""
         try:
             body = orjson.loads(raw)
@@ -105,6 +152,21 @@ class SimEngine:
             return self._error(wire, "invalid_request", "the request body is not a JSON object")
         model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else None
         self.stats.request(wire.API, model)
+        faults = self.faults
+        if faults.api_key is not None and _api_key(headers or {}) != faults.api_key:
+            if model is not None:
+                self.stats.bump(model, "auth_401")
+            return self._error(wire, "auth", "Incorrect API key provided (simulated)."
+                               if wire is openai_wire else "invalid x-api-key (simulated)")
+        if faults.mode == "500":
+            if model is not None:
+                self.stats.bump(model, "outage_500")
+            return self._error(wire, "server", "The server is temporarily unavailable (simulated outage).")
+        if faults.mode == "429":
+            if model is not None:
+                self.stats.bump(model, "rate_limited_429")
+            return self._error(wire, "rate_limit", f"Rate limit reached for {model} (simulated storm).",
+                               wire.retry_headers(faults.retry_after_s, whole=False))
         try:
             request = wire.parse(body)
         except BadRequest as e:

@@ -27,10 +27,12 @@ _ERROR_TYPE = MappingProxyType({
     "invalid_request": "invalid_request_error",
     "context_length": "invalid_request_error",
     "not_found": "invalid_request_error",
+    "auth": "invalid_request_error",
     "rate_limit": "requests",
     "server": "server_error",
 })
-_ERROR_CODE = MappingProxyType({"context_length": "context_length_exceeded", "rate_limit": "rate_limit_exceeded"})
+_ERROR_CODE = MappingProxyType({"context_length": "context_length_exceeded", "rate_limit": "rate_limit_exceeded",
+                                "auth": "invalid_api_key"})
 
 
 def parse(body: dict[str, Any]) -> SimRequest:

@@ -55,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(self.rfile.read(size) if size else b"")
 
     def _serve(self, raw: bytes) -> None:
-        reply = self.server.engine.route(self.command, self.path, raw)
+        reply = self.server.engine.route(self.command, self.path, raw, dict(self.headers.items()))
         if reply.delay_s > 0 and self.server.stopping.wait(reply.delay_s):
             reply = Reply(0, body=None)  # stopping: drop the connection instead of answering late
         if reply.body is None:

@@ -19,6 +19,8 @@ def _empty_record() -> dict[str, Any]:
         "rate_limited_429": 0,                           # refused by the rpm / tpm limiter
         "context_400": 0,                                # prompt above the context window
         "bad_request_400": 0,                            # malformed request bodies
+        "auth_401": 0,                                   # a key other than the one POST /control requires
+        "outage_500": 0,                                 # refused by a simulated outage (POST /control)
         "prompt_tokens": 0,
         "completion_tokens": 0,
     }

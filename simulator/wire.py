@@ -10,7 +10,7 @@ from typing import Any
 DEFAULT_MAX_TOKENS = 256
 #: HTTP status of each error kind the simulator answers with
 ERROR_STATUS = MappingProxyType(
-    {"invalid_request": 400, "context_length": 400, "not_found": 404, "rate_limit": 429, "server": 500}
+    {"invalid_request": 400, "context_length": 400, "auth": 401, "not_found": 404, "rate_limit": 429, "server": 500}
 )
 
 

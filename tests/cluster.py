@@ -79,18 +79,19 @@ class Workers:
 
     def __init__(self, config: Path, env: dict[str, str], log_dir: Path):
         self.config, self.env, self.log_dir = config, env, log_dir
+        self.bin = BIN
         self.procs: dict[str, subprocess.Popen] = {}
         self._count = 0
 
-    def start(self, tier: str, concurrency: int | None = None) -> subprocess.Popen:
-        """Start a worker for a tier and wait until Celery reports it ready."""
+    def start(self, tier: str, concurrency: int | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a worker for a tier (with `env` instead of the cluster's) and wait until Celery reports it ready."""
         self._count += 1
         log = self.log_dir / f"worker-{tier}-{self._count}.log"
         cmd = [str(BIN / "cascade"), "worker", "--tier", tier, "--config", str(self.config), "--loglevel", "INFO"]
         if concurrency:
             cmd += ["--concurrency", str(concurrency)]
         with open(log, "wb") as f:
-            proc = subprocess.Popen(cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, env=env or self.env, stdout=f, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while b" ready." not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -84,7 +84,7 @@ class NullDispatcher:
 
 
 def one_job(settings, providers, job, *, batch: str = "b", pipeline: str = "ticket-triage", limiter=None,
-            dispatcher=None, client=None, sleep=None):
+            dispatcher=None, client=None, sleep=None, namespace: str = "t"):
     """An engine over fakeredis (or `client`) with `job` registered in `batch`: (engine, batch store, its JobRef)."""
     import fakeredis
 
@@ -94,8 +94,8 @@ def one_job(settings, providers, job, *, batch: str = "b", pipeline: str = "tick
     from cascade.worker.store import BatchStore, JobStore, Registration
 
     client = client or fakeredis.FakeRedis()
-    store = BatchStore(client, "t")
-    engine = Engine(settings, JobStore(client, "t"), ProviderPool(settings, providers), dispatcher or NullDispatcher(),
+    store = BatchStore(client, namespace)
+    engine = Engine(settings, JobStore(client, namespace), ProviderPool(settings, providers), dispatcher or NullDispatcher(),
                     limiter, sleep=sleep or (lambda seconds: None))
     store.open_batch(batch, pipeline)
     first = settings.pipeline(pipeline).ladder[0]

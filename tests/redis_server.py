@@ -329,3 +329,88 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class PrivateRedis:
+    """A private redis-server for fault tests: AOF fsynced every second (as in production), a fixed port,
+    and a data folder that survives restarts, so it can be shut down, killed and started again."""
+
+    def __init__(self, root: Path, appendonly: bool = True):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.appendonly = appendonly
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> PrivateRedis:
+        """Start (or start again) on the same port and folder; wait until it answers and has loaded its data."""
+        binary = find_redis_server_binary()
+        if not binary:
+            raise FileNotFoundError("redis-server not found (run `python -m tests.redis_server --ensure-binary`)")
+        args = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root), "--save", "",
+                "--daemonize", "no", "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "everysec", "--aof-timestamp-enabled", "yes", "--maxmemory-policy", "noeviction"]
+        self._log = (self.root / "redis.log").open("ab")
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                        preexec_fn=_preexec(True))
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.root / 'redis.log').read_text()[-2000:]}")
+            try:
+                client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+                if client.info("persistence").get("loading") == 0:
+                    client.close()
+                    return self
+                client.close()
+            except (redis.RedisError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
+
+    def shutdown(self) -> None:
+        """A clean stop: Redis fsyncs its AOF and exits."""
+        try:
+            redis.Redis.from_url(self.url, socket_timeout=5).shutdown(nosave=True)
+        except (redis.ConnectionError, redis.ResponseError):
+            pass
+        self._wait()
+
+    def kill(self) -> None:
+        """SIGKILL: whatever the AOF had not fsynced (up to a second) is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        self._wait()
+
+    def cut_last_second(self, seconds: float = 1.0) -> str:
+        """After a kill: truncate the AOF to `seconds` before its last timestamp (a host crash that lost the
+        page cache); returns what redis-check-aof said."""
+        manifest = next(self.root.glob("appendonlydir/*.manifest"))
+        incr = sorted(self.root.glob("appendonlydir/*.incr.aof"))[-1]
+        stamps = [int(line[4:]) for line in incr.read_bytes().splitlines() if line.startswith(b"#TS:")]
+        if not stamps:
+            return "no timestamps in the AOF"
+        cut = stamps[-1] - max(1, round(seconds))
+        checker = shutil.which("redis-check-aof") or str(Path(find_redis_server_binary()).with_name("redis-check-aof"))
+        result = subprocess.run([checker, "--truncate-to-timestamp", str(cut), str(manifest)], input="y\n",
+                                capture_output=True, text=True, timeout=60)
+        return (result.stdout + result.stderr).strip()
+
+    def _wait(self) -> None:
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None and not self._log.closed:
+            self._log.close()
+
+    def stop(self) -> None:
+        """Stop for good (kill); safe to call twice."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        self._wait()

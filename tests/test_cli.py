@@ -10,7 +10,7 @@ import redis
 from click.testing import CliRunner
 
 from cascade.cli.main import cascade
-from cascade.cli.submit import EXIT_BUDGET, EXIT_REJECTED, submit_command
+from cascade.cli.submit import EXIT_BUDGET, EXIT_FAILED, EXIT_REJECTED, submit_command
 from cascade.simulator import SimServer, load_scenario
 from tests.cluster import SCENARIO, cascade_env, cluster_config, delete_namespace, read_jsonl
 from tests.helpers import copy_config
@@ -202,3 +202,97 @@ def test_a_resubmission_without_budget_still_reserves_against_the_first_runs(tmp
     finally:
         delete_namespace(redis_url, ns)
         client.close()
+
+
+# -- input that is not what the producer expects: a clear line and an exit status, never a traceback -----
+
+
+def test_a_utf8_byte_order_mark_is_read_past_in_jsonl_and_csv(tmp_path, sim):
+    config = str(copy_config(tmp_path))
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + lines(*GOOD[:2]))
+    csv_file = tmp_path / "bom.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbfid,subject,body\nc1,Login,I cannot log in\n")
+    for source in (jsonl, csv_file):
+        out = tmp_path / f"{source.suffix}.out"
+        result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
+                                         "--config", config], cascade_env(None, sim.url))
+        assert result.exit_code == 0, result.stderr
+        assert len(read_jsonl(out)) == (2 if source is jsonl else 1)
+
+
+def test_a_line_that_is_not_utf8_is_rejected_by_line_and_encoding_reads_it(tmp_path, sim):
+    source = tmp_path / "latin.jsonl"
+    source.write_bytes(lines(GOOD[0]) + '{"id": "r9", "subject": "Caf\u00e9", "body": "d\u00e9j\u00e0"}\n'.encode("latin-1"))
+    config = str(copy_config(tmp_path))
+    out = tmp_path / "o.jsonl"
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
+                                     "--config", config], cascade_env(None, sim.url))
+    assert result.exit_code == EXIT_REJECTED
+    assert ("rejected: line 2: not valid utf-8 (byte 0xe9 at column 29); give --encoding when the file uses "
+            "another one") in result.stderr
+    assert [r["id"] for r in read_jsonl(out)] == ["r1"]
+    again = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
+                                    "--encoding", "latin-1", "--config", config], cascade_env(None, sim.url))
+    assert again.exit_code == 0, again.stderr
+    assert sorted(r["id"] for r in read_jsonl(out)) == ["r1", "r9"]
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing", "directory"])
+def test_an_input_that_cannot_be_read_or_is_empty_creates_no_batch(tmp_path, redis_url, sim, kind):
+    config, ns = cluster_config(tmp_path)
+    source = {"empty": tmp_path / "empty.jsonl", "missing": tmp_path / "nope.jsonl", "directory": tmp_path}[kind]
+    if kind == "empty":
+        source.write_bytes(b"\n\n")
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--batch-id", "none-1", "--no-progress",
+                                     "--config", str(config)], cascade_env(redis_url, sim.url))
+    expected = {"empty": (1, f"Error: {source}: no rows (the input is empty); nothing was submitted"),
+                "missing": (2, f"Invalid value for SOURCE: cannot read {source}: No such file or directory"),
+                "directory": (2, f"Invalid value for 'SOURCE': File '{source}' is a directory.")}[kind]
+    assert result.exit_code == expected[0]
+    assert expected[1] in result.stderr and "Traceback" not in result.output
+    assert not redis.Redis.from_url(redis_url).exists(f"{ns}:batch:none-1")
+
+
+def test_a_redis_url_without_a_scheme_names_the_variable(tmp_path):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(GOOD[0]))
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--config", str(copy_config(tmp_path))],
+                    {"CASCADE_REDIS_URL": "localhost:6379"})
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: environment CASCADE_REDIS_URL: must start with redis://, rediss:// or "
+                                     "unix:// (got 'localhost:6379')")
+
+
+def test_a_missing_api_key_stops_an_embedded_run_before_anything_is_submitted(tmp_path, sim):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    out = tmp_path / "o.jsonl"
+    env = {"CASCADE_REDIS_URL": "", "CASCADE_PROVIDER_BASE_URL": "", "OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "x"}
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
+                                     "--config", str(copy_config(tmp_path))], env)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: tier 'cheap': environment variable OPENAI_API_KEY is not set (the "
+                                     "openai API key)")
+    assert not out.exists()
+    # and a base URL for every tier never silently stands in for a key
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--no-progress", "--config",
+                                     str(copy_config(tmp_path / "b"))], {**env, "CASCADE_PROVIDER_BASE_URL": sim.url,
+                                                                        "CASCADE_PROVIDER_API_KEY": ""})
+    assert result.exit_code == 1
+    assert (f"sends every tier to {sim.url}, and CASCADE_PROVIDER_API_KEY (that endpoint's key) is not set"
+            in result.stderr)
+
+
+def test_jobs_that_fail_give_exit_status_4(tmp_path, sim):
+    # Given a pipeline whose last tier's answer can never pass, and that fails what it cannot verify
+    config = copy_config(tmp_path)
+    pipeline = config.parent / "pipelines" / "ticket-triage.toml"
+    pipeline.write_text(pipeline.read_text().replace('on_last_failure = "accept_flagged"', 'on_last_failure = "fail"')
+                        .replace('{ name = "truncation" },', '{ name = "truncation" }, { name = "regex", pattern = "^NEVER$" },'))
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD[:2]))
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(tmp_path / "o.jsonl"),
+                                     "--no-progress", "--config", str(config)], cascade_env(None, sim.url))
+    assert result.exit_code == EXIT_FAILED
+    assert "jobs: 2 of 2 done (failed 2)" in result.stderr

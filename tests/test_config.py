@@ -73,7 +73,7 @@ def test_template_with_non_field_placeholder(tmp_path):
     pipe.write_text(pipe.read_text().replace("{body}", "{body[0]}"))
     with pytest.raises(ConfigError) as e:
         load_settings(path, environ={})
-    assert str(e.value).startswith(f"{pipe}: prompt.user: Value error, placeholder {{body[0]}} is not a plain field")
+    assert str(e.value).startswith(f"{pipe}: prompt.user: placeholder {{body[0]}} is not a plain field")
 
 
 def test_environment_overrides_file_and_flag_overrides_environment(tmp_path):

@@ -16,7 +16,15 @@ from cascade.errors import RateLimited, ServerError
 from cascade.models import Completion, CompletionRequest, Job, Usage
 from cascade.worker.config import load_settings
 from cascade.worker.config.schema import Tier
-from cascade.worker.limiter import MARGIN_S, WINDOW_S, NoLimiter, RedisLimiter, request_bucket, token_bucket
+from cascade.worker.limiter import (
+    MARGIN_S,
+    WINDOW_S,
+    CircuitPolicy,
+    NoLimiter,
+    RedisLimiter,
+    request_bucket,
+    token_bucket,
+)
 from cascade.worker.pricing import estimate_tokens
 from cascade.worker.prompts import render
 from cascade.worker.retrying import RetryPolicy
@@ -372,3 +380,82 @@ def test_engine_reserves_max_tokens_per_sample_and_settles_as_the_provider_count
     system, user = render(settings.pipeline(pipeline).prompt, job.fields)
     assert limiter.reserved == [estimate_tokens(system) + estimate_tokens(user) + max_tokens * per_request] * requests
     assert limiter.settled == [90 + (max_tokens * per_request if counts_max_tokens else 12 * per_request)] * requests
+
+
+# -- the circuit, and cooldowns that reach calls already booked --------------------------------
+
+
+def test_a_booked_call_does_not_go_out_into_a_cooldown_another_process_set(client):
+    # Given a tier at 600 rpm whose bucket is spent, so the next call books a slot a tenth of a second ahead
+    conn, ns = client
+    t = tier(rpm=600)
+    other = RedisLimiter(conn, ns)
+    slept: list[float] = []
+    clock = [0.0]
+    armed = [False]
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock[0] += seconds
+        if armed[0] and len(slept) == 1:    # while this call sleeps to its slot, another process meets a 429
+            other.cool_down(t, 2)
+
+    limiter = RedisLimiter(conn, ns, sleep=sleep, clock=lambda: clock[0])
+    for _ in range(int(request_bucket(600).capacity)):
+        limiter.settle(t, limiter.acquire(t, 1), 1)
+    slept.clear()
+    armed[0] = True
+    # When the next call is admitted to its booked slot
+    lease = limiter.acquire(t, 1)
+    # Then it waited out the 2 s cooldown before going out, instead of calling at its slot
+    assert 0 < slept[0] < 0.5 and sum(slept) >= 1.9
+    limiter.settle(t, lease, 1)
+
+
+def test_the_circuit_opens_after_a_run_of_failures_lets_one_probe_through_and_closes_on_its_success(client):
+    conn, ns = client
+    policy = CircuitPolicy(failures_to_open=3, first_open_s=0.3, max_open_s=5)
+    a, b = RedisLimiter(conn, ns, circuit=policy), RedisLimiter(conn, ns, circuit=policy)
+    t = tier()
+    # Given three transient failures in a row, from two processes
+    for limiter in (a, b, a):
+        limiter.report(t, limiter.acquire(t, 1), ok=False)
+    # Then the circuit is open: nobody calls for its first period
+    left, circuit = a.store.pause("t")
+    assert circuit and 0.1 < left <= 0.3
+    time.sleep(0.35)
+    # When it half-opens, one caller is the probe and the others wait for its result
+    probe = a.acquire(t, 1)
+    assert probe.circuit
+    refused = b.store.acquire("t", request_bucket(0), token_bucket(0), 1, probe="someone-else")
+    assert not refused.admitted and refused.circuit
+    # A failed probe opens it again for twice as long
+    a.report(t, probe, ok=False)
+    left, circuit = a.store.pause("t")
+    assert circuit and 0.4 < left <= 0.6
+    time.sleep(0.65)
+    # and a successful one closes it for everyone
+    probe = b.acquire(t, 1)
+    b.report(t, probe, ok=True)
+    assert b.store.pause("t") == (0.0, False)
+    assert a.store.acquire("t", request_bucket(0), token_bucket(0), 1, probe="x").admitted
+
+
+def test_the_engine_waits_for_an_outage_to_pass_instead_of_failing_jobs(tmp_path):
+    # Given a provider down for its first 12 calls, and a circuit that opens after 3 failures
+    settings = load_settings(copy_config(tmp_path), environ={"CASCADE_MAX_RETRIES": "2"})
+    conn = fakeredis.FakeRedis()
+    clock = [0.0]
+
+    def sleep(seconds):
+        clock[0] += seconds
+
+    limiter = RedisLimiter(conn, "e", sleep=sleep, clock=lambda: clock[0], circuit=CircuitPolicy(3, 0.001, 0.002))
+    good = '{"category": "billing", "priority": "low"}'
+    provider = ScriptedProvider(lambda request, n: ServerError("openai 503: down", status=503) if n <= 12 else good)
+    job = Job("j", {"subject": "Refund", "body": "charged twice"}, 1)
+    engine, store, ref = one_job(settings, {"cheap": provider}, job, limiter=limiter, client=conn, sleep=sleep)
+    # When the job runs, it waits and retries until the provider answers, and is accepted
+    assert engine.handle(ref) == "accepted"
+    assert len(provider.calls) == 13
+    assert store.batch("b").counters["retries:cheap"] == 12

@@ -552,3 +552,33 @@ def test_example_scenario_triages_realistic_tickets():
     cheap = demo.profile("gpt-4o-mini")
     assert dict(cheap.error_rate)["429"] == 0.01 and dict(cheap.error_rate)["500"] == 0.01
     assert 50 <= cheap.latency_ms[0] and cheap.latency_ms[1] <= 150
+
+
+def test_control_switches_an_outage_a_429_storm_and_a_required_key_on_and_off(scenario):
+    import openai
+
+    with SimServer(scenario) as sim:
+        client = openai.OpenAI(api_key="k1", base_url=sim.url + "/v1", max_retries=0)
+
+        def ask():
+            return client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                                  max_completion_tokens=8)
+
+        def control(**body):
+            return httpx2.post(sim.url + "/control", json=body).json()
+
+        assert control(mode="500") == {"mode": "500", "retry_after_s": 1.0, "key_required": False}
+        with pytest.raises(openai.InternalServerError):
+            ask()
+        control(mode="429", retry_after_s=3)
+        with pytest.raises(openai.RateLimitError) as caught:
+            ask()
+        assert caught.value.response.headers["retry-after"] == "3"
+        control(mode="ok", api_key="k2")
+        with pytest.raises(openai.AuthenticationError, match="Incorrect API key provided"):
+            ask()
+        control(api_key=None)
+        assert ask().choices[0].message.content
+        stats = sim.stats()["models"]["gpt-4o-mini"]
+        assert (stats["outage_500"], stats["rate_limited_429"], stats["auth_401"], stats["ok"]) == (1, 1, 1, 1)
+        assert httpx2.post(sim.url + "/control", json={"mode": "down"}).status_code == 400

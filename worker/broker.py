@@ -9,11 +9,13 @@ Two faults of kombu 5.7's Redis transport, and what this module does about them:
   kombu decodes it; one that is not a task message is logged once and moved to the namespace's
   dead-letter list with its reason and raw bytes.
 - When Redis restarts under a busy worker, Celery closes the channel whose connection already died.
-  Closing restores the channel's unacked messages, which asks the dead connection for its host
-  (`self.connection.client` is None by then): AttributeError("'NoneType' object has no attribute
-  'hostname'") in `restore_unacked_once`, and the worker exits. `GuardedQoS` lets that restore fail
-  quietly: the messages stay in kombu's unacked hash (restored later by the visibility sweep) and
-  the job-level reconciler publishes their jobs again anyway.
+  Closing restores the channel's unacked messages, which builds a client from the dead connection's
+  parameters (`self.connection.client` is None by then): AttributeError("'NoneType' object has no
+  attribute 'hostname'") in `restore_unacked_once`, and the worker exits. A task that was running
+  through the outage then acks on that closed channel: AttributeError("'NoneType' object has no
+  attribute 'client'") in `_connparams`, and the worker exits again. `GuardedQoS` lets both fail
+  quietly: the messages stay in kombu's unacked hash (restored later by the visibility sweep), and a
+  redelivery of a recorded job is a no-op.
 
 Celery picks this transport through `broker_transport` (see celery_app.py); the broker URL stays redis://.
 """
@@ -27,9 +29,12 @@ import time
 
 import orjson
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("cascade.broker")
 
@@ -71,7 +76,38 @@ def poison_reason(item: bytes, task_names: frozenset[str]) -> str | None:
 
 
 class GuardedQoS(kombu_redis.QoS):
-    """Unacked messages whose restore fails while the connection is gone stay for the visibility sweep."""
+    """Acks and restores on a channel whose connection died (a Redis restart) do not end the worker: the
+    messages stay in kombu's unacked hash, and their redelivery is a no-op for a job already recorded."""
+
+    def _closed(self) -> bool:
+        return self.channel.connection is None
+
+    def ack(self, delivery_tag):
+        """Ack as kombu does; when the channel closed under it or Redis is unreachable, forget the message
+        instead of crashing (it stays unacked, and its redelivery is a no-op for a recorded job)."""
+        if not self._closed():
+            try:
+                return super().ack(delivery_tag)
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                log.warning("could not ack a finished message (%s); it stays unacked and its redelivery will be "
+                            "a no-op", error)
+        else:
+            log.warning("a message finished after its channel closed (Redis restarted); it stays unacked and "
+                        "its redelivery will be a no-op")
+        return virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        """Reject as kombu does; on a closed channel or an unreachable Redis, leave the message to the visibility
+        sweep and its job to the reconciler."""
+        if not self._closed():
+            try:
+                return super().reject(delivery_tag, requeue=requeue)
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                log.warning("could not give a message back (%s); the reconciler republishes its job", error)
+        else:
+            log.warning("a message was given back after its channel closed (Redis restarted); the reconciler "
+                        "republishes its job")
+        return virtual.QoS.ack(self, delivery_tag)
 
     def restore_unacked_once(self, stderr=None):
         """Restore at close as kombu does, without letting a dead connection end the worker."""

@@ -48,6 +48,7 @@ class LeaseKeeper:
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
         self._thread: threading.Thread | None = None
+        self._info: WorkerInfo | None = None
         self._failing_since: float | None = None
 
     # -- leases ----------------------------------------------------------------------------
@@ -88,6 +89,7 @@ class LeaseKeeper:
         """Register the worker and renew its liveness and leases every `heartbeat_s` on a daemon thread."""
         if self.sweeps is None:
             return
+        self._info = info
         self.sweeps.register_worker(info, self.liveness_ms)
         self._thread = threading.Thread(target=self._run, name="cascade-heartbeat", daemon=True)
         self._thread.start()
@@ -99,7 +101,7 @@ class LeaseKeeper:
 
     def beat(self) -> None:
         """One heartbeat: liveness and every held lease, in one round trip."""
-        self.sweeps.heartbeat(self.worker_id, self.liveness_ms, self.held(), self.lease_ms)
+        self.sweeps.heartbeat(self._info, self.liveness_ms, self.held(), self.lease_ms)
 
     def _run(self) -> None:
         # Runs through a warm shutdown: calls still in flight keep their leases until they are recorded.

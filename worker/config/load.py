@@ -148,6 +148,8 @@ def _problem(error: Mapping[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "missing required key"
+    if kind == "value_error":
+        return error["msg"].removeprefix("Value error, ")
     return error["msg"]
 
 

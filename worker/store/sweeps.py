@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from cascade.worker.store.keys import Keys, split_member
 from cascade.worker.store.scripts import load_script
@@ -57,12 +58,14 @@ class SweepStore:
         pipe.delete(self.keys.tier_status(info.tier))
         pipe.execute()
 
-    def heartbeat(self, worker_id: str, liveness_ms: int, leases: Sequence[tuple[str, str]], lease_ms: int) -> None:
-        """This worker is alive and still holds `leases` ((batch, job id) pairs): one round trip."""
+    def heartbeat(self, info: WorkerInfo, liveness_ms: int, leases: Sequence[tuple[str, str]], lease_ms: int) -> None:
+        """This worker is alive and still holds `leases` ((batch, job id) pairs). Its registry entry is written
+        again each time: one that a reader dropped while Redis was restarting comes back."""
         seconds, micros = self.redis.time()
         expiry = int(seconds) * 1000 + int(micros) // 1000 + lease_ms
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.worker(worker_id), b"1", px=liveness_ms)
+        pipe.hset(self.keys.workers, info.worker_id, orjson.dumps(asdict(info)))
+        pipe.set(self.keys.worker(info.worker_id), b"1", px=liveness_ms)
         if leases:
             pipe.zadd(self.keys.leased, {f"{b}\x1f{j}": expiry for b, j in leases}, xx=True)
         pipe.execute()
@@ -121,11 +124,12 @@ class SweepStore:
 
     def server_state(self) -> tuple[int, float]:
         """(Redis server time in ms, seconds since the server started)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
-        pipe.info("server")
-        (seconds, micros), info = pipe.execute()
-        return int(seconds) * 1000 + int(micros) // 1000, float(info.get("uptime_in_seconds", 1e9))
+        seconds, micros = self.redis.time()
+        try:
+            uptime = float(self.redis.info("server").get("uptime_in_seconds", 1e9))
+        except ResponseError:
+            uptime = 1e9        # fakeredis (embedded mode) has no INFO, and never restarts
+        return int(seconds) * 1000 + int(micros) // 1000, uptime
 
     def expired_leases(self, now_ms: int, limit: int = 500) -> list[tuple[str, str, float]]:
         """(batch, job id, expiry) of leases nobody renewed."""

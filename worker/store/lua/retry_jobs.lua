@@ -28,7 +28,7 @@ for i = 4, #ARGV, 3 do
       for _, key in ipairs({KEYS[2], KEYS[6]}) do
         redis.call('HINCRBY', key, 'status:' .. status, -1)
         redis.call('HINCRBY', key, 'final:' .. final, -1)
-        redis.call('HINCRBY', key, 'counterfactual', -tonumber(cf))
+        redis.call('HINCRBY', key, 'counterfactual', 0 - tonumber(cf))
       end
       redis.call('HINCRBY', KEYS[2], 'retried', 1)
       local seq = redis.call('INCR', KEYS[6 + k + s])
