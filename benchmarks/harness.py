@@ -55,14 +55,15 @@ class BenchConfig:
     """A config directory of its own: unique namespace and queue names, the repo's prices and schemas."""
 
     def __init__(self, root: Path, url: str, tiers: dict[str, dict], pipelines: dict[str, str],
-                 high_water: int = 2000, chunk_size: int = 500):
+                 high_water: int = 2000, chunk_size: int = 500, engine: dict | None = None):
         self.ns = f"bench{uuid.uuid4().hex[:8]}"
         self.url = url
         self.dir = root / "config"
         (self.dir / "pipelines").mkdir(parents=True)
         shutil.copytree(REPO / "config" / "schemas", self.dir / "schemas")
-        lines = ["[redis]", f'url = "{url}"', f'namespace = "{self.ns}"', "",
-                 "[engine]", "backoff_base_s = 0.05", "",
+        engine = {"backoff_base_s": 0.05, **(engine or {})}
+        lines = ["[redis]", f'url = "{url}"', f'namespace = "{self.ns}"', "", "[engine]",
+                 *(f"{key} = {orjson.dumps(value).decode()}" for key, value in engine.items()), "",
                  "[producer]", f"high_water = {high_water}", f"chunk_size = {chunk_size}", ""]
         self.queues = []
         for name, options in tiers.items():

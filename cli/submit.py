@@ -162,7 +162,8 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
                                f"budget_exhausted; raise it with `cascade budget {batch} USD` and run them with "
                                f"`cascade retry {batch} --status budget_exhausted`", err=True)
             if out:
-                click.echo(f"results: {drain.written} records written to {out}", err=True)
+                skipped = f" ({drain.duplicates} duplicate records of re-run jobs skipped)" if drain.duplicates else ""
+                click.echo(f"results: {drain.written} records written to {out}{skipped}", err=True)
     if result.rejected:
         where = f" (listed in {rejected_out.path})" if rejected_out.path else ""
         click.echo(f"cascade-submit: {len(result.rejected)} rows rejected{where}", err=True)

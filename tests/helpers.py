@@ -76,7 +76,7 @@ class NullDispatcher:
     def __init__(self):
         self.sent: list = []
 
-    def send(self, ref) -> None:
+    def send(self, ref, first: bool = False) -> None:
         self.sent.append(ref)
 
     def backlog(self, tier_name: str) -> int:

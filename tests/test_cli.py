@@ -116,7 +116,7 @@ def test_resubmitting_a_batch_id_enqueues_no_job_twice(tmp_path, redis_url, sim)
     try:
         first = invoke(submit_command, args, env)
         assert first.exit_code == 0, first.stderr
-        queue = f"{ns}.tier.cheap"
+        queue = f"{ns}.tier.cheap\x06\x169"     # ordinary messages wait at priority 9
         client = redis.Redis.from_url(redis_url)
         assert client.llen(queue) == 3
         # When the same file, with two more rows, is submitted again under the same batch id
@@ -195,7 +195,7 @@ def test_a_resubmission_without_budget_still_reserves_against_the_first_runs(tmp
         # Then five small job references are queued, and every job, the new ones too, carries the prompt
         # estimate its calls reserve against the first run's budget
         bodies = [orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))
-                  for raw in client.lrange(f"{ns}.tier.cheap", 0, -1)]
+                  for raw in client.lrange(f"{ns}.tier.cheap\x06\x169", 0, -1)]
         assert sorted(args[0]["id"] for args, _, _ in bodies) == ["r1", "r2", "r3", "r4", "r5"]
         live = client.hgetall(f"{ns}:batch:budgeted-1:live")
         assert len(live) == 5 and all(int(state.rsplit(b"|", 1)[1]) > 10 for state in live.values())
@@ -296,3 +296,29 @@ def test_jobs_that_fail_give_exit_status_4(tmp_path, sim):
                                      "--no-progress", "--config", str(config)], cascade_env(None, sim.url))
     assert result.exit_code == EXIT_FAILED
     assert "jobs: 2 of 2 done (failed 2)" in result.stderr
+
+
+def test_wait_warns_when_no_worker_consumes_the_first_queue(tmp_path, redis_url, sim):
+    import subprocess
+    import time
+
+    from tests.cluster import BIN
+
+    config, ns = cluster_config(tmp_path)
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD[:2]))
+    err = tmp_path / "err.txt"
+    proc = subprocess.Popen([str(BIN / "cascade-submit"), str(source), "-p", "ticket-triage", "--wait", "--no-progress",
+                             "--out", str(tmp_path / "o.jsonl"), "--config", str(config)],
+                            env=cascade_env(redis_url, sim.url), stderr=err.open("wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while "warning: no worker is consuming" not in err.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, err.read_text()
+            time.sleep(0.2)
+        assert (f"warning: no worker is consuming {ns}.tier.cheap: start one with `cascade worker --tier cheap`; "
+                "the batch waits") in err.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+        delete_namespace(redis_url, ns)

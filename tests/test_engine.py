@@ -26,7 +26,7 @@ class RecordingDispatcher:
     def __init__(self):
         self.sent: list[JobRef] = []
 
-    def send(self, ref):
+    def send(self, ref, first=False):
         self.sent.append(ref)
 
     def backlog(self, tier_name):
@@ -322,3 +322,58 @@ def test_a_sampled_call_that_fails_part_way_records_what_the_answered_samples_co
     assert sampler.calls == 5
     info = h.counters()
     assert info["cost:mid"] == 4 * (100 * 1000 + 10 * 5000) and info["error:mid:permanent"] == 1
+
+
+class RefusingJobs(JobStore):
+    """A job store whose recordings Redis refuses (an OOM under noeviction), the first `refusals` times."""
+
+    def __init__(self, client, namespace, refusals):
+        super().__init__(client, namespace)
+        self.refusals = refusals
+
+    def record_final(self, *args, **kwargs):
+        import redis
+
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+        return super().record_final(*args, **kwargs)
+
+
+def test_a_write_redis_keeps_refusing_is_dead_lettered_and_its_paid_answer_is_not_paid_again(settings):
+    # Given a job whose answer Redis refuses to record, more often than the store retries allow
+    h = make_engine(settings, {"cheap": lambda r, n: GOOD})
+    refusing = RefusingJobs(h.store.redis, "test", refusals=settings.engine.store_retries + 1)
+    h.engine.jobs = refusing
+    # When it runs: the provider is called once, then the job is taken out of circulation
+    assert h.handle() == "dead_lettered"
+    assert len(h.providers["cheap"].calls) == 1 and h.records() == []
+    [letter] = h.sweeps.dead_letters()
+    assert letter["job"] == "j1" and "Redis refused it: ResponseError: OOM command not allowed" in letter["reason"]
+    # Then its next delivery (the reconciler publishes it once its lease lapses) records the kept answer
+    h.store.redis.hset(h.store.keys.live("b1"), "j1", b"0||1|0|40")          # the lease lapsed and was taken back
+    assert h.handle() == "accepted"
+    assert len(h.providers["cheap"].calls) == 1                               # not paid twice
+    assert h.counters()["cost"] == 21_000
+
+
+def test_an_escalation_waits_for_room_on_the_next_tiers_queue(settings):
+    h = make_engine(settings, {"cheap": lambda r, n: MALFORMED})
+    depths = iter([settings.producer.high_water + 5, settings.producer.high_water, 10])
+    h.dispatcher.backlog = lambda tier: next(depths)
+    assert h.handle() == "escalated"
+    assert h.clock.sleeps == [0.2, 0.2]                 # two looks at a full queue, then room
+    assert h.dispatcher.sent[0].tier_index == 1
+
+
+def test_a_tiers_http_pool_holds_a_connection_per_sample_each_thread_can_fan_out_to(settings):
+    from cascade.worker.runtime import ProviderPool, provider_spec
+
+    pipeline = settings.pipelines["ticket-triage"].model_copy(update={
+        "verifiers": {"mid": ({"name": "self_consistency", "samples": 5},), "default": ()}})
+    sampled = settings.model_copy(update={"pipelines": {"ticket-triage": pipeline}})
+    pool = ProviderPool(sampled, threads=6)
+    assert pool._fan_out(sampled.tiers["mid"]) == 5        # anthropic has no `n`: five calls per attempt
+    assert pool._fan_out(sampled.tiers["cheap"]) == 1
+    env = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}
+    assert provider_spec(sampled, sampled.tiers["mid"], env, max_connections=6 * 5).max_connections == 30

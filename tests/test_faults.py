@@ -203,7 +203,9 @@ def test_jobs_whose_messages_vanished_are_published_again_once(tmp_path, redis_u
     assert submit.returncode == 0, submit.stderr.decode()
     settings = load_settings(config, environ=env)
     client = redis.Redis.from_url(redis_url)
-    assert client.delete(settings.tiers["cheap"].queue_name) == 1
+    from cascade.worker.store import Keys
+
+    assert client.delete(*Keys.queue_lists(settings.tiers["cheap"].queue_name)) == 1
     from cascade.worker.store import JobStore
 
     lease = JobStore(client, ns).take_lease("v-1", rows[0]["id"], 0, "cheap", 1, "dead@gone-1", lease_ms=1000,

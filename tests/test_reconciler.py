@@ -25,7 +25,7 @@ class Sent:
         self.refs: list[JobRef] = []
         self.fail = fail
 
-    def send(self, ref):
+    def send(self, ref, first=False):
         if self.fail:
             raise ConnectionError("broker down")
         self.refs.append(ref)
@@ -74,7 +74,7 @@ def test_a_lease_nobody_renews_is_published_again_once(setup):
     time.sleep(0.1)
     report = sweeper.sweep()
     assert report.expired == 1 and [r.job_id for r in sent.refs] == ["j0"]
-    assert sent.refs[0].tier_index == 0 and sent.refs[0].seq == 2
+    assert sent.refs[0].tier_index == 0 and sent.refs[0].seq == 0     # ahead of the queue: no number
     assert sweeper.sweep().total == 0                   # claimed once: a second sweep finds nothing
 
 
@@ -89,6 +89,20 @@ def test_a_message_overtaken_by_more_than_the_consumers_capacity_is_published_ag
     sent = Sent()
     report = reconciler(settings, client, ns, sent, queue_depth=lambda tier: 3).sweep()
     assert report.overtaken == 1 and [r.job_id for r in sent.refs] == ["j0"]
+
+
+def test_taking_a_job_published_again_does_not_make_the_messages_it_jumped_look_overtaken(setup):
+    settings, client, ns = setup
+    _, seqs = submitted(settings, client, ns, 40)
+    jobs = JobStore(client, ns)
+    sent = Sent()
+    sweeper = reconciler(settings, client, ns, sent, queue_depth=lambda tier: 30)
+    # one job is claimed (its message was lost), published ahead of the queue and taken at once
+    [claimed] = sweeper.sweeps.claim(settings.pipeline("ticket-triage").ladder, [("b", "j0", f"Q{seqs[0]!r}")])
+    jobs.take_lease("b", "j0", 0, "cheap", 0, "w0", lease_ms=60_000, reserve_per_token=0.0, reserve_per_call=0,
+                    max_deliveries=10)
+    # then the 39 ordinary messages behind it are not due
+    assert sweeper.sweep().overtaken == 0 and sent.refs == []
 
 
 def test_jobs_still_queued_at_an_empty_queue_on_two_sweeps_are_published_again(setup):

@@ -318,6 +318,14 @@ class Engine:
         Its lease is not renewed any more: the reconciler offers it again later, and the kept answer is used."""
         log.error("job %s: %s; dead-lettered (its paid answer is kept, no call will be paid twice)",
                   step.ref.label, reason)
+        ref = step.ref
+        with self._paid_lock:
+            raw = self._paid.get((ref.batch, ref.job_id, ref.tier_index))
+        if raw is not None:
+            try:            # for a delivery to another worker; this process keeps it in memory as well
+                self.jobs.keep_paid(ref.batch, ref.job_id, raw)
+            except StoreError:
+                pass
         self._log_dead_letter(step, reason)
         return Outcome.DEAD_LETTERED
 

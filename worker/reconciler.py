@@ -118,9 +118,11 @@ class Reconciler:
 
     def _publish(self, claimed: Claimed) -> None:
         pipeline = self.sweeps.pipeline_of(claimed.batch) or ""
-        ref = JobRef(claimed.batch, pipeline, claimed.job_id, claimed.step, claimed.seq)
+        # Published ahead of the queue, so its message carries no number: taking it must not move the queue's
+        # watermark, or every message it jumped would look overtaken. The queued set keeps the claim's number.
+        ref = JobRef(claimed.batch, pipeline, claimed.job_id, claimed.step, 0)
         try:
-            self.dispatcher.send(ref)
+            self.dispatcher.send(ref, first=True)      # it waited a lease length already: ahead of the backlog
         except Exception as error:  # the broker is down: the job stays queued, a later sweep finds it again
             log.warning("reconciler: could not publish %s (%s); a later sweep retries", ref.label, error)
 

@@ -11,8 +11,8 @@ from cascade.worker.messages import JobRef
 class Dispatcher(Protocol):
     """Delivers attempt messages to the workers of the tier each names."""
 
-    def send(self, ref: JobRef) -> None:
-        """Queue one message on the tier its `tier_index` names."""
+    def send(self, ref: JobRef, first: bool = False) -> None:
+        """Queue one message on the tier its `tier_index` names; `first`: ahead of the messages waiting."""
         ...
 
     def send_many(self, refs: Sequence[JobRef]) -> None:

@@ -11,6 +11,10 @@ from cascade.worker.config.schema import Settings
 from cascade.worker.messages import JobRef
 from cascade.worker.store import BatchStore
 
+#: kombu's Redis transport takes a queue's priority-0 list first: ordinary messages go in at priority 9, and a
+#: job the reconciler publishes again goes in at 0, ahead of the backlog (it has waited a lease length already)
+ORDINARY, FIRST = 9, 0
+
 
 class CeleryDispatcher:
     """Sends each message to its tier's queue; `send_many` uses kombu's batch publish."""
@@ -25,14 +29,14 @@ class CeleryDispatcher:
         pipeline = self.settings.pipeline(ref.pipeline)
         return self.settings.tiers[pipeline.ladder[ref.tier_index]].queue_name
 
-    def _publish(self, ref: JobRef, producer: object | None = None) -> None:
+    def _publish(self, ref: JobRef, producer: object | None = None, first: bool = False) -> None:
         # A short argsrepr: Celery otherwise repeats the arguments in a header.
         self.task.apply_async(args=(ref.to_wire(),), queue=self._queue(ref), producer=producer,
-                              argsrepr=ref.label, kwargsrepr="{}")
+                              argsrepr=ref.label, kwargsrepr="{}", priority=FIRST if first else ORDINARY)
 
-    def send(self, ref: JobRef) -> None:
-        """Publish one message."""
-        self._publish(ref)
+    def send(self, ref: JobRef, first: bool = False) -> None:
+        """Publish one message; `first` puts it ahead of the messages already waiting."""
+        self._publish(ref, first=first)
 
     def send_many(self, refs: Sequence[JobRef]) -> None:
         """Publish a chunk in as few Redis round trips as kombu allows."""

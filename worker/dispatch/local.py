@@ -28,8 +28,8 @@ class LocalDispatcher:
         """Set the function that processes a message (the engine's `handle`)."""
         self._handler = handler
 
-    def send(self, ref: JobRef) -> None:
-        """Queue one message on its tier's pool."""
+    def send(self, ref: JobRef, first: bool = False) -> None:
+        """Queue one message on its tier's pool (`first` changes nothing here: nothing waits long)."""
         tier = self.settings.pipeline(ref.pipeline).ladder[ref.tier_index]
         with self._lock:
             self._pending[tier] += 1

@@ -190,8 +190,11 @@ class BatchStore:
             self.redis.xdel(self.keys.results(batch), *ids)
 
     def queue_depth(self, queue_name: str) -> int:
-        """Messages waiting on a tier's queue."""
-        return int(self.redis.llen(Keys.queue(queue_name)))
+        """Messages waiting on a tier's queue, at every priority."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in Keys.queue_lists(queue_name):
+            pipe.llen(name)
+        return sum(pipe.execute())
 
     def queued_jobs(self, tier: str) -> int:
         """Jobs waiting for a worker of `tier` (their messages on its queue, or about to be published)."""

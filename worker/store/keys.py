@@ -137,6 +137,7 @@ class Keys:
         return f"{self.namespace}:limiter:{tier}:{part}"
 
     @staticmethod
-    def queue(queue_name: str) -> str:
-        """The list kombu's Redis transport keeps a queue's messages in (named after the queue)."""
-        return queue_name
+    def queue_lists(queue_name: str) -> list[str]:
+        """The lists kombu's Redis transport keeps a queue's messages in: one per priority step, the queue's
+        own name for priority 0 (taken first), then "<queue>\\x06\\x16<step>" (see worker/dispatch)."""
+        return [queue_name, *(f"{queue_name}\x06\x16{step}" for step in (3, 6, 9))]
