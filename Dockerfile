@@ -13,6 +13,7 @@ COPY cascade ./cascade
 COPY cli ./cli
 COPY config ./config
 COPY examples ./examples
+COPY ledger ./ledger
 COPY producer ./producer
 COPY simulator ./simulator
 COPY tuning ./tuning

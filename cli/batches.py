@@ -1,29 +1,52 @@
-"""Commands that read batches: `cascade status`, `cascade results`, `cascade stats`."""
+"""Commands that read batches: `cascade status`, `cascade results`, `cascade batches`.
+
+Live batches are read from Redis; results and finished batches from the ledger, as often as wanted.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import ExitStack
 
 import click
 import orjson
 
-from cascade.cli.common import Command, config_option, load, redact, redis_option
+from cascade.cli.common import Command, config_option, load, load_pipeline, redact, redis_option
 from cascade.errors import CascadeError
+from cascade.ledger.database import Ledger, LedgerError, open_ledger, redact_url
 from cascade.producer.report import format_summary, summarize
-from cascade.producer.results import ResultDrain
 from cascade.worker.config import Settings
 from cascade.worker.runtime import called_tiers
-from cascade.worker.store import SweepStore
+from cascade.worker.store import BatchRecord, BatchStore, SweepStore
 
 
-def _distributed_store(settings: Settings):
+def _redis_store(settings: Settings) -> BatchStore | None:
+    """The batch store of a distributed setup, or None in embedded mode (batches there live in the ledger)."""
     if settings.embedded:
-        raise click.UsageError("this command needs a Redis URL (--redis-url or CASCADE_REDIS_URL): "
-                               "an embedded batch lives only inside the process that ran it")
+        return None
     from cascade.worker.backends import batch_store, redis_client
 
     return batch_store(settings, redis_client(settings))
+
+
+def _ledger(settings: Settings, stack: ExitStack) -> Ledger:
+    ledger = open_ledger(settings)
+    stack.callback(ledger.close)
+    try:
+        ledger.migrate()
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    return ledger
+
+
+def _live(store: BatchStore | None, batch: str) -> BatchRecord | None:
+    if store is None:
+        return None
+    try:
+        return store.batch(batch)
+    except CascadeError as e:
+        raise click.BadParameter(str(e), param_hint="BATCH") from None
 
 
 @click.command(cls=Command)
@@ -32,171 +55,132 @@ def _distributed_store(settings: Settings):
 @config_option
 @redis_option
 def status(batch: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
-    """Show a batch's progress, per-tier figures, cost and savings.
+    """Show a batch's progress, per-tier figures, cost and savings (live from Redis, else from the ledger).
 
     Example: cascade status ticket-triage-20261122-081500-ab12
     """
     settings = load(config_path, redis_url)
-    store = _distributed_store(settings)
-    try:
-        record = store.batch(batch)
-    except CascadeError as e:
-        raise click.BadParameter(str(e), param_hint="BATCH") from None
-    if record is None:
-        raise click.ClickException(f"no batch '{batch}' in {redact(settings.redis.url)}")
-    pipe = load_pipeline(settings, record.pipeline)
-    summary = summarize(record.counters, settings, pipe) | {"batch": batch, "state": record.state}
-    sweeps = SweepStore(store.redis, settings.redis.namespace)
-    summary["stopped_tiers"] = sweeps.stopped_tiers(called_tiers(pipe))
-    workers = sweeps.live_workers()
-    summary["workers"] = {tier: sum(1 for w in workers if w.tier == tier) for tier in pipe.ladder}
+    store = _redis_store(settings)
+    with ExitStack() as stack:
+        record = _live(store, batch)
+        if record is not None:
+            pipe = load_pipeline(settings, record.pipeline)
+            summary = summarize(record.counters, settings, pipe) | {"batch": batch, "state": record.state}
+            sweeps = SweepStore(store.redis, settings.redis.namespace)
+            summary["stopped_tiers"] = sweeps.stopped_tiers(called_tiers(pipe))
+            workers = sweeps.live_workers()
+            summary["workers"] = {tier: sum(1 for w in workers if w.tier == tier) for tier in pipe.ladder}
+        else:
+            row = _ledger(settings, stack).batch(batch)
+            if row is None:
+                where = f"{redact(settings.redis.url)} or " if store is not None else ""
+                raise click.ClickException(f"no batch '{batch}' in {where}the ledger")
+            pipe = load_pipeline(settings, row["pipeline"])
+            summary = summarize(row["counters"], settings, pipe) | {"batch": batch, "state": row["state"]}
     if as_json:
         click.echo(orjson.dumps(summary).decode())
         return
-    click.echo(format_summary(summary, f"batch {batch} ({record.state}, pipeline {pipe.name})"))
-    click.echo("  workers: " + ", ".join(f"{tier} {n}" for tier, n in summary["workers"].items()))
-    for tier, reason in summary["stopped_tiers"].items():
+    click.echo(format_summary(summary, f"batch {batch} ({summary['state']}, pipeline {pipe.name})"))
+    if "workers" in summary:
+        click.echo("  workers: " + ", ".join(f"{tier} {n}" for tier, n in summary["workers"].items()))
+    for tier, reason in summary.get("stopped_tiers", {}).items():
         click.echo(f"  STOPPED tier {tier}: {reason} (its jobs wait; fix it and restart its workers)")
 
 
-def load_pipeline(settings: Settings, name: str):
-    """A pipeline by name or a ClickException."""
-    try:
-        return settings.pipeline(name)
-    except CascadeError as e:
-        raise click.ClickException(str(e)) from None
-
-
 @click.command(cls=Command)
 @click.argument("batch")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Append the records to this file (default: stdout).")
-@click.option("--follow", "-f", is_flag=True, help="Keep draining until the batch is finished.")
-@click.option("--keep", is_flag=True, help="Leave the records in Redis (default: delete each once written).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the records to this file (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--status", "statuses", multiple=True, help="Only records with this status (repeatable).")
+@click.option("--follow", "-f", is_flag=True, help="Keep writing records as they arrive until the batch is finished.")
 @config_option
 @redis_option
-def results(batch: str, out: str | None, follow: bool, keep: bool, config_path: str | None,
+def results(batch: str, out: str | None, fmt: str, statuses: tuple[str, ...], follow: bool, config_path: str | None,
             redis_url: str | None) -> None:
-    """Write a batch's result records as JSONL, removing them from Redis once written.
+    """Write a batch's result records from the ledger (JSONL or CSV); reading never removes them.
 
     Example: cascade results ticket-triage-20261122-081500-ab12 --follow --out results.jsonl
     """
+    from cascade.ledger.writer import LedgerWriter
+    from cascade.producer.collect import Collector, RecordWriter
+
     settings = load(config_path, redis_url)
-    store = _distributed_store(settings)
+    store = _redis_store(settings)
     with ExitStack() as stack:
-        sink = stack.enter_context(open(out, "ab")) if out else sys.stdout.buffer
-        drain = ResultDrain(store, batch, sink, trim=not keep)
-        if follow:
-            drain.wait()
-        else:
-            drain.drain()
-    click.echo(f"results: {drain.written} records" + (f" appended to {out}" if out else ""), err=True)
+        ledger = _ledger(settings, stack)
+        live = _live(store, batch)
+        if live is None and ledger.batch(batch) is None:
+            where = f"{redact(settings.redis.url)} or " if store is not None else ""
+            raise click.ClickException(f"no batch '{batch}' in {where}the ledger ({redact_url(ledger.url)})")
+        sink = stack.enter_context(open(out, "wb")) if out else sys.stdout.buffer
+        # with Redis at hand this process is one more ledger writer, so --follow never waits on a missing service
+        writer = LedgerWriter(settings, store.redis, ledger) if store is not None and follow else None
+        collector = Collector(ledger, batch, RecordWriter(sink, fmt), writer, statuses)
+        try:
+            if follow:
+                collector.wait(lambda: _finished(store, ledger, batch))
+            else:
+                collector.collect()
+        except BrokenPipeError:         # `cascade results B | head`: the reader went away; nothing is lost
+            sys.stderr.close()
+            return
+        except LedgerError as e:
+            raise click.ClickException(str(e)) from None
+    click.echo(f"results: {collector.out.written} records" + (f" written to {out}" if out else ""), err=True)
+
+
+def _finished(store: BatchStore | None, ledger: Ledger, batch: str) -> bool:
+    """The batch is finished and the ledger holds all its records."""
+    record = store.batch(batch) if store is not None else None
+    if record is not None:
+        return record.finished and ledger.result_count(batch) >= record.done
+    row = ledger.batch(batch)
+    return row is not None and row["state"] in ("finished", "cancelled") and ledger.result_count(batch) >= row["done"]
 
 
 @click.command(cls=Command)
-@click.option("--pipeline", "-p", "names", multiple=True, help="Only these pipelines (default: all).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per pipeline.")
+@click.option("--pipeline", "-p", help="Only batches of this pipeline.")
+@click.option("--since", default="7d", show_default=True, help="How far back: 90m, 36h, 7d, 4w.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per batch.")
 @config_option
 @redis_option
-def stats(names: tuple[str, ...], as_json: bool, config_path: str | None, redis_url: str | None) -> None:
-    """Per pipeline and tier: attempts, escalation rate, reject reasons, tokens, cost, savings.
+def batches(pipeline: str | None, since: str, as_json: bool, config_path: str | None, redis_url: str | None) -> None:
+    """List batches from the ledger with state, progress, cost and savings, newest first.
 
-    Example: cascade stats --pipeline ticket-triage
+    Example: cascade batches --pipeline ticket-triage --since 30d
     """
     settings = load(config_path, redis_url)
-    store = _distributed_store(settings)
-    for name in names or sorted(settings.pipelines):
-        pipe = load_pipeline(settings, name)
-        summary = summarize(store.pipeline_counters(name), settings, pipe)
-        if as_json:
-            click.echo(orjson.dumps(summary).decode())
-        else:
-            click.echo(format_summary(summary, f"pipeline {name} (all batches)"))
+    start = time.time() - parse_age(since)
+    with ExitStack() as stack:
+        rows = _ledger(settings, stack).batches(pipeline, start)
+    if as_json:
+        for row in rows:
+            click.echo(orjson.dumps(_listed(row)).decode())
+        return
+    click.echo(f"{'batch':<44} {'pipeline':<18} {'state':<11} {'done':>13} {'cost $':>11} {'savings':>8}  submitted")
+    for row in rows:
+        item = _listed(row)
+        click.echo(f"{item['batch']:<44} {item['pipeline']:<18} {item['state']:<11} "
+                   f"{item['done']:>6}/{item['total']:<6} {item['cost_usd']:>11.6f} {item['savings_share']:>8.1%}  "
+                   f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(item['submitted_at']))}")
+    if not rows:
+        click.echo(f"(no batches since {since})", err=True)
 
 
-def _backend(settings: Settings):
-    if settings.embedded:
-        raise click.UsageError("this command needs a Redis URL (--redis-url or CASCADE_REDIS_URL): "
-                               "an embedded batch lives only inside the process that ran it")
-    from cascade.worker.backends import open_backend
+def _listed(row: dict) -> dict:
+    cost, counterfactual = row["cost_nanos"], row["counterfactual_nanos"]
+    return {"batch": row["id"], "pipeline": row["pipeline"], "state": row["state"], "done": row["done"],
+            "total": row["total"], "cost_usd": cost / 1e9, "last_tier_only_cost_usd": counterfactual / 1e9,
+            "savings_share": (counterfactual - cost) / counterfactual if counterfactual else 0.0,
+            "submitted_at": row["submitted_at"], "finished_at": row["finished_at"], "source": row["source"]}
 
-    return open_backend(settings)
 
-
-@click.command(cls=Command)
-@click.argument("batch")
-@config_option
-@redis_option
-def cancel(batch: str, config_path: str | None, redis_url: str | None) -> None:
-    """Cancel a batch: queued jobs end `cancelled`; calls already in flight finish and are recorded.
-
-    Example: cascade cancel ticket-triage-20261122-081500-ab12
-    """
-    settings = load(config_path, redis_url)
-    backend = _backend(settings)
+def parse_age(text: str) -> float:
+    """Seconds in "90m", "36h", "7d", "4w" (or plain seconds); BadParameter otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
     try:
-        record = backend.store.cancel(batch)
-    finally:
-        backend.close()
-    if record is None:
-        raise click.ClickException(f"no batch '{batch}' in {redact(settings.redis.url)}")
-    left = record.total - record.done
-    click.echo(f"batch {batch} cancelled: {left} unfinished jobs end cancelled as workers reach them "
-               f"(run them later with `cascade retry {batch} --status cancelled`)", err=True)
-
-
-@click.command(cls=Command)
-@click.argument("batch")
-@click.argument("usd", type=click.FloatRange(min=0, min_open=True))
-@config_option
-@redis_option
-def budget(batch: str, usd: float, config_path: str | None, redis_url: str | None) -> None:
-    """Set a batch's budget in USD (raise it while it runs; jobs that already ran out need `cascade retry`).
-
-    Example: cascade budget nightly-2026-11-22 25
-    """
-    settings = load(config_path, redis_url)
-    backend = _backend(settings)
-    try:
-        record = backend.store.batch(batch)
-        if record is None:
-            raise click.ClickException(f"no batch '{batch}' in {redact(settings.redis.url)}")
-        backend.store.set_budget(batch, round(usd * 1e9))
-    finally:
-        backend.close()
-    spent = record.counters.get("cost", 0) / 1e9
-    click.echo(f"batch {batch}: budget ${usd:.6f} (spent so far ${spent:.6f})", err=True)
-
-
-RETRY_STATUSES = ("failed", "budget_exhausted", "cancelled")
-
-
-@click.command(cls=Command)
-@click.argument("batch")
-@click.option("--status", "statuses", default="failed,budget_exhausted", show_default=True,
-              help=f"Comma-separated statuses to run again, of: {', '.join(RETRY_STATUSES)}.")
-@config_option
-@redis_option
-def retry(batch: str, statuses: str, config_path: str | None, redis_url: str | None) -> None:
-    """Run again the jobs of a batch that ended with these statuses.
-
-    Each job starts again at the tier where it stopped (the tier that failed, or whose call did not fit
-    the budget); the cheaper tiers it already paid for are not called again, and only the new calls'
-    cost is added. Their new records carry "retry_round".
-
-    Example: cascade retry nightly-2026-11-22 --status failed,budget_exhausted
-    """
-    from cascade.producer.control import retry as retry_jobs
-
-    wanted = tuple(s.strip() for s in statuses.split(",") if s.strip())
-    unknown = [s for s in wanted if s not in RETRY_STATUSES]
-    if unknown or not wanted:
-        raise click.BadParameter(f"unknown status {', '.join(unknown) or '(none)'}; use {', '.join(RETRY_STATUSES)}",
-                                 param_hint="--status")
-    settings = load(config_path, redis_url)
-    backend = _backend(settings)
-    try:
-        count = retry_jobs(backend, settings, batch, wanted)
-    finally:
-        backend.close()
-    click.echo(f"batch {batch}: {count} jobs put back to run again ({', '.join(wanted)}); follow them with "
-               f"`cascade status {batch}`", err=True)
+        value = float(number)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use a number and s, m, h, d or w (7d)", param_hint="--since") from None
+    return value * units[unit]

@@ -22,6 +22,14 @@ def load(config_path: str | None, redis_url: str | None) -> Settings:
         raise click.ClickException(str(e)) from None
 
 
+def load_pipeline(settings: Settings, name: str):
+    """A pipeline by name or a ClickException."""
+    try:
+        return settings.pipeline(name)
+    except CascadeError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def redact(url: str) -> str:
     """A Redis URL without its password, for messages."""
     return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)

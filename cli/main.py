@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from cascade.cli.batches import budget, cancel, results, retry, stats, status
+from cascade.cli.batches import batches, results, status
 from cascade.cli.common import Group
+from cascade.cli.control import budget, cancel, retry
 from cascade.cli.init import init
-from cascade.cli.services import sim, worker
+from cascade.cli.services import ledger, sim, worker
+from cascade.cli.stats import stats
 from cascade.cli.submit import submit_command
 from cascade.cli.tuning import calibrate_command, replay_command
 
@@ -21,6 +23,6 @@ def cascade() -> None:
     """
 
 
-for command in (init, submit_command, status, results, stats, cancel, retry, budget, worker, sim, replay_command,
-                calibrate_command):
+for command in (init, submit_command, status, results, batches, stats, cancel, retry, budget, worker, ledger, sim,
+                replay_command, calibrate_command):
     cascade.add_command(command)

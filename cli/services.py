@@ -1,4 +1,4 @@
-"""Commands that run services: `cascade worker` and `cascade sim`."""
+"""Commands that run services: `cascade worker`, `cascade ledger` and `cascade sim`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 
 import click
 
@@ -112,3 +113,51 @@ def sim_exec(scenario: str, command: tuple[str, ...]) -> None:
     finally:
         server.stop()
     sys.exit(code)
+
+
+@click.command("ledger", cls=Command)
+@click.option("--once", is_flag=True, help="Move the records waiting now, then exit.")
+@click.option("--migrate", "migrate_only", is_flag=True, help="Only bring the database to the newest schema.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@config_option
+@redis_option
+def ledger(once: bool, migrate_only: bool, loglevel: str, config_path: str | None, redis_url: str | None) -> None:
+    """Run a ledger writer: result records from Redis into the ledger database, each exactly once.
+
+    Run one or more anywhere that reaches both; they share the work. Stops on SIGTERM or Ctrl-C.
+
+    Example: CASCADE_REDIS_URL=redis://localhost:6379/0 CASCADE_LEDGER_URL=postgresql://cascade@db/cascade cascade ledger
+    """
+    import signal
+
+    from cascade.ledger.database import LedgerError, open_ledger, redact_url
+    from cascade.ledger.writer import LedgerWriter
+    from cascade.worker.backends import redis_client
+
+    settings = load(config_path, redis_url)
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = open_ledger(settings)
+    try:
+        store.migrate()
+        if migrate_only:
+            click.echo(f"ledger {redact_url(store.url)}: schema is current", err=True)
+            return
+        if settings.embedded:
+            raise click.UsageError("the ledger service needs a Redis URL (--redis-url or CASCADE_REDIS_URL); in "
+                                   "embedded mode cascade-submit writes the ledger itself")
+        writer = LedgerWriter(settings, redis_client(settings), store)
+        writer.start()
+        click.echo(f"cascade ledger: {redact(settings.redis.url)} -> {redact_url(store.url)} as {writer.consumer}",
+                   err=True)
+        if once:
+            click.echo(f"cascade ledger: {writer.drain()} records moved", err=True)
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        writer.run(stop)
+        click.echo(f"cascade ledger: stopped after {writer.written} records", err=True)
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        store.close()

@@ -14,10 +14,13 @@ import orjson
 
 from cascade.cli.common import Command, config_option, load, redact, redis_option
 from cascade.errors import CascadeError, InputError
+from cascade.ledger.database import LedgerError, open_ledger, redact_url
+from cascade.ledger.writer import LedgerWriter
+from cascade.producer.collect import Collector, RecordWriter
 from cascade.producer.reader import check_encoding, read_rows
 from cascade.producer.report import format_summary, summarize
-from cascade.producer.results import ResultDrain
 from cascade.producer.submit import Submitter
+from cascade.producer.waiting import BatchWait
 from cascade.producer.watch import TierStopped, Watch
 from cascade.worker.store import BatchRecord
 
@@ -118,21 +121,16 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         say = lambda message: bar.bar.write(f"cascade-submit: {message}", file=sys.stderr)  # noqa: E731
         submitter = Submitter(backend, settings, pipe, batch, round((budget or 0) * 1e9),
                               on_reject=lambda err: rejected_out.write(err, bar), say=say)
-        run = submitter.open()
-        drain = watch = None
+        run = submitter.open(source if source != "-" else "stdin")
+        waiting = None
         if wait:
             sink = stack.enter_context(open(out, "ab" if run > 1 else "wb")) if out else sys.stdout.buffer
-            drain = ResultDrain(backend.store, batch, sink, waits=submitter.waits)
-            watch = Watch(backend, settings, pipe, say)
-
-            def tick() -> None:
-                drain.drain()
-                watch.check()
-                record = submitter.waits("reading the batch", lambda: backend.store.batch(batch))
-                if record is not None:
-                    bar.update(record)
-
-            submitter.while_waiting = tick
+            ledger = _open_ledger(settings)
+            stack.callback(ledger.close)
+            collector = Collector(ledger, batch, RecordWriter(sink),
+                                  LedgerWriter(settings, backend.store.redis, ledger))
+            waiting = BatchWait(submitter, collector, Watch(backend, settings, pipe, say), bar.update, say)
+            submitter.while_waiting = waiting.tick
         try:
             result = submitter.run(first_rows)
             click.echo(f"cascade-submit: batch {batch}: {result.published} jobs queued"
@@ -141,13 +139,16 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
                        + (f", {len(result.rejected)} rows rejected" if result.rejected else "")
                        + (" (the batch was cancelled: the rest of the input was not read)" if result.cancelled
                           else ""), err=True)
-            if drain is None:
+            if waiting is None:
                 click.echo(f"cascade-submit: follow it with: cascade status {batch} / cascade results {batch} "
                            "--follow", err=True)
                 record = None
             else:
-                record = _wait(drain, watch, bar, submitter, rows if source != "-" else None)
+                record = waiting.until_finished(rows if source != "-" else None)
+                bar.close()
         except TierStopped as e:
+            raise click.ClickException(str(e)) from None
+        except LedgerError as e:
             raise click.ClickException(str(e)) from None
         if record is not None:
             summary = summarize(record.counters, settings, pipe)
@@ -162,8 +163,8 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
                                f"budget_exhausted; raise it with `cascade budget {batch} USD` and run them with "
                                f"`cascade retry {batch} --status budget_exhausted`", err=True)
             if out:
-                skipped = f" ({drain.duplicates} duplicate records of re-run jobs skipped)" if drain.duplicates else ""
-                click.echo(f"results: {drain.written} records written to {out}{skipped}", err=True)
+                click.echo(f"results: {waiting.collector.out.written} records written to {out} (from the ledger, "
+                           f"{redact_url(ledger.url)})", err=True)
     if result.rejected:
         where = f" (listed in {rejected_out.path})" if rejected_out.path else ""
         click.echo(f"cascade-submit: {len(result.rejected)} rows rejected{where}", err=True)
@@ -182,27 +183,14 @@ def exit_status(record: BatchRecord | None, rejected: bool) -> int:
     return EXIT_REJECTED if rejected else 0
 
 
-def _wait(drain: ResultDrain, watch: Watch, bar: Progress, submitter: Submitter, rows) -> BatchRecord:
-    """Drain until the batch is finished. When Redis was unreachable at some point (it may have lost its last
-    second of writes), read the input again: rows it forgot are registered and run, the rest are skipped."""
-    def progress(record: BatchRecord) -> None:
-        watch.check()
-        bar.update(record)
-
-    drain.wait(on_progress=progress)
-    for _ in range(3):
-        if not submitter.waits.outages or rows is None:
-            break
-        submitter.waits.outages = 0
-        submitter.open()
-        again = submitter.run(rows())
-        if not again.published:
-            break
-        bar.bar.write(f"cascade-submit: {again.published} rows were lost by Redis and are submitted again",
-                      file=sys.stderr)
-        drain.wait(on_progress=progress)
-    bar.close()
-    return submitter.waits("reading the batch", lambda: drain.store.batch(drain.batch))
+def _open_ledger(settings):
+    """The ledger of these settings, migrated: a ClickException when it cannot be reached."""
+    ledger = open_ledger(settings)
+    try:
+        ledger.migrate()
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    return ledger
 
 
 def _peeked(rows, source: str):

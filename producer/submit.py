@@ -89,15 +89,18 @@ class Submitter:
         self.while_waiting = while_waiting or (lambda: None)
         self.waits = StoreWaits(say or log.warning)
         self.first_tier = pipeline.ladder[0]
+        self.source = ""
         self._run = 0
         self._budgeted = budget_nanos > 0
 
-    def open(self) -> int:
+    def open(self, source: str = "") -> int:
         """Create the batch, or reopen it to resume; return this run's number (1 for a new batch)."""
         store = self.backend.store
+        self.source = source or self.source
         # Not waited out: a Redis that does not answer before anything is submitted is a wrong URL or a
         # server that is down, and the user should hear so at once. Outages after this are waited out.
-        self._run = store.open_batch(self.batch, self.pipeline.name, self.budget_nanos, self.backend.mode)
+        self._run = store.open_batch(self.batch, self.pipeline.name, self.budget_nanos, self.backend.mode,
+                                     self.source)
         # an earlier run's budget still holds when this one gives none: every job needs its prompt estimate
         self._budgeted = self.waits("reading the batch", lambda: store.batch(self.batch)).budget_nanos > 0
         return self._run

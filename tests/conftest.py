@@ -75,3 +75,18 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this session's own (tests/postgres_server.py), dropped when it ends."""
+    from tests.postgres_server import TestDatabase
+
+    try:
+        database = TestDatabase()
+    except Exception as e:
+        pytest.fail(f"no PostgreSQL for the tests: {e}", pytrace=False)
+    try:
+        yield database.url
+    finally:
+        database.drop()

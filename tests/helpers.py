@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def copy_config(tmp_path: Path, edit: Callable[[str], str] | None = None, pipelines: Iterable[str] = ()) -> Path:
     """Copy config/ into tmp_path; `edit` rewrites cascade.toml's text; returns the cascade.toml path."""
     target = tmp_path / "config"
-    shutil.copytree(REPO / "config", target)
+    shutil.copytree(REPO / "config", target, ignore=shutil.ignore_patterns("cascade-ledger.db*", "__pycache__"))
     for extra in pipelines:
         shutil.copy(REPO / "tests" / "data" / extra, target / "pipelines" / extra)
     path = target / "cascade.toml"

@@ -132,10 +132,11 @@ def test_resubmitting_a_batch_id_enqueues_no_job_twice(tmp_path, redis_url, sim)
         delete_namespace(redis_url, ns)
 
 
-def test_status_needs_a_redis_url(tmp_path):
+def test_status_of_a_batch_that_is_nowhere_says_where_it_looked(tmp_path):
+    # embedded (no Redis URL): a finished batch is in the ledger, and this one is not
     result = invoke(cascade, ["status", "b1", "--config", str(copy_config(tmp_path))], {"CASCADE_REDIS_URL": ""})
-    assert result.exit_code == 2
-    assert "this command needs a Redis URL" in result.stderr
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: no batch 'b1' in the ledger"
 
 
 def test_every_command_has_help_with_an_example():

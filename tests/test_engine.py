@@ -13,7 +13,7 @@ from cascade.worker.engine import Engine
 from cascade.worker.leases import LeaseKeeper, ShuttingDown
 from cascade.worker.messages import JobPayload, JobRef
 from cascade.worker.runtime import ProviderPool
-from cascade.worker.store import BatchStore, JobStore, Registration, SweepStore, pack_counters
+from cascade.worker.store import BatchStore, JobStore, Registration, ResultStream, SweepStore, pack_counters
 from tests.helpers import ScriptedProvider, copy_config
 
 GOOD = '{"category": "billing", "priority": "low"}'
@@ -95,7 +95,7 @@ class Harness:
         return self.engine.handle(self.at(tier, history) if tier else JobRef("b1", "ticket-triage", "j1", 0, self.seq))
 
     def records(self):
-        return [orjson.loads(r) for _, r in self.store.read_results("b1")]
+        return [orjson.loads(r) for r in ResultStream(self.store.redis, "test").read_all()]
 
     def counters(self):
         return self.store.batch("b1").counters

@@ -24,6 +24,7 @@ from cascade.verifiers.registry import build_verifier
 from cascade.worker.config import load_settings
 from cascade.worker.leases import ShuttingDown
 from cascade.worker.limiter import RedisLimiter
+from cascade.worker.store import ResultStream
 from tests.helpers import ScriptedProvider, copy_config, one_job
 
 JOB = Job("j1", {"q": "2+2?"})
@@ -247,7 +248,7 @@ def test_the_engine_gives_verifiers_a_priced_model_call(tmp_path):
     assert engine.handle(ref) == "accepted"
     [judge_call] = providers["frontier"].calls
     assert judge_call.model == "claude-sonnet-4-6" and "charged twice" in judge_call.user
-    [(_, raw)] = store.read_results("b1")
+    [raw] = ResultStream(store.redis, "t").read_all()
     record = orjson.loads(raw)
     # cheap: 100 in / 10 out at 0.15 / 0.60; the judge on frontier: 100 in / 10 out at 3 / 15 per million
     assert record["cost_usd"] == pytest.approx(0.000021 + 0.00045)
@@ -280,7 +281,7 @@ def test_a_redis_outage_under_a_judge_call_waits_instead_of_escalating(tmp_path)
     # When the attempt runs, the judge's admission waits for Redis; stopping then gives the job back
     assert engine.handle(ref) == "released"
     # and the job was neither escalated nor recorded, and the judge was never asked
-    assert engine.dispatcher.sent == [] and store.read_results("b1") == [] and providers["frontier"].calls == []
+    assert engine.dispatcher.sent == [] and ResultStream(store.redis, "t").read_all() == [] and providers["frontier"].calls == []
     assert len(waits) == 3
 
 

@@ -12,7 +12,8 @@ import redis
 
 from cascade.models import Job
 from cascade.worker.messages import JobPayload
-from cascade.worker.store import BatchStore, JobStore, LeaseCode, Registration, SweepStore, pack_counters
+from cascade.worker.store import (BatchStore, JobStore, LeaseCode, Registration, ResultStream, SweepStore,
+                                  pack_counters)
 
 LADDER = ("cheap", "frontier")
 A = "b\x1fa"        # job a of batch b in the due sets
@@ -102,7 +103,7 @@ def test_a_job_is_leased_once_recorded_once_and_a_repeated_write_is_not_counted_
     assert take(s, "a", token="w3").code is LeaseCode.DONE
     info = s.batches.batch("b").counters
     assert info["done"] == 1 and info["cost"] == 100 and info["cost_duplicate"] == 70
-    assert [r for _, r in s.batches.read_results("b")] == [b'{"id":"a"}']
+    assert ResultStream(s.redis, s.keys.namespace).read_all() == [b'{"id":"a"}']
     assert s.batches.pipeline_counters("p")["cost"] == 100
     assert s.redis.zcard(s.keys.leased) == 0 and not s.redis.hexists(s.keys.live("b"), "a")
 
@@ -200,18 +201,20 @@ def test_retry_puts_failed_jobs_back_where_they_stopped_and_takes_their_final_co
     assert s.batches.retry_jobs("b", "p", LADDER, [(kept, payload)]) == []   # taken once
 
 
-def test_results_are_read_in_order_and_deleted_once_written(s):
+def test_results_reach_the_writers_group_in_order_and_leave_once_acked(s):
     run = s.batches.open_batch("b", "p")
     register(s, "b", [(str(i), i + 1) for i in range(5)], run)
+    stream = ResultStream(s.redis, s.keys.namespace)
+    stream.ensure_group()
     for i in range(5):
         take(s, str(i), token=f"w{i}")
         final(s, str(i), f"w{i}", record=str(i).encode())
-    first = s.batches.read_results("b", count=3)
+    first = stream.read("writer-1", count=3, block_ms=0)
     assert [r for _, r in first] == [b"0", b"1", b"2"]
-    rest = s.batches.read_results("b", after=first[-1][0])
-    assert [r for _, r in rest] == [b"3", b"4"]
-    s.batches.delete_results("b", [i for i, _ in first])
-    assert [r for _, r in s.batches.read_results("b")] == [b"3", b"4"]
+    assert [r for _, r in stream.read("writer-2", block_ms=0)] == [b"3", b"4"]
+    stream.ack([i for i, _ in first])
+    assert stream.length() == 2
+    assert s.batches.keys.ledger_batches and stream.batches_to_sync() == ["b"]
 
 
 def test_batch_ids_that_would_make_unsafe_keys_are_refused(s):
@@ -236,25 +239,25 @@ def test_counters_travel_packed_and_free_text_names_cannot_break_them(s):
 def test_a_finished_batch_expires_after_its_retention_and_a_resubmission_keeps_it(s, last):
     # Given stores that keep finished batches for an hour, and a batch of two jobs
     s.batches.retention_ms = s.jobs.retention_ms = 3_600_000
-    keys = [s.keys.batch("b"), s.keys.jobs("b"), s.keys.results("b")]
+    keys = [s.keys.batch("b"), s.keys.jobs("b")]
     s.batches.open_batch("b", "p")
     register(s, "b", [("a", 1), ("c", 2)])
     if last == "job":
         s.batches.mark_submitted("b", 0)
     take(s, "a", token="w1")
     final(s, "a", "w1")
-    assert [s.redis.pttl(k) for k in keys] == [-1, -1, -1]      # not finished: kept
+    assert [s.redis.pttl(k) for k in keys] == [-1, -1]          # not finished: kept
     # When the last job finishes (or the producer marks the input read after it did)
     take(s, "c", token="w2")
     final(s, "c", "w2")
     if last == "producer":
         assert s.redis.pttl(keys[0]) == -1
         s.batches.mark_submitted("b", 0)
-    # Then the record, the job states and the results expire together, an hour later
+    # Then the record and the job states expire together, an hour later
     assert all(3_590_000 < s.redis.pttl(k) <= 3_600_000 for k in keys)
     # and a resubmission under the same id makes them permanent again until it finishes
     s.batches.open_batch("b", "p")
-    assert [s.redis.pttl(k) for k in keys] == [-1, -1, -1]
+    assert [s.redis.pttl(k) for k in keys] == [-1, -1]
 
 
 def test_workers_register_beat_and_vanish_when_their_heartbeat_stops(s):

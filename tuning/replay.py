@@ -8,7 +8,7 @@ accuracy, the last tier alone, and the oracle that stops at the first correct ti
 
 from __future__ import annotations
 
-import io
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +19,6 @@ import orjson
 from cascade.errors import ConfigError
 from cascade.producer.reader import RawRow
 from cascade.producer.report import summarize
-from cascade.producer.results import ResultDrain
 from cascade.producer.submit import Submitter
 from cascade.recorded import RecordedRow, RecordedSet
 from cascade.verifiers import build_chain
@@ -27,6 +26,7 @@ from cascade.worker.config.schema import Pipeline, RedisConfig, Settings, Tier
 from cascade.worker.pricing import cost_nanos, to_usd
 from cascade.worker.providers.replay import ReplayProvider
 from cascade.worker.runtime import ProviderPool
+from cascade.worker.store import ResultStream
 
 #: the job fields a recorded row provides to a pipeline's prompt template
 ROW_FIELDS = ("system", "user")
@@ -76,7 +76,6 @@ def run_pipeline(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
     providers = ProviderPool(run_settings, {name: ReplayProvider(recorded) for name in run_settings.tiers})
     backend = open_backend(run_settings, providers=providers)
     batch = f"replay-{uuid.uuid4().hex[:12]}"
-    sink = io.BytesIO()
     jobs = [RawRow(line, {"id": row.id, "system": row.system, "user": row.user})
             for line, row in enumerate(rows if rows is not None else recorded.rows, start=1)]
     try:
@@ -85,12 +84,14 @@ def run_pipeline(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
         result = submitter.run(jobs)
         if result.rejected:
             raise ConfigError(f"{recorded.source}: {result.rejected[0]}")
-        ResultDrain(backend.store, batch, sink).wait(poll_s=0.02)
+        while not backend.store.batch(batch).finished:     # an in-process run: no ledger, the stream is read whole
+            time.sleep(0.02)
         counters = backend.store.batch(batch).counters
+        raw = ResultStream(backend.store.redis, run_settings.redis.namespace).read_all()
     finally:
         backend.close()
     order = {job.value["id"]: i for i, job in enumerate(jobs)}
-    records = sorted((orjson.loads(line) for line in sink.getvalue().splitlines()), key=lambda r: order[r["id"]])
+    records = sorted((orjson.loads(record) for record in raw), key=lambda r: order[r["id"]])
     return records, counters
 
 

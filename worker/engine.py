@@ -297,6 +297,11 @@ class Engine:
             record["reason"] = reason
         if step.payload.retry_round:
             record["retry_round"] = step.payload.retry_round
+        if step.pipeline.tags:
+            fields = step.payload.job.fields
+            record["tags"] = {tag: fields.get(tag) for tag in step.pipeline.tags}
+        record["counterfactual_usd"] = to_usd(counterfactual)
+        record["finished_at"] = round(time.time(), 3)
         all_counters = (counters or []) + final_counters(status, final_tier, counterfactual)
         keep = f"{status}|{ref.tier_index}|{final_tier}|{counterfactual}" if status in RETRYABLE else ""
         recorded = self.store(f"record {ref.label}", lambda: self.jobs.record_final(

@@ -28,6 +28,7 @@ ENV_KEYS = {
     "CASCADE_VISIBILITY_TIMEOUT_S": ("redis", "visibility_timeout_s"),
     "CASCADE_HIGH_WATER": ("producer", "high_water"),
     "CASCADE_MAX_RETRIES": ("engine", "max_retries"),
+    "CASCADE_LEDGER_URL": ("ledger", "url"),
 }
 TIER_ENV_PREFIX = "CASCADE_TIER_"   # CASCADE_TIER_<NAME>_<KEY>=value, e.g. CASCADE_TIER_CHEAP_CONCURRENCY=8
 

@@ -59,6 +59,13 @@ class ProducerConfig(Frozen):
     max_row_bytes: int = Field(65536, ge=64)  # a row larger than this is rejected, not sent to a model
 
 
+class LedgerConfig(Frozen):
+    """Where result records, batches and their figures are kept for good."""
+
+    url: str = ""                        # empty: SQLite file cascade-ledger.db beside cascade.toml; postgresql://...
+    results_high_water: int = Field(50_000, ge=100)  # records waiting in Redis for the ledger before producers wait
+
+
 class Price(Frozen):
     """USD per million tokens for one model."""
 
@@ -144,6 +151,7 @@ class Pipeline(Frozen):
     labels: tuple[str, ...] = ()
     ladder: tuple[str, ...] = Field(min_length=1)
     on_last_failure: Literal["accept_flagged", "fail"] = "accept_flagged"
+    tags: tuple[str, ...] = ()           # input fields copied into each result (team, feature...): `stats --by`
     verifiers: dict[str, tuple[dict[str, Any], ...]] = Field(default_factory=dict)  # "default" or a tier name
     source: Path = Path(".")            # the file it came from (set by the loader)
 
@@ -162,6 +170,7 @@ class Settings(Frozen):
     redis: RedisConfig = RedisConfig()
     engine: EngineConfig = EngineConfig()
     producer: ProducerConfig = ProducerConfig()
+    ledger: LedgerConfig = LedgerConfig()
     tiers: dict[str, Tier] = Field(default_factory=dict)
     prices: dict[str, Price] = Field(default_factory=dict)
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)

@@ -26,6 +26,7 @@ class BatchRecord:
     mode: str                       # "embedded" | "distributed"
     created: float                  # epoch seconds of the first submission
     counters: Mapping[str, int]     # every integer field: total, done, cost, attempts:<tier>, ...
+    source: str = ""                # the input it was submitted from (a file name)
 
     @classmethod
     def from_hash(cls, batch: str, raw: Mapping[bytes, bytes]) -> BatchRecord:
@@ -39,7 +40,7 @@ class BatchRecord:
             else:
                 words[k.decode()] = text
         return cls(batch, words.get("pipeline", ""), words.get("state", ""), words.get("mode", ""),
-                   float(words.get("created", 0) or 0), MappingProxyType(counters))
+                   float(words.get("created", 0) or 0), MappingProxyType(counters), words.get("source", ""))
 
     @property
     def total(self) -> int:
@@ -97,8 +98,9 @@ class BatchStore:
 
     # -- batches -------------------------------------------------------------------------
 
-    def open_batch(self, batch: str, pipeline: str, budget_nanos: int = 0, mode: str = "") -> int:
-        """Create the batch (or reopen it for the same pipeline); return this submission's run number."""
+    def open_batch(self, batch: str, pipeline: str, budget_nanos: int = 0, mode: str = "", source: str = "") -> int:
+        """Create the batch (or reopen it for the same pipeline); return this submission's run number.
+        `source` names the input (a file name) in the batch's ledger row."""
         check_batch_id(batch)
         key = self.keys.batch(batch)
         existing = self.redis.hmget(key, "pipeline", "state")
@@ -110,6 +112,9 @@ class BatchStore:
         pipe.hsetnx(key, "pipeline", pipeline)
         pipe.hsetnx(key, "created", f"{time.time():.3f}")
         pipe.hset(key, mapping={"state": SUBMITTING, "mode": mode})
+        if source:
+            pipe.hset(key, "source", source)
+        pipe.sadd(self.keys.ledger_batches, batch)       # the ledger writers keep its row up to date
         if budget_nanos:
             pipe.hset(key, "budget", budget_nanos)
         runs_at = len(pipe)
@@ -168,26 +173,15 @@ class BatchStore:
         args: list[Any] = [len(ladder), batch, 0]
         for kept, payload in jobs:
             args += (kept.job_id, kept.raw, payload)
-        others = [self.keys.results(batch)]
+        others = [self.keys.live(batch), self.keys.payload(batch)]
         args[2] = len(others)
         keys = [self.keys.jobs(batch), self.keys.batch(batch), self.keys.live(batch), self.keys.payload(batch),
                 self.keys.kept(batch), self.keys.pipeline(pipeline), *map(self.keys.queued, ladder),
                 *map(self.keys.tier_seq, ladder), *others]
         out = self._retry(keys=keys, args=args)
+        if out:
+            self.redis.sadd(self.keys.ledger_batches, batch)      # not finished any more: its ledger row follows
         return [(out[i].decode(), int(out[i + 1]), int(out[i + 2])) for i in range(0, len(out), 3)]
-
-    # -- results ---------------------------------------------------------------------------
-
-    def read_results(self, batch: str, after: bytes = b"-", count: int = 1000) -> list[tuple[bytes, bytes]]:
-        """Up to `count` result records after stream id `after` (exclusive), as (id, record)."""
-        start = after if after == b"-" else b"(" + after
-        entries = self.redis.xrange(self.keys.results(batch), min=start, count=count)
-        return [(entry_id, fields[b"r"]) for entry_id, fields in entries]
-
-    def delete_results(self, batch: str, ids: Sequence[bytes]) -> None:
-        """Drop records that have been written out, so the stream stays bounded."""
-        if ids:
-            self.redis.xdel(self.keys.results(batch), *ids)
 
     def queue_depth(self, queue_name: str) -> int:
         """Messages waiting on a tier's queue, at every priority."""

@@ -76,7 +76,7 @@ class JobStore:
         """Count the attempt (tier_index -1: no call was made) and finalize the job with its result record.
         `keep` ("status|step|final tier|counterfactual") keeps a job that can be retried."""
         k = self.keys
-        keys = [k.jobs(batch), k.batch(batch), k.results(batch), k.pipeline(pipeline), k.live(batch),
+        keys = [k.jobs(batch), k.batch(batch), k.results, k.pipeline(pipeline), k.live(batch),
                 k.payload(batch), k.paid(batch), k.kept(batch), k.leased, k.leased, k.leased]
         args = [job_id, tier_index, token, cost_nanos, "final", record, counters, self.retention_ms,
                 member(batch, job_id), keep]
@@ -86,7 +86,7 @@ class JobStore:
                           next_tier: str, cost_nanos: int, payload: bytes, counters: str) -> Recorded:
         """Count the attempt and move the job to `next_tier` with its new payload; `seq` is its message's number."""
         k = self.keys
-        keys = [k.jobs(batch), k.batch(batch), k.results(batch), k.pipeline(pipeline), k.live(batch),
+        keys = [k.jobs(batch), k.batch(batch), k.results, k.pipeline(pipeline), k.live(batch),
                 k.payload(batch), k.paid(batch), k.kept(batch), k.leased, k.queued(next_tier), k.tier_seq(next_tier)]
         args = [job_id, tier_index, token, cost_nanos, "escalate", payload, counters, self.retention_ms,
                 member(batch, job_id), ""]

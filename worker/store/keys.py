@@ -43,8 +43,10 @@ class Keys:
       batch:{id}:paid       hash: job id -> a paid completion not yet recorded (a store failure after the call)
       batch:{id}:kept       hash: job id -> how a failed / budget_exhausted / cancelled job ended, and its
                             payload, so `cascade retry` can run it again
-      batch:{id}:results    stream: one result record per finished job
     Per namespace
+      results               stream: one result record per finished job, read by the ledger writers'
+                            consumer group (`ledger`) and deleted once the ledger committed it
+      ledger:batches        set: batches whose ledger row is not final yet (the writers sync them)
       pipeline:{name}       hash: the same counters summed over every batch of the pipeline
       leased                sorted set: batch SEP job -> lease expiry (ms); renewed by the holder's heartbeat
       queued:{tier}         sorted set: batch SEP job -> the publish sequence number of its message
@@ -84,14 +86,20 @@ class Keys:
         """Jobs that ended without an accepted answer, kept for `cascade retry`."""
         return f"{self.namespace}:batch:{batch}:kept"
 
-    def results(self, batch: str) -> str:
-        """The results stream of a batch."""
-        return f"{self.namespace}:batch:{batch}:results"
+    @property
+    def results(self) -> str:
+        """The results stream of the namespace (every batch's records, until the ledger has them)."""
+        return f"{self.namespace}:results"
+
+    @property
+    def ledger_batches(self) -> str:
+        """Batches whose ledger row is not final yet."""
+        return f"{self.namespace}:ledger:batches"
 
     def batch_keys(self, batch: str) -> list[str]:
         """Every key of one batch (what expires `retention_days` after it finishes)."""
         return [self.batch(batch), self.jobs(batch), self.live(batch), self.payload(batch), self.paid(batch),
-                self.kept(batch), self.results(batch)]
+                self.kept(batch)]
 
     def pipeline(self, pipeline: str) -> str:
         """Counters of a pipeline over all its batches."""

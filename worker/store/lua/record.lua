@@ -1,6 +1,6 @@
 -- Record one attempt of a leased job, exactly once: count it, release its reservation, and either finalize
 -- the job (result record) or move it to the next tier (queued there with a new sequence number).
--- KEYS[1] jobs hash, KEYS[2] batch hash, KEYS[3] results stream, KEYS[4] pipeline counters, KEYS[5] live,
+-- KEYS[1] jobs hash, KEYS[2] batch hash, KEYS[3] the namespace's results stream, KEYS[4] pipeline counters, KEYS[5] live,
 -- KEYS[6] payload, KEYS[7] paid, KEYS[8] kept, KEYS[9] leased set, KEYS[10] next tier's queued set,
 -- KEYS[11] next tier's sequence counter (KEYS[10..11]: any key when finalizing)
 -- ARGV[1] job id, ARGV[2] tier index of the attempt (-1: no call was made), ARGV[3] lease token,
@@ -54,7 +54,7 @@ local retention = tonumber(ARGV[8])
 if retention > 0 then
   local b = redis.call('HMGET', KEYS[2], 'state', 'total')
   if (b[1] == 'submitted' or b[1] == 'cancelled') and done_jobs >= tonumber(b[2] or '0') then
-    for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7], KEYS[8]}) do
+    for _, key in ipairs({KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8]}) do
       redis.call('PEXPIRE', key, retention)
     end
   end
