@@ -41,14 +41,30 @@ def emit(result: dict) -> None:
     sys.stdout.flush()
 
 
-def redis_url() -> str:
-    """CASCADE_TEST_REDIS_URL, else the local Redis; exits with a message when neither answers."""
-    url = os.environ.get("CASCADE_TEST_REDIS_URL", "").strip() or "redis://127.0.0.1:6379/0"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except (redis.RedisError, OSError) as e:
-        sys.exit(f"benchmark: no Redis at {url} ({e}); start one or set CASCADE_TEST_REDIS_URL")
-    return url
+def redis_url(appendonly: bool = False) -> str:
+    """CASCADE_TEST_REDIS_URL, else a private redis-server of this run (stopped when the benchmark exits), so a
+    benchmark never shares a Redis with anything else; `appendonly` gives it AOF everysec, as in production."""
+    url = os.environ.get("CASCADE_TEST_REDIS_URL", "").strip()
+    if url:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        except (redis.RedisError, OSError) as e:
+            sys.exit(f"benchmark: no Redis at {url} ({e})")
+        return url
+    import atexit
+    import tempfile
+
+    from tests.redis_server import PrivateRedis
+
+    folder = Path(tempfile.mkdtemp(prefix="cascade-bench-redis-"))
+    server = PrivateRedis(folder, appendonly=appendonly).start()
+
+    def stop() -> None:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(stop)
+    return server.url
 
 
 class BenchConfig:

@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--counter-file", type=Path)
     args = parser.parse_args()
 
-    from cascade.worker.backends import worker_engine
+    from cascade.worker.backends import worker_runtime
     from cascade.worker.celery_app import create_app
     from cascade.worker.config import load_settings
     from cascade.worker.runtime import ProviderPool
@@ -95,22 +95,15 @@ def main() -> None:
         tier = settings.tiers[args.tier]
         providers = ProviderPool(settings, {tier.name: InstantProvider(tier.model, args.pass_rate)})
         box: dict[str, object] = {}
-        lock = threading.Lock()
-
-        def get_engine() -> object:
-            with lock:
-                if "engine" not in box:
-                    box["engine"] = worker_engine(settings, app, tier.name, providers)
-                return box["engine"]
-
-        app = create_app(settings, get_engine)
-        get_engine()
+        app = create_app(settings, lambda: box["runtime"].engine)
+        runtime = box["runtime"] = worker_runtime(settings, app, tier.name, args.concurrency, providers)
+        runtime.start()         # heartbeat and reconciler, as `cascade worker` runs them
         queue, name = tier.queue_name, tier.name
     from celery.signals import worker_ready
 
     # Task logs at WARNING, so per-task INFO lines cost neither run; announce readiness ourselves.
     worker_ready.connect(lambda **_: print(READY, flush=True), weak=False)
-    # the arguments `cascade worker` passes (producer/cli_ops.py)
+    # the arguments `cascade worker` passes (cli/services.py)
     app.worker_main([
         "worker", "--queues", queue, "--pool", "threads", "--concurrency", str(args.concurrency),
         "--prefetch-multiplier", "1", "--loglevel", "WARNING", "--hostname", f"{name}@%h-{os.getpid()}",

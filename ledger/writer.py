@@ -23,9 +23,8 @@ from cascade.worker.store import BatchRecord, BatchStore, ResultStream, StoreErr
 
 log = logging.getLogger("cascade.ledger")
 
-CLAIM_IDLE_S = 30.0     # records another writer read and did not ack this long ago are taken over (it died)
 SYNC_EVERY_S = 1.0      # how often batch rows are refreshed from Redis
-CLAIM_EVERY_S = 5.0
+CLAIM_EVERY_S = 1.0     # how often abandoned records are looked for (they are taken over once claim_idle_s old)
 
 
 def new_consumer() -> str:
@@ -37,14 +36,14 @@ class LedgerWriter:
     """Moves records from one namespace's results stream into a ledger; one per process is plenty."""
 
     def __init__(self, settings: Settings, redis: Any, ledger: Ledger, consumer: str | None = None,
-                 chunk: int = 1000, claim_idle_s: float = CLAIM_IDLE_S):
+                 chunk: int = 1000, claim_idle_s: float | None = None):
         self.settings = settings
         self.ledger = ledger
         self.stream = ResultStream(redis, settings.redis.namespace)
         self.store = BatchStore(redis, settings.redis.namespace)
         self.consumer = consumer or new_consumer()
         self.chunk = chunk
-        self.claim_idle_ms = round(claim_idle_s * 1000)
+        self.claim_idle_ms = round((settings.ledger.claim_idle_s if claim_idle_s is None else claim_idle_s) * 1000)
         self.written = 0
         self._synced = 0.0
         self._claimed = 0.0

@@ -19,7 +19,7 @@ from cascade.worker.config.schema import Pipeline, Settings
 from cascade.worker.messages import JobPayload, JobRef
 from cascade.worker.pricing import estimate_tokens
 from cascade.worker.prompts import render
-from cascade.worker.store import Registration
+from cascade.worker.store import Registration, ResultStream
 from cascade.worker.store.batches import CANCELLED
 from cascade.worker.store_retry import PASSING
 
@@ -88,6 +88,7 @@ class Submitter:
         self.on_reject = on_reject or (lambda error: None)
         self.while_waiting = while_waiting or (lambda: None)
         self.waits = StoreWaits(say or log.warning)
+        self.results = ResultStream(backend.store.redis, settings.redis.namespace)
         self.first_tier = pipeline.ladder[0]
         self.source = ""
         self._run = 0
@@ -172,11 +173,19 @@ class Submitter:
                 time.sleep(0.5 * attempt)
 
     def _wait_below_high_water(self) -> None:
-        # Backpressure: Redis holds a bounded number of messages whatever the batch size.
+        # Backpressure: Redis holds a bounded number of messages and waiting results whatever the batch size.
         high = self.settings.producer.high_water
         while self.waits("reading the queue", lambda: self.backend.backlog(self.first_tier)) >= high:
             self.while_waiting()
             time.sleep(0.05)
+        results_high, said = self.settings.ledger.results_high_water, 0.0
+        while self.waits("reading the results stream", self.results.length) >= results_high:
+            if time.monotonic() - said > 60:
+                said = time.monotonic()
+                self.waits.say(f"{results_high} or more results wait in Redis for the ledger; submission pauses "
+                               "until they are written (is `cascade ledger` running?)")
+            self.while_waiting()
+            time.sleep(0.2)
 
     def _reject(self, result: SubmitResult, error: InputError) -> None:
         result.rejected.append(error)

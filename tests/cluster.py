@@ -25,6 +25,18 @@ SCENARIO = REPO / "examples" / "scenario.toml"
 PASSES_STATIC_CHECKS = {"correct", "wrong"}   # malformed, hedge and truncated fail the ticket-triage chain
 
 
+def fast_scenario(factor: int = 10):
+    """The demo scenario with every latency divided by `factor`: the same answers, a shorter test."""
+    import re
+
+    from cascade.simulator import parse_scenario
+
+    text = re.sub(r"latency_ms = \[(\d+), (\d+)\]",
+                  lambda m: f"latency_ms = [{int(m.group(1)) // factor}, {int(m.group(2)) // factor}]",
+                  SCENARIO.read_text())
+    return parse_scenario(text, str(SCENARIO))
+
+
 def cluster_config(tmp_path: Path, visibility_timeout_s: int = 3600) -> tuple[Path, str]:
     """A copy of config/ with its own namespace and queue names, so tests share a Redis safely."""
     ns = f"t{uuid.uuid4().hex[:10]}"

@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from tests import debian
+
 ENV_URL = "CASCADE_TEST_POSTGRES_URL"
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -59,10 +61,8 @@ def find_admin_url() -> str | None:
 def _initdb() -> str | None:
     found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)),
                                            None)
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+    if found or not debian.install("postgresql"):
         return found
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "install", "-y", "postgresql"], env=env, check=False, capture_output=True)
     return next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None)
 
 

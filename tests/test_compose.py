@@ -21,6 +21,7 @@ import yaml
 
 from cascade.cli.main import cascade
 from cascade.cli.submit import submit_command
+from tests import debian
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -111,8 +112,8 @@ def test_secrets_only_come_from_the_host_environment(services):
     for name, service in services.items():
         for var, value in environment(service).items():
             if var.endswith("_KEY") or "SECRET" in var or "TOKEN" in var or "PASSWORD" in var:
-                # ${VAR}, ${VAR:-} or ${VAR-}: interpolated from the host; never a literal value
-                assert value is None or re.fullmatch(rf"\$\{{{var}(:?-)?\}}", str(value)), (
+                # ${VAR}, ${VAR:-default}: interpolated from the host; never a literal value
+                assert value is None or re.fullmatch(r"\$\{[A-Z_]+(:?-[^}]*)?\}", str(value)), (
                     f"{name}: {var} must come from the environment, not {value!r}")
 
 
@@ -173,6 +174,8 @@ def compose_command() -> list[str] | None:
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
         return [docker, "compose"]
     legacy = shutil.which("docker-compose")
+    if legacy is None and debian.install("docker-compose"):
+        legacy = shutil.which("docker-compose")
     return [legacy] if legacy else None
 
 
@@ -186,3 +189,18 @@ def test_docker_compose_config_validates(env_file):
     result = subprocess.run([*command, "-f", str(COMPOSE), *options, "config", "-q"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_ledger_service_writes_to_the_postgres_service_every_process_is_given(services):
+    ledger = services["ledger"]
+    assert parse(ledger, argv(ledger)).command.name == "ledger"
+    assert {name: d["condition"] for name, d in ledger["depends_on"].items()} == {
+        "redis": "service_healthy", "postgres": "service_healthy"}
+    postgres = services["postgres"]
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert any(str(v).endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    env = environment(postgres)
+    url = environment(ledger)["CASCADE_LEDGER_URL"]
+    assert url == (f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/"
+                   f"{env['POSTGRES_DB']}")
+    assert environment(services["submit"])["CASCADE_LEDGER_URL"] == url     # --wait reads results from it

@@ -35,7 +35,12 @@ def sim():
 
 def fast_reconciler(text: str) -> str:
     """Config edits for fault tests: short leases and sweeps, so recovery shows within seconds."""
-    return text.replace("backoff_max_s = 20.0", "backoff_max_s = 1.0\nlease_s = 3\nheartbeat_s = 0.5\nsweep_s = 0.5")
+    edits = {"backoff_max_s = 20.0": "backoff_max_s = 1.0", "lease_s = 15": "lease_s = 3",
+             "heartbeat_s = 2": "heartbeat_s = 0.5", "sweep_s = 2 ": "sweep_s = 0.5 "}
+    for old, new in edits.items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
 
 
 def counters_match_records(summary: dict, records: list[dict]) -> None:

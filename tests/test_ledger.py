@@ -18,8 +18,8 @@ from cascade.ledger.writer import LedgerWriter
 from cascade.simulator import SimServer, load_scenario
 from cascade.worker.config import load_settings
 from cascade.worker.store import Keys, ResultStream
-from tests.cluster import (BIN, SCENARIO, Workers, cascade_env, cluster_config, delete_namespace, read_jsonl, run_cli,
-                           write_tickets)
+from tests.cluster import (BIN, SCENARIO, Workers, cascade_env, cluster_config, delete_namespace, fast_scenario,
+                           read_jsonl, run_cli, write_tickets)
 from tests.helpers import copy_config
 from tests.redis_server import PrivateRedis
 
@@ -134,8 +134,9 @@ def test_follow_on_a_batch_that_does_not_exist_says_so_instead_of_waiting(tmp_pa
 def test_the_ledger_writer_killed_at_random_points_still_stores_each_record_once(tmp_path, redis_url, database):
     # Given a 2,000-job batch running on real workers, and a `cascade ledger` service on SQLite or PostgreSQL
     config, ns = cluster_config(tmp_path)
+    config.write_text(config.read_text().replace("[ledger]\n", "[ledger]\nclaim_idle_s = 2\n", 1))
     url = database
-    with SimServer(load_scenario(SCENARIO)) as sim:
+    with SimServer(fast_scenario()) as sim:
         env = {**cascade_env(redis_url, sim.url), "CASCADE_LEDGER_URL": url}
         rows = write_tickets(tmp_path / "jobs.jsonl", 2000)
         workers = Workers(config, env, tmp_path)

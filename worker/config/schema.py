@@ -64,6 +64,7 @@ class LedgerConfig(Frozen):
 
     url: str = ""                        # empty: SQLite file cascade-ledger.db beside cascade.toml; postgresql://...
     results_high_water: int = Field(50_000, ge=100)  # records waiting in Redis for the ledger before producers wait
+    claim_idle_s: float = Field(30.0, gt=0)  # a writer's unacked records are taken over this long after it died
 
 
 class Price(Frozen):
