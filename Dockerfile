@@ -14,6 +14,7 @@ COPY cli ./cli
 COPY config ./config
 COPY examples ./examples
 COPY ledger ./ledger
+COPY ops ./ops
 COPY producer ./producer
 COPY simulator ./simulator
 COPY tuning ./tuning

@@ -23,6 +23,21 @@ def cascade() -> None:
     """
 
 
-for command in (init, submit_command, status, results, batches, stats, cancel, retry, budget, worker, ledger, sim,
-                replay_command, calibrate_command):
+COMMANDS = (
+    init,
+    submit_command,
+    status,
+    results,
+    batches,
+    stats,
+    cancel,
+    retry,
+    budget,
+    worker,
+    ledger,
+    sim,
+    replay_command,
+    calibrate_command,
+)
+for command in COMMANDS:
     cascade.add_command(command)

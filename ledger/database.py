@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cascade.errors import ConfigError
-from cascade.ledger.schema import batches, results, tier_figures
+from cascade.ledger.schema import alerts, batches, results, schedule_runs, shadow_pairs, tier_figures
 
 DEFAULT_FILE = "cascade-ledger.db"     # beside cascade.toml when [ledger] url is empty
 
@@ -151,6 +151,58 @@ class Ledger:
         else:
             from sqlalchemy.dialects.sqlite import insert
         return insert(table)
+
+    # -- operations: alerts, shadow pairs, scheduled runs -------------------------------------
+
+    def record_alert(self, row: dict[str, Any]) -> None:
+        """Keep an alert that fired or cleared (`cascade alerts` reads them back)."""
+        self._write(alerts.insert(), [{"at": time.time(), **row}], "alert")
+
+    def alerts(self, since: float = 0.0, pipeline: str | None = None) -> list[dict[str, Any]]:
+        """Alerts at or after `since` (epoch s), oldest first."""
+        query = select(alerts).where(alerts.c.at >= since).order_by(alerts.c.id)
+        return self._all(query.where(alerts.c.pipeline == pipeline) if pipeline else query)
+
+    def write_shadow_pairs(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Store shadow pairs once each (a pair delivered twice is stored once); return how many are new."""
+        insert = (self._insert(shadow_pairs).on_conflict_do_nothing(
+            index_elements=[shadow_pairs.c.batch_id, shadow_pairs.c.job_id]).returning(shadow_pairs.c.job_id))
+        return self._write(insert, [{"at": time.time(), **r} for r in rows], "shadow pairs") if rows else 0
+
+    def shadow_pairs(self, pipeline: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """A pipeline's shadow pairs at or after `since`, oldest first."""
+        return self._all(select(shadow_pairs).where(shadow_pairs.c.pipeline == pipeline, shadow_pairs.c.at >= since)
+                         .order_by(shadow_pairs.c.at))
+
+    def claim_schedule_run(self, schedule: str, run_date: str, batch_id: str) -> bool:
+        """Record that a schedule's run for a date starts; False when a run for that date exists already."""
+        now = time.time()
+        insert = (self._insert(schedule_runs).on_conflict_do_nothing(
+            index_elements=[schedule_runs.c.schedule, schedule_runs.c.run_date]).returning(schedule_runs.c.schedule))
+        row = {"schedule": schedule, "run_date": run_date, "batch_id": batch_id, "state": "submitting", "reason": "",
+               "started_at": now, "updated_at": now}
+        return self._write(insert, [row], f"schedule run {schedule} {run_date}") == 1
+
+    def update_schedule_run(self, schedule: str, run_date: str, state: str, reason: str = "") -> None:
+        """Set a scheduled run's state (submitted | failed) and why."""
+        statement = (schedule_runs.update()
+                     .where(schedule_runs.c.schedule == schedule, schedule_runs.c.run_date == run_date)
+                     .values(state=state, reason=reason, updated_at=time.time()))
+        self._write(statement, None, f"schedule run {schedule} {run_date}")
+
+    def schedule_runs(self, schedule: str | None = None) -> list[dict[str, Any]]:
+        """Scheduled runs, newest date first."""
+        query = select(schedule_runs).order_by(schedule_runs.c.run_date.desc(), schedule_runs.c.schedule)
+        return self._all(query.where(schedule_runs.c.schedule == schedule) if schedule else query)
+
+    def _write(self, statement, rows: Sequence[dict[str, Any]] | None, what: str) -> int:
+        """Run one write in its own transaction; the rows it returned (or touched)."""
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(statement, list(rows)) if rows is not None else conn.execute(statement)
+                return len(result.all()) if result.returns_rows else result.rowcount
+        except SQLAlchemyError as e:
+            raise LedgerError(f"ledger {redact_url(self.url)}: cannot write {what}: {_short(e)}") from None
 
     # -- reads -----------------------------------------------------------------------------
 

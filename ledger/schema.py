@@ -64,3 +64,49 @@ tier_figures = Table(
     Column("latency_p50_ms", Float),
     Column("latency_p95_ms", Float),
 )
+
+#: every alert fired or cleared (SLO drift, cost creep, shadow agreement, a scheduled run that failed)
+alerts = Table(
+    "alerts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),               # epoch seconds
+    Column("kind", String(40), nullable=False),                    # escalation_drift | cost_creep | shadow_agreement
+    #                                                                 | schedule_failed | audit_drift
+    Column("state", String(10), nullable=False),                   # fired | cleared
+    Column("pipeline", String(200), nullable=False, default=""),
+    Column("tier", String(200), nullable=False, default=""),
+    Column("baseline", Float),
+    Column("value", Float),
+    Column("window", Text, nullable=False, default=""),            # e.g. "last 2000 attempts"
+    Column("message", Text, nullable=False),
+    Column("check", Text, nullable=False, default=""),             # one line: what to check
+    Column("details", JSON),
+)
+
+#: an answer accepted below the last tier, re-run on the last tier: labelled data for recalibration
+shadow_pairs = Table(
+    "shadow_pairs", metadata,
+    Column("batch_id", String(128), primary_key=True),
+    Column("job_id", String(256), primary_key=True),
+    Column("pipeline", String(200), nullable=False, index=True),
+    Column("tier", String(200), nullable=False),                   # the tier that accepted
+    Column("shadow_tier", String(200), nullable=False),
+    Column("output", Text),
+    Column("shadow_output", Text),
+    Column("agree", Integer, nullable=False),                      # 1 | 0
+    Column("cost_nanos", BigInteger, nullable=False, default=0),   # the shadow call: reported apart from the batch
+    Column("attempt", JSON),                                       # the accepting attempt (confidence, samples...)
+    Column("at", Float, nullable=False, index=True),
+)
+
+#: one row per schedule and run date: what a retried tick or a second beat finds and does not submit again
+schedule_runs = Table(
+    "schedule_runs", metadata,
+    Column("schedule", String(200), primary_key=True),
+    Column("run_date", String(10), primary_key=True),              # YYYY-MM-DD in the schedule's time zone
+    Column("batch_id", String(128), nullable=False),
+    Column("state", String(20), nullable=False),                   # submitting | submitted | failed
+    Column("reason", Text, nullable=False, default=""),
+    Column("started_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

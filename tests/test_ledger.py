@@ -33,8 +33,8 @@ def database(request, tmp_path):
     url = ledger_url(request.getfixturevalue("postgres_url"), tmp_path)
     ledger = Ledger(url)
     with ledger.engine.begin() as conn:          # each test starts from an empty database
-        for table in ("tier_figures", "results", "batches", "alembic_version"):
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
     ledger.close()
     yield url
 
@@ -59,9 +59,9 @@ def test_migrations_create_the_tables_once_and_a_second_run_changes_nothing(data
     ledger.migrate()
     Ledger(database).migrate()          # another process, later: nothing to do
     tables = set(inspect(ledger.engine).get_table_names())
-    assert {"batches", "results", "tier_figures", "alembic_version"} <= tables
+    assert {"batches", "results", "tier_figures", "alerts", "shadow_pairs", "schedule_runs", "alembic_version"} <= tables
     with ledger.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
 
 
 def test_a_record_written_twice_is_stored_once_and_a_later_retry_round_replaces_it(database):

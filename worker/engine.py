@@ -27,6 +27,7 @@ from cascade.verifiers.parsing import parse_output
 from cascade.worker.config.schema import Pipeline, Settings, Tier
 from cascade.worker.counters import attempt_counters, final_counters
 from cascade.worker.dispatch.base import Dispatcher
+from cascade.worker.events import Observer, StepRecorded, notify
 from cascade.worker.leases import LeaseKeeper, ShuttingDown
 from cascade.worker.limiter import Limiter, NoLimiter
 from cascade.worker.messages import JobPayload, JobRef
@@ -114,6 +115,7 @@ class Engine:
         self._paid: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self._paid_lock = threading.Lock()
         self._room_checked: dict[str, float] = {}
+        self.observers: list[Observer] = []     # told of each recorded step (metrics, shadow sampling)
 
     # -- a delivery ------------------------------------------------------------------------
 
@@ -267,6 +269,7 @@ class Engine:
             return Outcome.DUPLICATE
         if recorded.seq:
             self._publish(JobRef(ref.batch, ref.pipeline, ref.job_id, ref.tier_index + 1, recorded.seq))
+        self._notify(step, Outcome.ESCALATED, attempt, cost, counters)
         return Outcome.ESCALATED
 
     def _publish(self, ref: JobRef) -> None:
@@ -308,7 +311,18 @@ class Engine:
             ref.batch, ref.pipeline, ref.job_id, step.lease.token, tier_index=ref.tier_index if attempt else -1,
             cost_nanos=cost, record=orjson.dumps(record), counters=pack_counters(all_counters), keep=keep))
         self._forget_paid(step)
-        return FINAL_OUTCOME[status] if recorded.counted else Outcome.DUPLICATE
+        if not recorded.counted:
+            return Outcome.DUPLICATE
+        self._notify(step, FINAL_OUTCOME[status], attempt, cost, counters or [], record)
+        return FINAL_OUTCOME[status]
+
+    def _notify(self, step: Step, outcome: Outcome, attempt: Attempt | None, cost: int,
+                counters: list[tuple[str, int]], record: dict[str, Any] | None = None) -> None:
+        if self.observers:
+            retries = sum(v for k, v in counters if k.startswith("retries:"))
+            notify(self.observers, StepRecorded(
+                step.ref.batch, step.pipeline.name, step.ref.job_id, step.tier.name, step.ref.tier_index,
+                str(outcome), attempt, cost, retries, record, step.payload.job.fields))
 
     def _release(self, step: Step) -> None:
         """Give the job back (the worker is stopping); the task requeues its message."""

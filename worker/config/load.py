@@ -29,6 +29,9 @@ ENV_KEYS = {
     "CASCADE_HIGH_WATER": ("producer", "high_water"),
     "CASCADE_MAX_RETRIES": ("engine", "max_retries"),
     "CASCADE_LEDGER_URL": ("ledger", "url"),
+    "CASCADE_ALERT_WEBHOOK_URL": ("alerts", "webhook_url"),
+    "CASCADE_METRICS_PORT": ("metrics", "port"),
+    "CASCADE_LOG_FORMAT": ("metrics", "log_format"),
 }
 TIER_ENV_PREFIX = "CASCADE_TIER_"   # CASCADE_TIER_<NAME>_<KEY>=value, e.g. CASCADE_TIER_CHEAP_CONCURRENCY=8
 
@@ -47,9 +50,10 @@ def load_settings(
         if value is not None:
             section, key = dotted.split(".", 1)
             raw.setdefault(section, {})[key] = value
-    for name, tier in raw.get("tiers", {}).items():
-        if isinstance(tier, dict):
-            tier["name"] = name
+    for section in ("tiers", "schedules"):
+        for name, entry in raw.get(section, {}).items():
+            if isinstance(entry, dict):
+                entry["name"] = name
     config_dir = path.parent
     raw["config_dir"] = config_dir
     raw["provider_base_url"] = environ.get("CASCADE_PROVIDER_BASE_URL", "")

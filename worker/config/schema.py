@@ -165,6 +165,53 @@ class Pipeline(Frozen):
         return self.ladder[index + 1] if index + 1 < len(self.ladder) else None
 
 
+class Schedule(Frozen):
+    """A batch submitted on a cron schedule by `cascade beat` (one instance) or `cascade schedules run`."""
+
+    name: str = ""
+    pipeline: str
+    input: str                            # a path; {date} is the run date (YYYY-MM-DD), relative to cascade.toml
+    cron: str                             # five fields: minute hour day-of-month month day-of-week
+    timezone: str = "UTC"
+    budget_usd: float = Field(0.0, ge=0)  # 0: no budget
+    export: str = ""                      # optional results file ({date} allowed; .jsonl or .csv)
+
+
+class AlertsConfig(Frozen):
+    """When the cascade's own figures page someone, and where the alert goes."""
+
+    escalation_points: float = Field(5.0, gt=0)    # |rolling - baseline| escalation rate, in points, that fires
+    clear_points: float = Field(3.0, ge=0)         # hysteresis: it clears once back within this many points
+    window_attempts: int = Field(2000, ge=10)      # rolling window of recent attempts per pipeline and tier
+    min_sample: int = Field(500, ge=1)             # no verdict on fewer attempts than this
+    baseline_batches: int = Field(5, ge=1)         # baseline from the ledger's last N finished batches when unset
+    baselines: dict[str, float] = Field(default_factory=dict)   # "pipeline.tier" -> escalation rate 0..1
+    cost_share: float = Field(0.60, gt=0)          # cascade cost / last-tier-alone cost over the window that fires
+    agreement_points: float = Field(5.0, gt=0)     # shadow agreement drop below its baseline, in points
+    agreement_baseline: float = Field(0.0, ge=0, le=1)  # 0: taken from the first min_shadow pairs
+    min_shadow: int = Field(100, ge=1)             # shadow pairs before agreement is judged
+    webhook_url: str = ""                          # POST JSON here (CASCADE_ALERT_WEBHOOK_URL sets it)
+    webhook_secret_env: str = ""                   # variable holding an HMAC-SHA256 key: X-Cascade-Signature
+    webhook_retries: int = Field(5, ge=0)
+
+
+class ShadowConfig(Frozen):
+    """Re-run a share of answers accepted below the last tier on the last tier, off the critical path."""
+
+    rate: float = Field(0.0, ge=0, le=1)           # 0.02: 2% of early accepts; 0 turns shadowing off
+    budget_usd: float = Field(0.0, ge=0)           # per batch; 0: no cap beyond rate
+    queue: str = ""                                # empty: shadow.<last tier>
+
+
+class MetricsConfig(Frozen):
+    """Prometheus metrics served by each worker process."""
+
+    port: int = Field(0, ge=0, le=65535)           # 0: off; `cascade worker --metrics-port` overrides
+    bind: str = "127.0.0.1"
+    task_events: bool = False                      # Celery task events for Flower (`cascade worker -E`)
+    log_format: Literal["text", "json"] = "text"
+
+
 class Settings(Frozen):
     """Everything a process needs, parsed once."""
 
@@ -175,6 +222,10 @@ class Settings(Frozen):
     tiers: dict[str, Tier] = Field(default_factory=dict)
     prices: dict[str, Price] = Field(default_factory=dict)
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)
+    schedules: dict[str, Schedule] = Field(default_factory=dict)
+    alerts: AlertsConfig = AlertsConfig()
+    shadow: ShadowConfig = ShadowConfig()
+    metrics: MetricsConfig = MetricsConfig()
     config_dir: Path = Path("config")
     provider_base_url: str = ""         # CASCADE_PROVIDER_BASE_URL: every tier to one endpoint (the simulator)
 

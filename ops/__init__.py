@@ -1,0 +1,1 @@
+"""Operating a cascade unattended: schedules, SLO alerts, shadow audits, metrics and the batch report."""
