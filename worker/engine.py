@@ -288,6 +288,7 @@ class Engine:
         record: dict[str, Any] = {
             "id": ref.job_id,
             "batch": ref.batch,
+            "pipeline": ref.pipeline,
             "status": str(status),
             "output": answer.text if answer is not None else None,
             "parsed": answer.parsed if answer is not None else None,
