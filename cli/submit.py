@@ -121,10 +121,11 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         say = lambda message: bar.bar.write(f"cascade-submit: {message}", file=sys.stderr)  # noqa: E731
         submitter = Submitter(backend, settings, pipe, batch, round((budget or 0) * 1e9),
                               on_reject=lambda err: rejected_out.write(err, bar), say=say)
-        run = submitter.open(source if source != "-" else "stdin")
+        submitter.open(source if source != "-" else "stdin")
         waiting = None
         if wait:
-            sink = stack.enter_context(open(out, "ab" if run > 1 else "wb")) if out else sys.stdout.buffer
+            # the file is written from the ledger, which holds every run's records: a resumed run rewrites it
+            sink = stack.enter_context(open(out, "wb")) if out else sys.stdout.buffer
             ledger = _open_ledger(settings)
             stack.callback(ledger.close)
             collector = Collector(ledger, batch, RecordWriter(sink),

@@ -14,6 +14,7 @@ from cascade.simulator import SimServer, load_scenario
 from cascade.worker.celery_app import ATTEMPT_TASK, create_app
 from cascade.worker.config import load_settings
 from tests.cluster import (
+    BIN,
     SCENARIO,
     Workers,
     cascade_env,
@@ -300,3 +301,36 @@ def _dump(url: str, ns: str, batch: str) -> str:
                      f"list {client.llen(f'{ns}.tier.{tier}')}")
     lines.append(f"workers: {list(client.hgetall(f'{ns}:workers'))}")
     return "\n".join(lines)
+
+
+def test_a_producer_killed_mid_submit_and_run_again_writes_each_record_once(tmp_path, redis_url, sim):
+    # Given workers and a --wait producer SIGKILLed once a third of its input is registered and records are written
+    config, ns = cluster_config(tmp_path)
+    env = cascade_env(redis_url, sim.url)
+    rows = write_tickets(tmp_path / "jobs.jsonl", 1500)
+    out = tmp_path / "results.jsonl"
+    command = ["cascade-submit", str(tmp_path / "jobs.jsonl"), "-p", "ticket-triage", "--batch-id", "pk-1", "--wait",
+               "--out", str(out), "--config", str(config), "--no-progress"]
+    workers = Workers(config, env, tmp_path)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for tier in ("cheap", "mid", "frontier"):
+            workers.start(tier)
+        producer = subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        written = lambda: out.read_bytes().count(b"\n") if out.exists() else 0  # noqa: E731
+        while int(client.hget(f"{ns}:batch:pk-1", "total") or 0) < 500 or written() < 10:
+            assert time.monotonic() < deadline and producer.poll() is None
+            time.sleep(0.02)
+        producer.kill()
+        producer.wait()
+        # When the same command runs again
+        again = run_cli(command, env, timeout=240)
+        # Then it resumes, and the file holds every job's record once
+        assert again.returncode == 0, again.stderr.decode()
+        ids = [r["id"] for r in read_jsonl(out)]
+        assert len(ids) == len(set(ids)) == len(rows)
+    finally:
+        workers.close()
+        delete_namespace(redis_url, ns)
