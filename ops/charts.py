@@ -93,9 +93,9 @@ def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence
         start = LEFT + c * group + (group - bar * len(series)) / 2
         for i, s in enumerate(series):
             value = s.values[c]
-            if value is None:
+            if value is None or value <= 0:       # nothing to draw; the tooltip of a 0-height bar is unreachable
                 continue
-            h = max(1.0, plot_h * min(value, top) / top) if value > 0 else 0.0
+            h = max(1.0, plot_h * min(value, top) / top)
             color = s.colors[c] if s.colors else s.color or PALETTE[i % len(PALETTE)]
             parts.append(f'<rect class="bar" x="{start + i * bar:.1f}" y="{TOP + plot_h - h:.1f}" width="{bar - 1:.1f}" '
                          f'height="{h:.1f}" fill="{esc(color)}"><title>{esc(s.name)} / {esc(category)}: '

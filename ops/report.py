@@ -22,6 +22,7 @@ from cascade.worker.config.schema import Settings
 
 WINDOWS = 40            # about this many points on the escalation chart
 MIN_WINDOW = 50         # ...each of at least this many jobs (fewer is noise)
+AFTER_BATCH_S = 3600    # a batch's report shows the alerts raised up to this long after it finished
 
 
 class ReportError(CascadeError):
@@ -140,9 +141,11 @@ def _fill(settings: Settings, ledger: Ledger, report: Report, shadow_batch: str 
     report.band_points = settings.alerts.escalation_points
     report.baselines = escalation_baselines(settings, ledger, report.pipeline, report.ladder, report.start)
     pairs = ledger.shadow_pairs(report.pipeline, report.start)
-    report.shadow = [p for p in pairs if p["at"] <= report.end and (shadow_batch is None or p["batch_id"] == shadow_batch)]
+    # a batch's shadow calls and the alerts its last records raise may come after it finished
+    report.shadow = [p for p in pairs if p["batch_id"] == shadow_batch] if shadow_batch else pairs
     report.agreement_baseline = settings.alerts.agreement_baseline
-    report.alerts = [a for a in ledger.alerts(report.start, report.pipeline) if a["at"] <= report.end]
+    until = report.end + AFTER_BATCH_S if shadow_batch else report.end
+    report.alerts = [a for a in ledger.alerts(report.start, report.pipeline) if a["at"] <= until]
 
 
 def _add(report: Report, window: Window, record: dict[str, Any]) -> None:
