@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cascade.cli.audit import audit
 from cascade.cli.batches import batches, results, status
 from cascade.cli.common import Group
 from cascade.cli.control import budget, cancel, retry
@@ -40,6 +41,7 @@ COMMANDS = (
     replay_command,
     calibrate_command,
     report,
+    audit,
 )
 for command in COMMANDS:
     cascade.add_command(command)
