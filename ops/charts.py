@@ -33,6 +33,13 @@ def usd(value: float) -> str:
     return f"${value:,.6f}" if abs(value) < 100 else f"${value:,.2f}"
 
 
+def usd_tick(value: float) -> str:
+    """Dollars as short as an axis label needs."""
+    if value == 0 or abs(value) >= 10:
+        return f"${value:,.0f}"
+    return f"${value:,.2f}" if abs(value) >= 0.1 else f"${value:.2g}"
+
+
 @dataclass(frozen=True)
 class Series:
     """One named row of values, one per category (None: no value there)."""
@@ -80,13 +87,14 @@ def _legend(parts: list[str], series: Sequence[Series]) -> None:
 
 
 def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence[Series],
-              fmt: Callable[[float], str] = str, y_max: float | None = None) -> str:
-    """Grouped vertical bars: one group per category, one bar per series."""
+              fmt: Callable[[float], str] = str, y_max: float | None = None,
+              tick: Callable[[float], str] | None = None) -> str:
+    """Grouped vertical bars: one group per category, one bar per series (`tick` formats the axis, else `fmt`)."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     highest = max((v for s in series for v in s.values if v is not None), default=0.0)
     top = y_max if y_max is not None else _nice_max(highest)
     parts = _open(name, title)
-    _axis(parts, top, fmt, plot_h)
+    _axis(parts, top, tick or fmt, plot_h)
     group = plot_w / max(1, len(categories))
     bar = max(2.0, min(48.0, group * 0.8 / max(1, len(series))))
     for c, category in enumerate(categories):

@@ -12,7 +12,18 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-from cascade.ops.charts import PALETTE, Series, bar_chart, esc, hbar_chart, line_chart, meter_chart, percent, usd
+from cascade.ops.charts import (
+    PALETTE,
+    Series,
+    bar_chart,
+    esc,
+    hbar_chart,
+    line_chart,
+    meter_chart,
+    percent,
+    usd,
+    usd_tick,
+)
 from cascade.ops.report import Report
 from cascade.worker.counters import LATENCY_BOUNDS_MS
 
@@ -88,7 +99,7 @@ def _cost(report: Report) -> str:
     values = tuple(t.cost_nanos / 1e9 for t in tiers) + (report.cost_nanos / 1e9, report.counterfactual_nanos / 1e9)
     colors = (PALETTE[0],) * len(tiers) + (PALETTE[2], "#7a8799")
     chart = bar_chart("cost", "cost per tier, the cascade's total and every job on the last tier alone", categories,
-                      [Series("cost", values, colors=colors)], fmt=usd)
+                      [Series("cost", values, colors=colors)], fmt=usd, tick=usd_tick)
     rows = "".join(f'<tr data-tier="{esc(t.tier)}"><td>{esc(t.tier)}</td><td class=n>{t.attempts:,}</td>'
                    f"<td class=n>{t.escalated:,}</td><td class=n>{percent(t.escalation_rate)}</td>"
                    f"<td class=n>{t.final_jobs:,}</td><td class=n>{esc(usd(t.cost_nanos / 1e9))}</td></tr>"
