@@ -138,6 +138,8 @@ def _fill(settings: Settings, ledger: Ledger, report: Report, shadow_batch: str 
                 window = Window(row["id"], 0.0)
                 report.windows.append(window)
             _add(report, window, orjson.loads(result.record))
+    if not report.ladder:           # neither configured nor finished: the tiers in the order the records met them
+        report.ladder = list(report.tiers)
     report.band_points = settings.alerts.escalation_points
     report.baselines = escalation_baselines(settings, ledger, report.pipeline, report.ladder, report.start)
     pairs = ledger.shadow_pairs(report.pipeline, report.start)

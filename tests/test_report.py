@@ -136,7 +136,8 @@ def test_a_pipeline_report_covers_its_batches_and_says_when_there_are_no_shadow_
     assert page["errors"] == [] and "shadow" not in page["charts"]
     assert "no shadow pairs in this period" in page["text"]
     assert page["figures"]["batches"][0] == "1" and page["figures"]["jobs"][0] == "200"
-    assert "rep-1" in page["text"]
+    assert "rep-1" in page["text"] and page["bands"] == 0
+    assert "no baseline for cheap: set [alerts] baselines, run cascade calibrate, or keep earlier batches" in page["text"]
 
 
 def test_unknown_batches_and_empty_pipelines_are_clear_errors(finished):
