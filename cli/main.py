@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from cascade.cli.audit import audit
 from cascade.cli.batches import batches, results, status
 from cascade.cli.common import Group
 from cascade.cli.control import budget, cancel, retry
 from cascade.cli.init import init
+from cascade.cli.report import report
 from cascade.cli.services import ledger, sim, worker
 from cascade.cli.stats import stats
 from cascade.cli.submit import submit_command
@@ -38,6 +40,8 @@ COMMANDS = (
     sim,
     replay_command,
     calibrate_command,
+    report,
+    audit,
 )
 for command in COMMANDS:
     cascade.add_command(command)

@@ -143,7 +143,7 @@ def calibrate_command(pipeline: str, recorded: str, split: str | None, target: s
         raise click.ClickException(f"pipeline {pipeline} has no logprob or self_consistency verifier to calibrate")
     path = Path(out) if out else config_dir / next(iter(named))
     meta = {"method": "isotonic", **{k: result.report[k] for k in ("pipeline", "target", "confidence", "rows")},
-            "fitted_on": recorded}
+            "fitted_on": recorded, "split": split, "expected": result.report["expected"]}   # `cascade audit` reads it
     _write(path, dump_calibration(result.entries, meta))
     result.report["calibration"] = str(path)
     if as_json:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from cascade.errors import ConfigError
 from cascade.recorded import RecordedRow, RecordedSet
 from cascade.tuning.replay import run_pipeline, tier_cost, tier_samples
@@ -224,6 +226,25 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
     return (best[2], True) if best is not None else (base, False)
 
 
+def tier_rates(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float]
+               ) -> dict[str, dict[str, float]]:
+    """Per tier of the cascade at `thresholds`: the share of jobs that reach it, and its accept and escalation
+    rates (of the jobs reaching it); what `cascade audit` later compares a replay with."""
+    n = len(profiles[0].correct)
+    reached, accepted = [0] * len(profiles), [0] * len(profiles)
+    for i in range(n):
+        for t, p in enumerate(profiles):
+            reached[t] += 1
+            ok, _ = _accepts(p, i, cal[t], thresholds[t])
+            accepted[t] += ok
+            if ok:
+                break
+    last = len(profiles) - 1
+    return {p.name: {"reached": reached[t] / n, "accept_rate": accepted[t] / reached[t] if reached[t] else 0.0,
+                     "escalation_rate": (reached[t] - accepted[t]) / reached[t] if reached[t] and t < last else 0.0}
+            for t, p in enumerate(profiles)}
+
+
 @dataclass
 class CalibrationResult:
     """The fitted entries and the expected figures on the rows they were fitted on."""
@@ -268,6 +289,7 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
         "cost_usd": to_usd(cost), "last_tier_cost_usd": to_usd(last_cost),
         "cost_ratio": cost / last_cost if last_cost else None,
         "escalation": {p.name: escalated[t] / n for t, p in enumerate(profiles[:-1])},
+        "expected": {"rows": n, "accuracy": sum(correct) / n, "tiers": tier_rates(profiles, cal, thresholds)},
     }
     return CalibrationResult(entries, report)
 
@@ -310,3 +332,21 @@ def write_placeholders(config_dir: Path, pipeline_file: Path) -> list[Path]:
             path.write_bytes(dump_calibration(entries, {"placeholder": True}))
             written.append(path)
     return written
+
+
+def stored_expectation(settings: Settings, pipeline: Pipeline) -> tuple[dict[str, Any] | None, Path | None]:
+    """The expected figures `cascade calibrate` wrote into a calibration file of the pipeline, and that file;
+    (None, file) when its files hold none (written by hand, or before calibrate stored them), (None, None)
+    when the pipeline names no calibration file."""
+    found = None
+    for name in calibration_paths(Path(pipeline.source)):
+        path = settings.config_dir / name
+        found = found or path
+        try:
+            data = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue        # loading the config reports an unreadable calibration file
+        if isinstance(data, dict) and isinstance(data.get("expected"), dict) and data.get("pipeline") in (
+                None, pipeline.name):
+            return data["expected"] | {"fitted_on": data.get("fitted_on"), "split": data.get("split")}, path
+    return None, found
