@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cascade.cli.alerts import alerts
 from cascade.cli.batches import batches, results, status
 from cascade.cli.common import Group
 from cascade.cli.control import budget, cancel, retry
@@ -38,6 +39,7 @@ COMMANDS = (
     sim,
     replay_command,
     calibrate_command,
+    alerts,
 )
 for command in COMMANDS:
     cascade.add_command(command)
