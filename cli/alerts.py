@@ -39,7 +39,7 @@ def alerts(since: str, pipeline: str | None, as_json: bool, config_path: str | N
             raise click.ClickException(str(e)) from None
     if as_json:
         for row in rows:
-            click.echo(orjson.dumps(row).decode())
+            click.echo(orjson.dumps({str(k): v for k, v in row.items()}).decode())   # keys: str, not quoted_name
         return
     if not rows:
         click.echo(f"(no alerts since {since}{' for ' + pipeline if pipeline else ''})", err=True)
