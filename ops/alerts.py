@@ -218,6 +218,6 @@ def deliver(alerts: Sequence[Alert], sinks: Sequence[Sink]) -> None:
         for sink in sinks:
             try:
                 sink(alert)
-            except Exception as e:      # a broken sink (ledger down) must not lose the alert for the others
+            except Exception as e:  # noqa: BLE001 - a broken sink (ledger down) must not lose it for the others
                 log.warning("alert %s %s %s/%s: sink %r failed: %s", alert.kind, alert.state, alert.pipeline,
                             alert.tier, sink, e)

@@ -87,13 +87,14 @@ class Monitor:
                     detector, source = self._escalation_detector(pipeline, tier)
                     change = detector.observe(int(escalated))
                     if change is not None:
-                        found += self._keep(self._escalation_alert(pipeline, tier, change, source))
+                        found += self._keep(self._escalation_alert(pipeline, tier, change, source,
+                                                                   record.get("batch", "")))
                 cost = round(record.get("cost_usd", 0.0) * 1e9)
                 alone = round(record.get("counterfactual_usd", 0.0) * 1e9)
                 if cost or alone:
                     change = self._cost_detector(pipeline).observe(cost, alone)
                     if change is not None:
-                        found += self._keep(self._cost_alert(pipeline, change))
+                        found += self._keep(self._cost_alert(pipeline, change, record.get("batch", "")))
         deliver(found, self.sinks)
         return found
 
@@ -209,7 +210,7 @@ class Monitor:
 
     # -- the words of each alert --------------------------------------------------------------------------
 
-    def _escalation_alert(self, pipeline: str, tier: str, change: Transition, source: str) -> Alert:
+    def _escalation_alert(self, pipeline: str, tier: str, change: Transition, source: str, batch: str) -> Alert:
         points = (change.value - change.baseline) * 100
         window = f"last {change.observed} attempts"
         if change.state == FIRED:
@@ -225,9 +226,10 @@ class Monitor:
                        f"{self.config.clear_points:g} points of its baseline {change.baseline:.1%}")
             check = "nothing to do; if the rate moved for a known reason, set it in [alerts] baselines"
         return Alert(ESCALATION, change.state, pipeline, tier, change.baseline, change.value, window, message, check,
-                     {"baseline_source": source, "points": round(points, 2), "observed": change.observed})
+                     {"baseline_source": source, "points": round(points, 2), "observed": change.observed,
+                      "batch": batch})
 
-    def _cost_alert(self, pipeline: str, change: Transition) -> Alert:
+    def _cost_alert(self, pipeline: str, change: Transition, batch: str) -> Alert:
         last = self._last_tier(pipeline) or "the last tier"
         window = f"last {change.observed} jobs"
         if change.state == FIRED:
@@ -240,7 +242,7 @@ class Monitor:
                        f"(clears below {self.config.cost_clear:.0%})")
             check = "nothing to do"
         return Alert(COST, change.state, pipeline, self._last_tier(pipeline), change.baseline, change.value, window,
-                     message, check, {"observed": change.observed})
+                     message, check, {"observed": change.observed, "batch": batch})
 
     def _agreement_alert(self, pipeline: str, shadow_tier: str, change: Transition, source: str) -> Alert:
         points = (change.baseline - change.value) * 100

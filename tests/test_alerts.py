@@ -33,7 +33,7 @@ def settings_with(tmp_path, **alerts):
     """The repository config with these [alerts] keys (replacing the file's own)."""
     def edit(text: str) -> str:
         for key in alerts:
-            text = re.sub(rf"^{key} = .*$", "", text, flags=re.M)
+            text = re.sub(rf"^{key} = .*$", "", text, flags=re.MULTILINE)
         lines = "".join(f"{k} = {_table(v) if isinstance(v, dict) else orjson.dumps(v).decode()}\n"
                         for k, v in alerts.items())
         return text.replace("[alerts]\n", "[alerts]\n" + lines, 1)
@@ -232,7 +232,7 @@ class Receiver(http.server.ThreadingHTTPServer):
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         server: Receiver = self.server  # type: ignore[assignment]
         if server.hold is not None:
             server.hold.wait(10)
@@ -342,7 +342,7 @@ def test_an_embedded_batch_far_from_its_baseline_leaves_an_escalation_alert_that
     drift = [r for r in rows if r["kind"] == "escalation_drift"]
     assert [(r["state"], r["pipeline"], r["tier"], r["baseline"]) for r in drift] == [
         ("fired", PIPELINE, "cheap", 0.01)]
-    assert drift[0]["value"] > 0.06 and drift[0]["window"].startswith("last ")
+    assert drift[0]["value"] > 0.06 and drift[0]["window"].startswith("last ") and drift[0]["details"]["batch"] == "drift-1"
     assert time.time() - drift[0]["at"] < 600
     other = run_cli(["cascade", "alerts", "--pipeline", "nope", "--config", str(config)], env, timeout=60)
     assert other.returncode == 0 and "(no alerts since 7d for nope)" in other.stderr.decode()
