@@ -182,6 +182,9 @@ class WebhookSink:
                     return False
             except (urllib.error.URLError, OSError) as e:   # refused, reset, timed out, name not found
                 problem = _reason(e)
+            except ValueError:                              # not a URL urllib can send to: no retry helps
+                log.warning("%s: not a usable http(s) URL; not sent", what)
+                return False
         log.warning("%s: gave up after %d tries (last: %s)", what, self.retries + 1, problem)
         return False
 

@@ -346,3 +346,10 @@ def test_an_embedded_batch_far_from_its_baseline_leaves_an_escalation_alert_that
     assert time.time() - drift[0]["at"] < 600
     other = run_cli(["cascade", "alerts", "--pipeline", "nope", "--config", str(config)], env, timeout=60)
     assert other.returncode == 0 and "(no alerts since 7d for nope)" in other.stderr.decode()
+
+
+def test_a_webhook_url_that_is_not_http_is_a_config_error_that_does_not_show_it(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_settings(copy_config(tmp_path), environ={"CASCADE_ALERT_WEBHOOK_URL": "hooks.example.com/T0KEN"})
+    assert str(error.value) == ("environment CASCADE_ALERT_WEBHOOK_URL: must start with http:// or https:// "
+                                "(the URL is not shown: it may hold a token)")

@@ -196,6 +196,13 @@ class AlertsConfig(Frozen):
     webhook_secret_env: str = ""                   # variable holding an HMAC-SHA256 key: X-Cascade-Signature
     webhook_retries: int = Field(5, ge=0)          # tries after the first on a 5xx or connection error, backing off
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (the URL is not shown: it may hold a token)")
+        return value
+
     @field_validator("baselines")
     @classmethod
     def _rates(cls, value: dict[str, float]) -> dict[str, float]:
