@@ -75,40 +75,46 @@ class Monitor:
     def observe_records(self, records: Iterable[dict[str, Any]]) -> list[Alert]:
         """Take final result records (as in the results stream); the alerts they fire or clear."""
         found: list[Alert] = []
-        with self._lock:
-            for record in records:
-                pipeline = record.get("pipeline")
-                if not pipeline:
-                    continue
-                ladder = self._ladder(pipeline)
-                for tier, escalated in attempt_outcomes(record, ladder):
-                    if ladder and tier == ladder[-1]:
-                        continue            # the last tier has nowhere to escalate to
-                    detector, source = self._escalation_detector(pipeline, tier)
-                    change = detector.observe(int(escalated))
-                    if change is not None:
-                        found += self._keep(self._escalation_alert(pipeline, tier, change, source,
-                                                                   record.get("batch", "")))
-                cost = round(record.get("cost_usd", 0.0) * 1e9)
-                alone = round(record.get("counterfactual_usd", 0.0) * 1e9)
-                if cost or alone:
-                    change = self._cost_detector(pipeline).observe(cost, alone)
-                    if change is not None:
-                        found += self._keep(self._cost_alert(pipeline, change, record.get("batch", "")))
-        deliver(found, self.sinks)
+        try:
+            with self._lock:
+                for record in records:
+                    self._observe_record(record, found)
+        finally:        # what fired before a failure (the ledger unreachable) is still sent
+            deliver(found, self.sinks)
         return found
+
+    def _observe_record(self, record: dict[str, Any], found: list[Alert]) -> None:
+        pipeline = record.get("pipeline")
+        if not pipeline:
+            return
+        ladder = self._ladder(pipeline)
+        for tier, escalated in attempt_outcomes(record, ladder):
+            if ladder and tier == ladder[-1]:
+                continue            # the last tier has nowhere to escalate to
+            detector, source = self._escalation_detector(pipeline, tier)
+            change = detector.observe(int(escalated))
+            if change is not None:
+                found += self._keep(self._escalation_alert(pipeline, tier, change, source, record.get("batch", "")))
+        cost = round(record.get("cost_usd", 0.0) * 1e9)
+        alone = round(record.get("counterfactual_usd", 0.0) * 1e9)
+        if cost or alone:
+            change = self._cost_detector(pipeline).observe(cost, alone)
+            if change is not None:
+                found += self._keep(self._cost_alert(pipeline, change, record.get("batch", "")))
 
     def observe_shadow(self, pairs: Iterable[dict[str, Any]]) -> list[Alert]:
         """Take shadow pairs (rows shaped like the ledger's shadow_pairs); the alerts they fire or clear."""
         found: list[Alert] = []
-        with self._lock:
-            for pair in pairs:
-                pipeline = pair["pipeline"]
-                detector, shadow_tier, source = self._agreement_detector(pipeline, pair.get("shadow_tier") or "")
-                change = detector.observe(int(bool(pair["agree"])))
-                if change is not None:
-                    found += self._keep(self._agreement_alert(pipeline, shadow_tier, change, source))
-        deliver(found, self.sinks)
+        try:
+            with self._lock:
+                for pair in pairs:
+                    pipeline = pair["pipeline"]
+                    detector, shadow_tier, source = self._agreement_detector(pipeline, pair.get("shadow_tier") or "")
+                    change = detector.observe(int(bool(pair["agree"])))
+                    if change is not None:
+                        found += self._keep(self._agreement_alert(pipeline, shadow_tier, change, source))
+        finally:
+            deliver(found, self.sinks)
         return found
 
     # -- detectors, created on first sight with their baseline and the state the ledger remembers ---------
