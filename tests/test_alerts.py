@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from cascade.errors import ConfigError
-from cascade.ledger.database import Ledger
+from cascade.ledger.database import Ledger, ledger_url
 from cascade.ops.alerts import Alert, LedgerSink, WebhookSink, sinks_for
 from cascade.ops.monitor import Monitor, attempt_outcomes
 from cascade.simulator import SimServer, load_scenario
@@ -183,9 +183,23 @@ def test_shadow_agreement_drop_fires_against_a_learned_or_configured_baseline(tm
     assert [a.state for a in configured.observe_shadow(pairs(88, 100))] == ["fired"]
 
 
-def test_an_active_alert_survives_a_restart_and_is_not_sent_twice(drift, tmp_path):
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path) -> Iterator[Ledger]:
+    """An empty, migrated ledger: a SQLite file of this test, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        url = ledger_url(request.getfixturevalue("postgres_url"), tmp_path)
+        with Ledger(url).engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    ledger = Ledger(url)
     ledger.migrate()
+    yield ledger
+    ledger.close()
+
+
+def test_an_active_alert_survives_a_restart_and_is_not_sent_twice(drift, ledger):
     first = Monitor(drift, [LedgerSink(ledger)], ledger)
     assert [a.state for a in feed(first, records(40, 1000))] == ["fired"]
     # When the writer restarts while the rate is still high: nothing new; once it recovers: cleared
@@ -196,9 +210,7 @@ def test_an_active_alert_survives_a_restart_and_is_not_sent_twice(drift, tmp_pat
                                                                   ("escalation_drift", "cleared")]
 
 
-def test_two_writers_sharing_a_ledger_record_one_alert(drift, tmp_path):
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ledger.migrate()
+def test_two_writers_sharing_a_ledger_record_one_alert(drift, ledger):
     a, b = (Monitor(drift, [LedgerSink(ledger)], ledger) for _ in range(2))
     for record in records(40, 1000):
         a.observe_records([record])
