@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cascade.cli.alerts import alerts
 from cascade.cli.audit import audit
 from cascade.cli.batches import batches, results, status
 from cascade.cli.common import Group
@@ -42,6 +43,7 @@ COMMANDS = (
     calibrate_command,
     report,
     audit,
+    alerts,
 )
 for command in COMMANDS:
     cascade.add_command(command)

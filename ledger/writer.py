@@ -16,7 +16,11 @@ import time
 import uuid
 from typing import Any
 
+import orjson
+
 from cascade.ledger.database import Ledger, LedgerError
+from cascade.ops.alerts import sinks_for
+from cascade.ops.monitor import Monitor
 from cascade.producer.report import summarize
 from cascade.worker.config.schema import Settings
 from cascade.worker.store import BatchRecord, BatchStore, ResultStream, StoreError
@@ -49,6 +53,7 @@ class LedgerWriter:
         self._claimed = 0.0
         self._started = False
         self._lock = threading.Lock()
+        self.monitor = Monitor(settings, sinks_for(settings, ledger), ledger)
 
     def start(self) -> None:
         """Migrate the ledger and join the consumer group (both idempotent)."""
@@ -72,10 +77,18 @@ class LedgerWriter:
                 self.ledger.write_results([record for _, record in entries])
                 self.stream.ack([entry_id for entry_id, _ in entries])
                 self.written += len(entries)
+                self._watch([record for _, record in entries])
             if now - self._synced >= SYNC_EVERY_S or entries:
                 self._synced = now
                 self.sync_batches()
             return len(entries)
+
+    def _watch(self, records: list[bytes]) -> None:
+        """Feed committed records to the alert monitor; its trouble is logged and never stops the writer."""
+        try:
+            self.monitor.observe_records(orjson.loads(raw) for raw in records)
+        except Exception as e:  # noqa: BLE001 - a monitor bug must not stop records flowing
+            log.warning("ledger: alerts skipped %d records: %s", len(records), e)
 
     def drain(self) -> int:
         """Store everything waiting now; return how many records."""

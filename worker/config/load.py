@@ -178,6 +178,12 @@ def _check_references(settings: Settings, where: str) -> None:
             for i, spec in enumerate(specs):
                 build_verifier(spec, settings.config_dir, f"{file}: verifiers.{key}[{i}]")
         _check_verifier_tiers(settings, pipeline)
+    for key in settings.alerts.baselines:
+        name, _, tier = key.rpartition(".")
+        pipeline = settings.pipelines.get(name)
+        if pipeline is None or tier not in pipeline.ladder:
+            raise ConfigError(f"{where}: alerts.baselines.\"{key}\": no pipeline '{name}' with a tier '{tier}' "
+                              f"(pipelines: {', '.join(sorted(settings.pipelines)) or 'none'})")
 
 
 def _check_verifier_tiers(settings: Settings, pipeline: Pipeline) -> None:

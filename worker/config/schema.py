@@ -7,7 +7,7 @@ import string
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Frozen(BaseModel):
@@ -187,12 +187,45 @@ class AlertsConfig(Frozen):
     baseline_batches: int = Field(5, ge=1)         # baseline from the ledger's last N finished batches when unset
     baselines: dict[str, float] = Field(default_factory=dict)   # "pipeline.tier" -> escalation rate 0..1
     cost_share: float = Field(0.60, gt=0)          # cascade cost / last-tier-alone cost over the window that fires
+    cost_clear_share: float | None = Field(None, gt=0)  # hysteresis: clears once back below this (None: share - 0.05)
     agreement_points: float = Field(5.0, gt=0)     # shadow agreement drop below its baseline, in points
     agreement_baseline: float = Field(0.0, ge=0, le=1)  # 0: taken from the first min_shadow pairs
     min_shadow: int = Field(100, ge=1)             # shadow pairs before agreement is judged
+    shadow_window: int = Field(500, ge=1)          # rolling window of recent shadow pairs per pipeline
     webhook_url: str = ""                          # POST JSON here (CASCADE_ALERT_WEBHOOK_URL sets it)
     webhook_secret_env: str = ""                   # variable holding an HMAC-SHA256 key: X-Cascade-Signature
-    webhook_retries: int = Field(5, ge=0)
+    webhook_retries: int = Field(5, ge=0)          # tries after the first on a 5xx or connection error, backing off
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (the URL is not shown: it may hold a token)")
+        return value
+
+    @field_validator("baselines")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, rate in value.items():
+            if "." not in key:
+                raise ValueError(f"'{key}': name a pipeline and a tier, as \"pipeline.tier\"")
+            if not 0 <= rate <= 1:
+                raise ValueError(f"'{key}': an escalation rate between 0 and 1 (got {rate:g})")
+        return value
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertsConfig:
+        if self.clear_points > min(self.escalation_points, self.agreement_points):
+            raise ValueError(f"clear_points ({self.clear_points:g}) must not exceed escalation_points "
+                             f"({self.escalation_points:g}) or agreement_points ({self.agreement_points:g})")
+        if self.cost_clear > self.cost_share:
+            raise ValueError(f"cost_clear_share ({self.cost_clear:g}) must not exceed cost_share ({self.cost_share:g})")
+        return self
+
+    @property
+    def cost_clear(self) -> float:
+        """The cost share below which a cost creep alert clears."""
+        return self.cost_clear_share if self.cost_clear_share is not None else round(self.cost_share - 0.05, 6)
 
 
 class ShadowConfig(Frozen):
