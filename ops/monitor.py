@@ -2,11 +2,10 @@
 
 The ledger writer feeds it every committed batch of records. Per pipeline and tier it keeps the rolling
 escalation rate of recent attempts; per pipeline the cascade's cost against the last tier alone over recent
-jobs, and the agreement of recent shadow pairs. Baselines for escalation, first found wins:
-[alerts] baselines, then the ledger's last `baseline_batches` finished batches of the pipeline, then the first
-`min_sample` attempts this monitor sees. (`cascade calibrate` stores thresholds and maps, not expected
-escalation rates per attempt, so it is not a source.) Alerts that are active in the ledger stay active across
-a restart, and a transition another writer already recorded is taken over rather than sent again.
+jobs, and the agreement of recent shadow pairs. Baselines for escalation come from ops/baselines.py
+([alerts] baselines, the calibration's stored figures, the ledger's recent batches), else from the first
+`min_sample` attempts this monitor sees. Alerts that are active in the ledger stay active across a
+restart, and a transition another writer already recorded is taken over rather than sent again.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 
 from cascade.ledger.database import LedgerError
 from cascade.ops.alerts import Alert, Sink, deliver
+from cascade.ops.baselines import Baseline, escalation_baselines
 from cascade.ops.slo import FIRED, Detector, Transition, agreement_detector, cost_detector, escalation_detector
 from cascade.worker.config.schema import Settings
 
@@ -59,7 +59,7 @@ class Monitor:
         self._escalation: dict[tuple[str, str], tuple[Detector, str]] = {}
         self._cost: dict[str, Detector] = {}
         self._agreement: dict[str, tuple[Detector, str, str]] = {}     # pipeline -> (detector, shadow tier, source)
-        self._ledger_rates: dict[str, dict[str, float]] = {}
+        self._baselines: dict[str, dict[str, Baseline]] = {}    # pipeline -> tier -> its baseline
         self._restored: dict[Key, dict[str, Any]] | None = None
         self._lock = threading.Lock()
 
@@ -131,30 +131,14 @@ class Monitor:
         return entry
 
     def _escalation_baseline(self, pipeline: str, tier: str) -> tuple[float | None, str]:
-        configured = self.config.baselines.get(f"{pipeline}.{tier}")
-        if configured is not None:
-            return configured, "[alerts] baselines"
-        rates = self._ledger_rates.get(pipeline)
-        if rates is None:
-            rates = self._ledger_rates[pipeline] = self._rates_from_ledger(pipeline)
-        if tier in rates:
-            return rates[tier], f"the ledger's last {rates['.batches']:g} finished batches"
+        baselines = self._baselines.get(pipeline)
+        if baselines is None:
+            baselines = self._baselines[pipeline] = escalation_baselines(self.settings, self.ledger, pipeline)
+        found = baselines.get(tier)
+        if found is not None:
+            return found.rate, found.source
         return None, (f"learned from the first {min(self.config.min_sample, self.config.window_attempts)} attempts: "
-                      "none in [alerts] baselines or the ledger")
-
-    def _rates_from_ledger(self, pipeline: str) -> dict[str, float]:
-        """Escalated / attempts per tier over the pipeline's last finished batches ('.batches': how many)."""
-        if self.ledger is None:
-            return {}
-        rows = [b for b in self.ledger.batches(pipeline) if b["state"] == "finished"][: self.config.baseline_batches]
-        totals: dict[str, list[int]] = {}
-        for batch in rows:
-            for figure in self.ledger.tier_figures(batch["id"]):
-                total = totals.setdefault(figure["tier"], [0, 0])
-                total[0] += figure["escalated"]
-                total[1] += figure["attempts"]
-        rates = {tier: escalated / attempts for tier, (escalated, attempts) in totals.items() if attempts}
-        return {**rates, ".batches": float(len(rows))} if rates else {}
+                      "none in [alerts] baselines, the calibration or the ledger")
 
     def _cost_detector(self, pipeline: str) -> Detector:
         detector = self._cost.get(pipeline)

@@ -18,6 +18,7 @@ import orjson
 
 from cascade.errors import CascadeError
 from cascade.ledger.database import Ledger
+from cascade.ops.baselines import Baseline, escalation_baselines
 from cascade.worker.config.schema import Settings
 
 WINDOWS = 40            # about this many points on the escalation chart
@@ -54,14 +55,6 @@ class Window:
     ended_at: float
     jobs: int = 0
     tiers: dict[str, list[int]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """A tier's expected escalation rate and where it comes from."""
-
-    rate: float
-    source: str
 
 
 @dataclass
@@ -195,35 +188,3 @@ def first_failure(attempt: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def escalation_baselines(settings: Settings, ledger: Ledger, pipeline: str, ladder: list[str], before: float
-                         ) -> dict[str, Baseline]:
-    """Each tier's baseline escalation rate: `[alerts] baselines`, else the figures `cascade calibrate` stored,
-    else the pipeline's last `baseline_batches` finished batches submitted before `before`."""
-    from cascade.tuning.calibrate import stored_expectation
-
-    out: dict[str, Baseline] = {}
-    for tier in ladder[:-1]:
-        rate = settings.alerts.baselines.get(f"{pipeline}.{tier}")
-        if rate is not None:
-            out[tier] = Baseline(rate, "[alerts] baselines")
-    try:
-        expected, path = stored_expectation(settings, settings.pipeline(pipeline))
-    except CascadeError:
-        expected, path = None, None
-    for tier in ladder[:-1]:
-        figures = (expected or {}).get("tiers", {}).get(tier)
-        if tier not in out and figures:
-            out[tier] = Baseline(figures["escalation_rate"], f"calibration {path}")
-    earlier = [row for row in ledger.batches(pipeline, limit=1000)
-               if row["submitted_at"] < before and row["state"] == "finished"][: settings.alerts.baseline_batches]
-    sums: dict[str, list[int]] = {}
-    for row in earlier:
-        for f in ledger.tier_figures(row["id"]):
-            pair = sums.setdefault(f["tier"], [0, 0])
-            pair[0] += f["escalated"]
-            pair[1] += f["attempts"]
-    for tier in ladder[:-1]:
-        escalated, attempts = sums.get(tier, (0, 0))
-        if tier not in out and attempts:
-            out[tier] = Baseline(escalated / attempts, f"last {len(earlier)} batches before the period")
-    return out
