@@ -78,6 +78,8 @@ class Metrics:
         self.shadow_agreement = Gauge("cascade_shadow_agreement", "Share of shadow re-runs on the last tier "
                                       "that agree with the accepted answer.", ["pipeline"],
                                       multiprocess_mode="livemostrecent", registry=r)
+        self.shadow_baseline = Gauge("cascade_shadow_agreement_baseline", "The shadow agreement baseline.",
+                                     ["pipeline"], multiprocess_mode="livemax", registry=r)
         self.escalation_baseline = Gauge("cascade_escalation_baseline", "The escalation-rate SLO baseline.",
                                          ["pipeline", "tier"], multiprocess_mode="livemax", registry=r)
         self.cost_share_limit = Gauge("cascade_cost_share_limit", "Alert when cascade cost passes this share of "
@@ -98,6 +100,10 @@ class Metrics:
         """The rolling share (0..1) of shadow pairs whose answers agree."""
         self.shadow_agreement.labels(pipeline).set(share)
 
+    def set_shadow_baseline(self, pipeline: str, share: float) -> None:
+        """The agreement baseline of a pipeline (0..1), for the Prometheus rules."""
+        self.shadow_baseline.labels(pipeline).set(share)
+
     def set_escalation_baseline(self, pipeline: str, tier: str, rate: float) -> None:
         """The escalation-rate baseline of a pipeline's tier (0..1), for the Prometheus rules."""
         self.escalation_baseline.labels(pipeline, tier).set(rate)
@@ -107,6 +113,9 @@ class Metrics:
         for key, rate in settings.alerts.baselines.items():
             pipeline, _, tier = key.rpartition(".")
             self.set_escalation_baseline(pipeline, tier, rate)
+        if settings.alerts.agreement_baseline:
+            for pipeline in settings.pipelines:
+                self.set_shadow_baseline(pipeline, settings.alerts.agreement_baseline)
         self.cost_share_limit.set(settings.alerts.cost_share)
 
     # -- feeding it --------------------------------------------------------------------------

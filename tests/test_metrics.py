@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import threading
 import time
 import urllib.request
@@ -22,6 +24,7 @@ from cascade.ops.metrics import Metrics
 from cascade.simulator import SimServer
 from cascade.worker.celery_app import create_app
 from cascade.worker.config import load_settings
+from tests import debian
 from tests.cluster import (
     Workers,
     cascade_env,
@@ -250,7 +253,11 @@ def test_alert_rules_mirror_the_built_in_alerts_over_defined_metrics():
     scrape_config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     assert scrape_config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     jobs = {job["job_name"]: job for job in scrape_config["scrape_configs"]}
-    assert any(target.startswith("worker-") for target in jobs["cascade-workers"]["static_configs"][0]["targets"])
+    [workers] = jobs["cascade-workers"]["dns_sd_configs"]      # every replica of every worker service
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert set(workers["names"]) == {name for name in compose if name.startswith("worker-")}
+    for name in workers["names"]:
+        assert f"--metrics-port {workers['port']}" in " ".join(compose[name]["command"]), name
 
 
 def test_the_dashboard_only_charts_defined_metrics():
@@ -264,3 +271,80 @@ def test_the_dashboard_only_charts_defined_metrics():
     assert {"cascade_attempts_total", "cascade_escalations_total", "cascade_cost_usd_total",
             "cascade_provider_call_seconds_bucket", "cascade_queue_depth", "cascade_alert_active",
             "cascade_shadow_agreement"} <= charted
+
+
+def promtool() -> str:
+    """Prometheus's own checker (Debian's prometheus package), installed when missing."""
+    path = shutil.which("promtool")
+    if path is None and debian.install("prometheus"):
+        path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed and could not be (Debian package prometheus)")
+    return path
+
+
+RULE_TESTS = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # triage/cheap escalates 40% of 20 attempts a minute against a 30% baseline: +10 points
+      - series: 'cascade_attempts_total{{pipeline="triage",tier="cheap",outcome="escalated",instance="w1"}}'
+        values: '0+8x200'
+      - series: 'cascade_attempts_total{{pipeline="triage",tier="cheap",outcome="accepted",instance="w1"}}'
+        values: '0+12x200'
+      - series: 'cascade_escalation_baseline{{pipeline="triage",tier="cheap",instance="w1"}}'
+        values: '0.30x200'
+      # steady/cheap escalates 32% against 30%: +2 points, no alert
+      - series: 'cascade_attempts_total{{pipeline="steady",tier="cheap",outcome="escalated",instance="w1"}}'
+        values: '0+8x200'
+      - series: 'cascade_attempts_total{{pipeline="steady",tier="cheap",outcome="accepted",instance="w1"}}'
+        values: '0+17x200'
+      - series: 'cascade_escalation_baseline{{pipeline="steady",tier="cheap",instance="w1"}}'
+        values: '0.30x200'
+      # triage costs 0.70 of its last-tier-alone cost, steady 0.50; the limit is 0.60
+      - series: 'cascade_cost_usd_total{{pipeline="triage",tier="cheap",instance="w1"}}'
+        values: '0+0.7x200'
+      - series: 'cascade_last_tier_cost_usd_total{{pipeline="triage",instance="w1"}}'
+        values: '0+1x200'
+      - series: 'cascade_cost_usd_total{{pipeline="steady",tier="cheap",instance="w1"}}'
+        values: '0+0.5x200'
+      - series: 'cascade_last_tier_cost_usd_total{{pipeline="steady",instance="w1"}}'
+        values: '0+1x200'
+      - series: 'cascade_cost_share_limit{{instance="w1"}}'
+        values: '0.6x200'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: CascadeEscalationDrift
+        exp_alerts: []
+      - eval_time: 90m
+        alertname: CascadeEscalationDrift
+        exp_alerts:
+          - exp_labels: {{severity: warning, pipeline: triage, tier: cheap}}
+            exp_annotations:
+              summary: "triage/cheap: escalation rate 10% off its baseline"
+              description: "What to check: did the provider update the model, or a prompt/format change trip a verifier? `cascade stats --pipeline triage` shows the reject reasons."
+      - eval_time: 150m
+        alertname: CascadeCostCreep
+        exp_alerts:
+          - exp_labels: {{severity: warning, pipeline: triage}}
+            exp_annotations:
+              summary: "triage: cascade cost is 70% of last-tier-alone cost"
+              description: "What to check: escalation rate per tier; past ~55-60% escalation, sending every job to the last tier is cheaper."
+"""
+
+
+def test_promtool_accepts_the_config_and_the_rules_fire_as_the_built_in_alerts_do(tmp_path):
+    tool = promtool()
+    rules = ROOT / "deploy" / "prometheus" / "alerts.yml"
+    config = tmp_path / "prometheus.yml"     # the rules at their path here instead of the container's
+    config.write_text((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text().replace(
+        "/etc/prometheus/alerts.yml", str(rules)))
+    for args in (["check", "config", str(config)], ["check", "rules", str(rules)]):
+        done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    tests = tmp_path / "rule-tests.yml"
+    tests.write_text(RULE_TESTS.format(rules=rules))
+    done = subprocess.run([tool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
