@@ -54,12 +54,12 @@ def worker(tier: str, concurrency: int | None, loglevel: str, metrics_port: int 
     app = create_app(settings, lambda: box["runtime"].engine)
     try:
         runtime = box["runtime"] = worker_runtime(settings, app, tier, threads)   # builds the SDK client: checks the key
+        observe_worker(runtime, settings, tier, metrics_port)     # a taken metrics port fails before registering
         runtime.start()
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
     except StoreError as e:
         raise click.ClickException(f"Redis {redact(settings.redis.url)}: {e}") from None
-    observe_worker(runtime, settings, tier, metrics_port)
     signals.worker_shutting_down.connect(lambda **_: runtime.stopping(), weak=False)
     signals.worker_shutdown.connect(lambda **_: runtime.close(), weak=False)
     click.echo(f"cascade worker: tier {tier} ({tier_cfg.provider} {tier_cfg.model}), queue {tier_cfg.queue_name}, "

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,16 +41,19 @@ from tests.redis_server import _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TIERS = ("cheap", "mid", "frontier")
-JOBS = 120
+JOBS = 100
 API_KEY = "sk-test-0123456789abcdef-never-logged"
 JOB_LINE = re.compile(r"INFO cascade\.jobs: job finished batch=(\S+) job=(\S+) tier=(\S+) outcome=(\S+) "
                       r"cost_usd=(\d+\.\d{6})( reason=.+)?$")
 
 
-def scrape(port: int) -> dict[str, list]:
-    """GET /metrics and parse it with prometheus-client's parser: family name -> samples."""
+def scrape(port: int, keep: Path | None = None) -> dict[str, list]:
+    """GET /metrics and parse it with prometheus-client's parser: family name -> samples (the text kept in
+    `keep`, as a test artifact)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
+    if keep is not None:
+        keep.write_text(text)
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
 
 
@@ -95,7 +100,8 @@ class EventCounter:
 
 @pytest.fixture(scope="module")
 def batch_run(tmp_path_factory, redis_url):
-    """Three workers with metrics on free ports and task events (cheap logs JSON, the others text), one batch."""
+    """Workers with metrics on free ports and task events, one batch. The cheap tier runs two processes that
+    share a PROMETHEUS_MULTIPROC_DIR and one port (one serves both) and log JSON; the others log text."""
     tmp = tmp_path_factory.mktemp("metrics")
     config, ns = cluster_config(tmp)
     rows = write_tickets(tmp / "jobs.jsonl", JOBS)
@@ -105,9 +111,11 @@ def batch_run(tmp_path_factory, redis_url):
         workers = Workers(config, env, tmp)
         ports = {tier: _free_port() for tier in TIERS}
         try:
-            for tier in TIERS:
-                worker_env = env | ({"CASCADE_LOG_FORMAT": "json"} if tier == "cheap" else {})
-                workers.start(tier, concurrency=4, env=worker_env, args=["--metrics-port", str(ports[tier]), "-E"])
+            shared = {"CASCADE_LOG_FORMAT": "json", "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus")}
+            (tmp / "prometheus").mkdir()
+            for tier in ("cheap", *TIERS):
+                worker_env = env | (shared if tier == "cheap" else {})
+                workers.start(tier, concurrency=2, env=worker_env, args=["--metrics-port", str(ports[tier]), "-E"])
             out = tmp / "results.jsonl"
             done = run_cli(["cascade-submit", str(tmp / "jobs.jsonl"), "--pipeline", "ticket-triage", "--batch-id",
                             "metrics-1", "--wait", "--out", str(out), "--config", str(config), "--no-progress"], env)
@@ -117,14 +125,15 @@ def batch_run(tmp_path_factory, redis_url):
             deadline = time.monotonic() + 10       # the last task's events follow its ack
             while events.counts["task-succeeded"] < JOBS and time.monotonic() < deadline:
                 time.sleep(0.1)
-            scrapes = [scrape(ports[tier]) for tier in TIERS]
+            scrapes = [scrape(ports[tier], tmp / f"metrics-{tier}.txt") for tier in TIERS]
         finally:
             events.stop()
             workers.close()
             delete_namespace(redis_url, ns)
-    logs = {tier: next(tmp.glob(f"worker-{tier}-*.log")).read_text() for tier in TIERS}
+    logs = {tier: "".join(p.read_text() for p in sorted(tmp.glob(f"worker-{tier}-*.log"))) for tier in TIERS}
+    cheap_logs = [p.read_text() for p in sorted(tmp.glob("worker-cheap-*.log"))]
     yield {"summary": orjson.loads(status.stdout), "scrapes": scrapes, "records": read_jsonl(out), "rows": rows,
-           "logs": logs, "events": dict(events.counts)}
+           "logs": logs, "cheap_logs": cheap_logs, "events": dict(events.counts)}
 
 
 def test_scraped_counters_equal_the_batch_counters(batch_run):
@@ -348,3 +357,55 @@ def test_promtool_accepts_the_config_and_the_rules_fire_as_the_built_in_alerts_d
     tests.write_text(RULE_TESTS.format(rules=rules))
     done = subprocess.run([tool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_two_processes_sharing_a_multiprocess_dir_are_served_as_one(batch_run):
+    # the second cheap worker found the port taken and writes its values to the shared folder ...
+    first, second = batch_run["cheap_logs"]
+    assert "metrics: serving http://127.0.0.1:" in first
+    assert "is served by another process of this host (PROMETHEUS_MULTIPROC_DIR=" in second
+    # ... both worked on the batch, and the scraped cheap attempts (checked above to equal the batch's) hold both
+    assert all(log.count('"outcome":') > 0 for log in (first, second)), "each cheap process finished jobs"
+
+
+def test_the_ledger_process_serves_the_alert_gauges(tmp_path, redis_url):
+    # Given a ledger writer started with --metrics-port (where the built-in alerts are evaluated)
+    config, ns = cluster_config(tmp_path)
+    port = _free_port()
+    env = cascade_env(redis_url, "http://127.0.0.1:9") | {"CASCADE_LEDGER_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    cmd = [str(Path(sys.executable).parent / "cascade"), "ledger", "--metrics-port", str(port), "--config", str(config)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                scraped = scrape(port)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.2)
+        # Then the configured SLO targets are there for the rules, and the alert gauges are defined
+        assert [s.value for s in scraped["cascade_cost_share_limit"]] == [0.6]
+        assert "cascade_alert_active" in scraped and "cascade_shadow_agreement" in scraped
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        delete_namespace(redis_url, ns)
+    assert proc.returncode == 0
+
+
+def test_a_metrics_port_in_use_is_a_clear_error(tmp_path, redis_url):
+    import socket
+
+    config, ns = cluster_config(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(["cascade", "worker", "--tier", "cheap", "--metrics-port", str(port), "--config", str(config)],
+                       cascade_env(redis_url, "http://127.0.0.1:9"), timeout=60)
+    leftovers = list(redis.Redis.from_url(redis_url).scan_iter(f"{ns}:*"))
+    delete_namespace(redis_url, ns)
+    assert done.returncode == 1
+    assert leftovers == [], "the worker registered itself before failing"
+    assert f"Error: metrics on 127.0.0.1:{port}: Address already in use" in done.stderr.decode()
