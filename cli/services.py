@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -12,7 +11,12 @@ import click
 
 from cascade.cli.common import Command, Group, config_option, load, redact, redis_option
 from cascade.errors import CascadeError
+from cascade.ops.logs import configure_logging, secret_values
 from cascade.worker.store import StoreError
+
+metrics_port_option = click.option("--metrics-port", type=click.IntRange(0, 65535),
+                                   help="Serve Prometheus metrics on this port (default: [metrics] port or "
+                                        "$CASCADE_METRICS_PORT; 0: off).")
 
 SIMULATOR_KEY = "sim-key"   # what `cascade sim exec` gives its command as the endpoint's key
 
@@ -21,12 +25,16 @@ SIMULATOR_KEY = "sim-key"   # what `cascade sim exec` gives its command as the e
 @click.option("--tier", "-t", required=True, help="The tier whose queue this worker consumes.")
 @click.option("--concurrency", "-c", type=int, help="Threads (default: the tier's concurrency in config).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
+@metrics_port_option
+@click.option("--task-events", "-E", is_flag=True,
+              help="Send Celery task events, for Flower (default: [metrics] task_events).")
 @config_option
 @redis_option
-def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str | None, redis_url: str | None) -> None:
+def worker(tier: str, concurrency: int | None, loglevel: str, metrics_port: int | None, task_events: bool,
+           config_path: str | None, redis_url: str | None) -> None:
     """Run a Celery worker for one tier's queue on the threads pool.
 
-    Example: CASCADE_REDIS_URL=redis://localhost:6379/0 cascade worker --tier cheap
+    Example: CASCADE_REDIS_URL=redis://localhost:6379/0 cascade worker --tier cheap --metrics-port 9101 -E
     """
     from celery import signals
 
@@ -39,13 +47,14 @@ def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str |
     if tier not in settings.tiers:
         raise click.BadParameter(f"unknown tier '{tier}' (known: {', '.join(sorted(settings.tiers))})",
                                  param_hint="--tier")
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(loglevel, settings.metrics.log_format, secret_values(settings))
     tier_cfg = settings.tiers[tier]
     threads = concurrency or tier_cfg.concurrency
     box: dict[str, object] = {}
     app = create_app(settings, lambda: box["runtime"].engine)
     try:
         runtime = box["runtime"] = worker_runtime(settings, app, tier, threads)   # builds the SDK client: checks the key
+        observe_worker(runtime, settings, tier, metrics_port)     # a taken metrics port fails before registering
         runtime.start()
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
@@ -60,7 +69,30 @@ def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str |
         "--concurrency", str(threads), "--prefetch-multiplier", "1",
         "--loglevel", loglevel, "--hostname", f"{tier}@%h-{os.getpid()}",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
+        *(["--task-events"] if task_events or settings.metrics.task_events else []),
     ])
+
+
+def observe_worker(runtime, settings, tier: str, metrics_port: int | None) -> None:
+    """The worker's job log line, and its metrics served on the port (flag, else [metrics] port; 0: none)."""
+    from celery import signals
+
+    from cascade.ops.logs import JobLog
+    from cascade.ops.metrics import QueueDepth, process_metrics, serve
+
+    runtime.engine.observers.append(JobLog())
+    port = settings.metrics.port if metrics_port is None else metrics_port
+    if not port:
+        return
+    metrics = process_metrics()
+    metrics.instrument(runtime.engine)
+    metrics.track_celery_tasks(tier)
+    metrics.set_baselines(settings)
+    try:
+        serve(port, settings.metrics.bind, metrics, QueueDepth(settings.tiers, runtime.engine.dispatcher.backlog))
+    except OSError as e:
+        raise click.ClickException(f"metrics on {settings.metrics.bind}:{port}: {e.strerror or e}") from None
+    signals.worker_shutdown.connect(lambda **_: metrics.close(), weak=False)
 
 
 @click.group(cls=Group)
@@ -119,9 +151,11 @@ def sim_exec(scenario: str, command: tuple[str, ...]) -> None:
 @click.option("--once", is_flag=True, help="Move the records waiting now, then exit.")
 @click.option("--migrate", "migrate_only", is_flag=True, help="Only bring the database to the newest schema.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
+@metrics_port_option
 @config_option
 @redis_option
-def ledger(once: bool, migrate_only: bool, loglevel: str, config_path: str | None, redis_url: str | None) -> None:
+def ledger(once: bool, migrate_only: bool, loglevel: str, metrics_port: int | None, config_path: str | None,
+           redis_url: str | None) -> None:
     """Run a ledger writer: result records from Redis into the ledger database, each exactly once.
 
     Run one or more anywhere that reaches both; they share the work. Stops on SIGTERM or Ctrl-C.
@@ -135,7 +169,7 @@ def ledger(once: bool, migrate_only: bool, loglevel: str, config_path: str | Non
     from cascade.worker.backends import redis_client
 
     settings = load(config_path, redis_url)
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(loglevel, settings.metrics.log_format, secret_values(settings))
     store = open_ledger(settings)
     try:
         store.migrate()
@@ -147,6 +181,7 @@ def ledger(once: bool, migrate_only: bool, loglevel: str, config_path: str | Non
                                    "embedded mode cascade-submit writes the ledger itself")
         writer = LedgerWriter(settings, redis_client(settings), store)
         writer.start()
+        _serve_ledger_metrics(settings, metrics_port, once)
         click.echo(f"cascade ledger: {redact(settings.redis.url)} -> {redact_url(store.url)} as {writer.consumer}",
                    err=True)
         if once:
@@ -161,3 +196,18 @@ def ledger(once: bool, migrate_only: bool, loglevel: str, config_path: str | Non
         raise click.ClickException(str(e)) from None
     finally:
         store.close()
+
+
+def _serve_ledger_metrics(settings, metrics_port: int | None, once: bool) -> None:
+    """The ledger process's metrics (the alert and shadow gauges it sets), when a port is given."""
+    from cascade.ops.metrics import process_metrics, serve
+
+    port = settings.metrics.port if metrics_port is None else metrics_port
+    if not port or once:
+        return
+    metrics = process_metrics()
+    metrics.set_baselines(settings)
+    try:
+        serve(port, settings.metrics.bind, metrics)
+    except OSError as e:
+        raise click.ClickException(f"metrics on {settings.metrics.bind}:{port}: {e.strerror or e}") from None

@@ -204,3 +204,27 @@ def test_the_ledger_service_writes_to_the_postgres_service_every_process_is_give
     assert url == (f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/"
                    f"{env['POSTGRES_DB']}")
     assert environment(services["submit"])["CASCADE_LEDGER_URL"] == url     # --wait reads results from it
+
+
+def test_workers_serve_metrics_and_task_events_that_the_monitoring_profile_reads(services):
+    prometheus, flower = services["prometheus"], services["flower"]
+    assert prometheus["profiles"] == flower["profiles"] == ["monitoring"]
+    # Prometheus reads the shipped config and rules, mounted from the repository
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0][2:] for v in prometheus["volumes"] if v.startswith("./")}
+    assert mounts["/etc/prometheus/prometheus.yml"] == ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    assert mounts["/etc/prometheus/alerts.yml"] == ROOT / "deploy" / "prometheus" / "alerts.yml"
+    assert all(path.is_file() for path in mounts.values())
+    scrape = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    [workers] = {job["job_name"]: job for job in scrape["scrape_configs"]}["cascade-workers"]["dns_sd_configs"]
+    # every worker serves /metrics where Prometheus looks, reachable from its container, and sends task events
+    for name in (n for n in services if n.startswith("worker-")):
+        ctx = parse(services[name], argv(services[name]))
+        assert ctx.params["metrics_port"] == workers["port"] and ctx.params["task_events"], name
+        assert environment(services[name])["CASCADE_METRICS_BIND"] == "0.0.0.0", name
+        assert name in workers["names"]
+    ledger = parse(services["ledger"], argv(services["ledger"]))
+    assert f"ledger:{ledger.params['metrics_port']}" in scrape["scrape_configs"][1]["static_configs"][0]["targets"]
+    # Flower listens to the broker the workers use
+    broker = next(a for a in argv(flower) if a.startswith("--broker="))
+    assert broker == f"--broker={environment(services['worker-cheap'])['CASCADE_REDIS_URL']}"
+    assert argv(flower)[0] == "celery" and "flower" in argv(flower)

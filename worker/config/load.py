@@ -31,6 +31,7 @@ ENV_KEYS = {
     "CASCADE_LEDGER_URL": ("ledger", "url"),
     "CASCADE_ALERT_WEBHOOK_URL": ("alerts", "webhook_url"),
     "CASCADE_METRICS_PORT": ("metrics", "port"),
+    "CASCADE_METRICS_BIND": ("metrics", "bind"),
     "CASCADE_LOG_FORMAT": ("metrics", "log_format"),
 }
 TIER_ENV_PREFIX = "CASCADE_TIER_"   # CASCADE_TIER_<NAME>_<KEY>=value, e.g. CASCADE_TIER_CHEAP_CONCURRENCY=8
