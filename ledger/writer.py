@@ -20,6 +20,7 @@ import orjson
 
 from cascade.ledger.database import Ledger, LedgerError
 from cascade.ops.alerts import sinks_for
+from cascade.ops.metrics import process_metrics
 from cascade.ops.monitor import Monitor
 from cascade.producer.report import summarize
 from cascade.worker.config.schema import Settings
@@ -53,7 +54,9 @@ class LedgerWriter:
         self._claimed = 0.0
         self._started = False
         self._lock = threading.Lock()
-        self.monitor = Monitor(settings, sinks_for(settings, ledger), ledger)
+        # the alert gauge of `cascade ledger --metrics-port` follows every alert this writer's monitor sends
+        sinks = (*sinks_for(settings, ledger), process_metrics().set_alert_state)
+        self.monitor = Monitor(settings, sinks, ledger)
 
     def start(self) -> None:
         """Migrate the ledger and join the consumer group (both idempotent)."""
