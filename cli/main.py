@@ -8,6 +8,7 @@ from cascade.cli.batches import batches, results, status
 from cascade.cli.common import Group
 from cascade.cli.control import budget, cancel, retry
 from cascade.cli.init import init
+from cascade.cli.schedules import beat, schedules
 from cascade.cli.services import ledger, sim, worker
 from cascade.cli.stats import stats
 from cascade.cli.submit import submit_command
@@ -38,6 +39,8 @@ COMMANDS = (
     sim,
     replay_command,
     calibrate_command,
+    beat,
+    schedules,
 )
 for command in COMMANDS:
     cascade.add_command(command)

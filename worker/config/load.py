@@ -178,6 +178,10 @@ def _check_references(settings: Settings, where: str) -> None:
             for i, spec in enumerate(specs):
                 build_verifier(spec, settings.config_dir, f"{file}: verifiers.{key}[{i}]")
         _check_verifier_tiers(settings, pipeline)
+    for name, schedule in settings.schedules.items():
+        if schedule.pipeline not in settings.pipelines:
+            raise ConfigError(f"{where}: schedules.{name}.pipeline: unknown pipeline '{schedule.pipeline}' "
+                              f"(known: {', '.join(sorted(settings.pipelines)) or 'none'})")
 
 
 def _check_verifier_tiers(settings: Settings, pipeline: Pipeline) -> None:
