@@ -117,6 +117,7 @@ def run_command(obj: dict, name: str, run_date: str | None, redis_url: str | Non
         plan(settings, name, key)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--date") from None
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")    # why a run failed, Redis waits
     ledger = _ledger(settings)
     try:
         outcome = run_schedule(settings, name, key, ledger, retry_failed=True)
@@ -125,8 +126,9 @@ def run_command(obj: dict, name: str, run_date: str | None, redis_url: str | Non
     finally:
         ledger.close()
     click.echo(outcome.batch)
-    if outcome.outcome == "failed":
-        raise click.ClickException(outcome.message)
+    if outcome.outcome == "failed":     # its reason and what to check were logged above
+        raise click.ClickException(f"run {outcome.key} of schedule {name} failed (kept in the ledger with an "
+                                   "alert; `cascade schedules` lists it)")
     click.echo(outcome.message, err=True)
     if outcome.outcome in ("submitted", "resumed"):
         click.echo(f"follow it with: cascade status {outcome.batch} / cascade results {outcome.batch} --follow",
