@@ -75,7 +75,8 @@ class ScheduleScheduler(Scheduler):
     def _run(self, name: str, key: str) -> None:
         try:
             outcome = run_schedule(self.settings, name, key, self.ledger)
-            log.log(logging.WARNING if outcome.outcome == "failed" else logging.INFO, "%s", outcome.message)
+            if outcome.outcome in ("already", "busy"):      # submitted and failed runs were logged already
+                log.info("%s", outcome.message)
         except Exception:       # a ledger outage: the next tick or `cascade schedules run` tries again
             log.exception("schedule %s: run %s could not start", name, key)
         finally:

@@ -235,19 +235,19 @@ def start_beat(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen
 
 def test_real_beat_submits_one_batch_per_tick_and_a_second_or_restarted_beat_submits_nothing_twice(
         tmp_path, redis_url):
-    # Given a schedule every 3 s with an export, one whose input never exists, real workers and a ledger writer
+    # Given a schedule every 2 s with an export, one whose input never exists, real workers and a ledger writer
     config, ns = cluster_config(tmp_path)
     with_schedules(config, """
 [schedules.tick]
 pipeline = "ticket-triage"
 input = "in/tickets-{date}.jsonl"
-every_s = 3
+every_s = 2
 export = "out/tick-{date}.jsonl"
 
 [schedules.lost]
 pipeline = "ticket-triage"
 input = "in/never-{date}.jsonl"
-every_s = 3
+every_s = 2
 """)
     (tmp_path / "config" / "in").mkdir()
     today = datetime.now(UTC).date()
@@ -261,8 +261,7 @@ every_s = 3
         workers = Workers(config, env, tmp_path)
         ledger = Ledger(ledger_url(url, tmp_path))
         try:
-            for tier in ("cheap", "mid", "frontier"):
-                workers.start(tier)
+            ledger.migrate()    # before the processes that share it: two first migrations of one SQLite file race
             with open(tmp_path / "ledger.log", "wb") as f:
                 procs.append(subprocess.Popen([str(BIN / "cascade"), "ledger", "--config", str(config)], env=env,
                                               stdout=f, stderr=subprocess.STDOUT))
@@ -280,7 +279,8 @@ every_s = 3
             # started again for two more
             beat_a = start_beat(config, env, tmp_path / "beat-a.log")
             procs.append(beat_a)
-            ledger.migrate()
+            for tier in ("cheap", "mid", "frontier"):    # beat ticks meanwhile: its batches wait for workers
+                workers.start(tier)
             wait_for(2)
             beat_b = start_beat(config, env, tmp_path / "beat-b.log")
             procs.append(beat_b)
@@ -311,7 +311,7 @@ every_s = 3
     all_runs = runs()
     assert len(taken) >= 6
     for run in all_runs:
-        assert run["batch_id"] == f"tick-{run['run_date']}" and int(run["run_date"]) % 3 == 0
+        assert run["batch_id"] == f"tick-{run['run_date']}" and int(run["run_date"]) % 2 == 0
         assert run["state"] in ("submitted", "exported"), run
         assert client.hget(f"{ns}:batch:{run['batch_id']}", "runs") == b"1"
     for run in taken:
