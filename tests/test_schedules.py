@@ -335,3 +335,20 @@ every_s = 2
     assert "WARNING cascade.schedules: scheduled run lost " in logs
     ledger.close()
     delete_namespace(redis_url, ns)
+
+
+def test_the_commented_example_in_cascade_toml_is_a_valid_schedule(tmp_path):
+    config = copy_config(tmp_path)
+    lines = config.read_text().splitlines()
+    start = lines.index("# [schedules.nightly-tickets]")
+    example = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        example.append(line[2:])
+    config.write_text(config.read_text() + "\n" + "\n".join(example) + "\n")
+    settings = load_settings(config, environ={})
+    run = plan(settings, "nightly-tickets", "2026-12-02")
+    assert run.batch == "nightly-tickets-2026-12-02" and settings.schedules["nightly-tickets"].budget_usd == 20.0
+    assert run.input == tmp_path / "config" / "in" / "tickets-2026-12-02.jsonl"
+    assert run.export == tmp_path / "config" / "out" / "tickets-2026-12-02.jsonl"
