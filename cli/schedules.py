@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 import orjson
@@ -112,7 +112,7 @@ def run_command(obj: dict, name: str, run_date: str | None, redis_url: str | Non
     if name not in settings.schedules:
         known = ", ".join(sorted(settings.schedules)) or "none"
         raise click.BadParameter(f"unknown schedule '{name}' (in [schedules]: {known})", param_hint="NAME")
-    key = run_date or current_key(settings.schedules[name], datetime.now(timezone.utc))
+    key = run_date or current_key(settings.schedules[name], datetime.now(UTC))
     try:
         plan(settings, name, key)
     except ValueError as e:

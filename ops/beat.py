@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.beat import Scheduler
@@ -61,7 +61,7 @@ class ScheduleScheduler(Scheduler):
         """Run the due entry's schedule here, on the pool: the run the tick belongs to, claimed in the ledger."""
         entry = self.reserve(entry) if advance else entry
         name = entry.args[0]
-        key = run_key(self.settings.schedules[name], datetime.now(timezone.utc))
+        key = run_key(self.settings.schedules[name], datetime.now(UTC))
         log.info("schedule %s: tick for run %s", name, key)
         self._start(name, key)
 

@@ -8,7 +8,7 @@ the occurrence a tick belongs to (a late tick still belongs to the slot it was d
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -143,7 +143,7 @@ def next_run(when: ZonedCrontab | Every, after: datetime) -> datetime:
 
 def next_runs(when: ZonedCrontab | Every, after: datetime | None = None, n: int = 3) -> list[datetime]:
     """The next `n` occurrences after `after` (default: now)."""
-    moment = after or datetime.now(timezone.utc)
+    moment = after or datetime.now(UTC)
     out = []
     for _ in range(n):
         moment = next_run(when, moment)

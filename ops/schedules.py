@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def run_key(schedule: Schedule, moment: datetime) -> str:
 def current_key(schedule: Schedule, now: datetime | None = None) -> str:
     """The run `cascade schedules run NAME` runs without --date: today's (in the schedule's zone), or the
     current slot."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     when = timing(schedule)
     if isinstance(when, Every):
         return str(when.slot(now))

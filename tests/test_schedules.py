@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,11 +23,18 @@ from cascade.ops.schedules import batch_id, plan, run_key
 from cascade.simulator import SimServer
 from cascade.worker.config import load_settings
 from cascade.worker.config.schema import Schedule
-from tests.cluster import (BIN, Workers, cascade_env, cluster_config, delete_namespace, fast_scenario, read_jsonl,
-                           run_cli, write_tickets)
+from tests.cluster import (
+    BIN,
+    Workers,
+    cascade_env,
+    cluster_config,
+    delete_namespace,
+    fast_scenario,
+    read_jsonl,
+    run_cli,
+    write_tickets,
+)
 from tests.helpers import copy_config
-
-UTC = timezone.utc
 
 
 def with_schedules(config: Path, text: str) -> Path:

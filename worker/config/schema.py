@@ -201,7 +201,7 @@ class Schedule(Frozen):
         return value
 
     @model_validator(mode="after")
-    def _one_timing(self) -> "Schedule":
+    def _one_timing(self) -> Schedule:
         from cascade.ops.cron import CronError, fires_per_day, parse_cron
 
         if bool(self.cron) == (self.every_s is not None):
