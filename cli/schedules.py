@@ -33,6 +33,7 @@ def beat(loglevel: str, config_path: str | None, redis_url: str | None) -> None:
         raise click.UsageError("beat submits batches for workers: it needs a Redis URL (--redis-url or "
                                "CASCADE_REDIS_URL)")
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)     # one line per migration step is noise here
     ledger = _ledger(settings)
     try:
         click.echo(f"cascade beat: {len(settings.schedules)} schedules, broker {redact(settings.redis.url)}, ledger "
@@ -81,7 +82,7 @@ def schedules(ctx: click.Context, as_json: bool, n_runs: int, config_path: str |
             click.echo(f"{name}  pipeline {schedule.pipeline}  {_timing_text(schedule)}  next run {upcoming[0]}")
             for run in runs:
                 batch = (f"batch {run['batch_state']} {run['done']}/{run['total']}" if run["batch_state"]
-                         else "batch not in the ledger yet")
+                         else "no batch" if run["state"] == "failed" else "batch not in the ledger yet")
                 click.echo(f"  {run['run_date']}  {run['batch']}  {run['state']}  ({batch})"
                            + (f"  {run['reason']}" if run["reason"] else ""))
             if not runs:
