@@ -76,6 +76,19 @@ def test_a_tick_belongs_to_the_occurrence_it_was_due_for():
         2026, 1, 1, tzinfo=UTC)
 
 
+def test_beat_started_after_a_missed_run_catches_up_once_and_not_after_a_run_it_made():
+    from cascade.ops.schedules import key_time, timing
+
+    schedule = Schedule(name="n", pipeline="p", input="x", cron="0 2 * * *", timezone="Europe/Berlin")
+    cron = timing(schedule)
+    cron.nowfun = lambda: datetime(2026, 12, 2, 9, 0, tzinfo=cron.tz)
+    # the ledger's latest run is yesterday's: today's 02:00 was missed, so it is due at once
+    assert cron.is_due(key_time(schedule, "2026-12-01")).is_due
+    # the latest run is today's: nothing is due until tomorrow 02:00 (17 hours)
+    due, next_s = cron.is_due(key_time(schedule, "2026-12-02"))
+    assert not due and next_s == 17 * 3600
+
+
 def test_an_every_s_schedule_is_keyed_by_its_clock_aligned_slot():
     schedule = Schedule(name="tick", pipeline="p", input="in/{date}.jsonl", every_s=5)
     moment = datetime.fromtimestamp(1796100303.7, UTC)
