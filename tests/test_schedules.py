@@ -224,10 +224,10 @@ budget_usd = 2.5
         assert alert["check"] == "put the file there, then run `cascade schedules run nightly --date 2026-12-01`"
         # And once the file is there, running it again submits it
         write_tickets(path, 5)
-        again = run_cli(["cascade", "schedules", "--config", str(config), "run", "nightly", "--date", "2026-12-01"],
-                        env, timeout=60)
-        assert again.returncode == 0 and "submitted: 5 jobs queued" in again.stderr.decode()
-        listing = run_cli(["cascade", "schedules", "--config", str(config)], env, timeout=60).stdout.decode()
+        runner = CliRunner(env={"CASCADE_REDIS_URL": env["CASCADE_REDIS_URL"], "CASCADE_LEDGER_URL": url})
+        again = runner.invoke(cascade, ["schedules", "--config", str(config), "run", "nightly", "--date", "2026-12-01"])
+        assert again.exit_code == 0 and "submitted: 5 jobs queued" in again.output
+        listing = runner.invoke(cascade, ["schedules", "--config", str(config)]).output
         assert "  2026-12-01  nightly-2026-12-01  submitted  (batch not in the ledger yet)  5 jobs queued" in listing
     finally:
         ledger.close()
@@ -372,3 +372,14 @@ def test_the_commented_example_in_cascade_toml_is_a_valid_schedule(tmp_path):
     assert run.batch == "nightly-tickets-2026-12-02" and settings.schedules["nightly-tickets"].budget_usd == 20.0
     assert run.input == tmp_path / "config" / "in" / "tickets-2026-12-02.jsonl"
     assert run.export == tmp_path / "config" / "out" / "tickets-2026-12-02.jsonl"
+
+
+@pytest.mark.parametrize("args", [["beat"], ["schedules", "run", "nightly"]])
+def test_without_redis_beat_and_schedules_run_say_what_they_need(tmp_path, monkeypatch, args):
+    config = with_schedules(copy_config(tmp_path), '[schedules.nightly]\npipeline = "ticket-triage"\n'
+                                                   'input = "in.jsonl"\ncron = "0 2 * * *"\n')
+    monkeypatch.delenv("CASCADE_REDIS_URL", raising=False)
+    where = ["--config", str(config)]
+    result = CliRunner().invoke(cascade, args + where if args == ["beat"] else ["schedules", *where, *args[1:]])
+    assert result.exit_code == 2
+    assert "needs a Redis URL (--redis-url or CASCADE_REDIS_URL)" in result.output
