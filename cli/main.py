@@ -11,6 +11,7 @@ from cascade.cli.common import Group
 from cascade.cli.control import budget, cancel, retry
 from cascade.cli.init import init
 from cascade.cli.report import report
+from cascade.cli.schedules import beat, schedules
 from cascade.cli.services import ledger, sim, worker
 from cascade.cli.stats import stats
 from cascade.cli.submit import submit_command
@@ -44,6 +45,8 @@ COMMANDS = (
     report,
     audit,
     alerts,
+    beat,
+    schedules,
 )
 for command in COMMANDS:
     cascade.add_command(command)

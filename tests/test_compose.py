@@ -228,3 +228,20 @@ def test_workers_serve_metrics_and_task_events_that_the_monitoring_profile_reads
     broker = next(a for a in argv(flower) if a.startswith("--broker="))
     assert broker == f"--broker={environment(services['worker-cheap'])['CASCADE_REDIS_URL']}"
     assert argv(flower)[0] == "celery" and "flower" in argv(flower)
+
+
+def test_one_beat_submits_the_schedules_to_redis_and_records_runs_in_postgres(services):
+    beat = services["beat"]
+    ctx = parse(beat, argv(beat))
+    assert ctx.command.name == "beat"
+    assert beat.get("deploy", {}).get("replicas") == 1, "exactly one beat per cluster"
+    assert {name: d["condition"] for name, d in beat["depends_on"].items()} == {
+        "redis": "service_healthy", "postgres": "service_healthy"}
+    env = environment(beat)
+    assert env["CASCADE_LEDGER_URL"] == environment(services["ledger"])["CASCADE_LEDGER_URL"]
+    assert env["CASCADE_REDIS_URL"] == environment(services["worker-cheap"])["CASCADE_REDIS_URL"]
+    assert host_path(beat, env["CASCADE_CONFIG"]) == CONFIG
+    # relative schedule paths start beside cascade.toml: in/ is mounted there, out/ writable
+    assert host_path(beat, "/app/config/in/tickets-2026-12-02.jsonl") == ROOT / "config" / "in" / \
+        "tickets-2026-12-02.jsonl"
+    assert "./config/out:/app/config/out" in beat["volumes"]

@@ -185,6 +185,10 @@ def _check_references(settings: Settings, where: str) -> None:
         if pipeline is None or tier not in pipeline.ladder:
             raise ConfigError(f"{where}: alerts.baselines.\"{key}\": no pipeline '{name}' with a tier '{tier}' "
                               f"(pipelines: {', '.join(sorted(settings.pipelines)) or 'none'})")
+    for name, schedule in settings.schedules.items():
+        if schedule.pipeline not in settings.pipelines:
+            raise ConfigError(f"{where}: schedules.{name}.pipeline: unknown pipeline '{schedule.pipeline}' "
+                              f"(known: {', '.join(sorted(settings.pipelines)) or 'none'})")
 
 
 def _check_verifier_tiers(settings: Settings, pipeline: Pipeline) -> None:

@@ -171,10 +171,50 @@ class Schedule(Frozen):
     name: str = ""
     pipeline: str
     input: str                            # a path; {date} is the run date (YYYY-MM-DD), relative to cascade.toml
-    cron: str                             # five fields: minute hour day-of-month month day-of-week
-    timezone: str = "UTC"
+    cron: str = ""                        # five fields: minute hour day-of-month month day-of-week (once a day at most)
+    every_s: int | None = Field(None, ge=1)   # instead of cron: every N seconds, one run per clock-aligned slot (tests)
+    timezone: str = "UTC"                 # IANA name: cron fields and {date} are read in it
     budget_usd: float = Field(0.0, ge=0)  # 0: no budget
     export: str = ""                      # optional results file ({date} allowed; .jsonl or .csv)
+
+    @field_validator("input", "export")
+    @classmethod
+    def _only_date_placeholder(cls, value: str) -> str:
+        for name in template_fields(value):
+            if name != "date":
+                raise ValueError(f"placeholder {{{name}}}: only {{date}} is known")
+        return value
+
+    @field_validator("export")
+    @classmethod
+    def _export_format(cls, value: str) -> str:
+        if value and not value.lower().endswith((".jsonl", ".csv")):
+            raise ValueError(f"'{value}' must end in .jsonl or .csv (the format of the results file)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from cascade.ops.cron import zone
+
+        zone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> Schedule:
+        from cascade.ops.cron import CronError, fires_per_day, parse_cron
+
+        if bool(self.cron) == (self.every_s is not None):
+            raise ValueError("give exactly one of cron (e.g. \"0 2 * * *\") and every_s")
+        if self.cron:
+            try:
+                cron = parse_cron(self.cron, self.timezone)
+            except CronError as e:
+                raise ValueError(f"cron: {e}") from None
+            if fires_per_day(cron) > 1:
+                raise ValueError(f"cron: '{self.cron}' fires {fires_per_day(cron)} times a day, but a scheduled "
+                                 "run is one per date (its batch id is NAME-DATE): give one minute and one hour")
+        return self
 
 
 class AlertsConfig(Frozen):

@@ -1,0 +1,294 @@
+"""Scheduled batches: which run a tick belongs to, its batch id and files, and submitting it exactly once.
+
+A run is keyed by its schedule and run date (YYYY-MM-DD in the schedule's time zone; for an `every_s`
+schedule, the epoch second its slot starts). The ledger's `schedule_runs` row is claimed before anything is
+submitted, so a retried tick, a restarted beat or a second beat find the run and submit nothing. A run
+left `submitting` by a process that died is resumed: submission is idempotent by batch id (rows already
+registered are skipped). A run that cannot start (missing input, Redis down) is `failed` with its reason,
+an alert row and a WARNING; a failed run is run again only on request (`cascade schedules run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from cascade.errors import CascadeError, ConfigError
+from cascade.ledger.database import Ledger, open_ledger
+from cascade.ops.cron import Every, ZonedCrontab, parse_cron, previous_run, zone
+from cascade.worker.config.schema import Schedule, Settings
+from cascade.worker.store import StoreError
+
+log = logging.getLogger("cascade.schedules")
+
+HEARTBEAT_S = 5.0             # a submitting run's row is touched this often
+STALE_SUBMITTING_S = 30.0     # a submitting row untouched this long was left by a process that died: resume it
+SUBMITTING, SUBMITTED, FAILED, EXPORTED = "submitting", "submitted", "failed", "exported"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of a schedule: its key, batch id and files."""
+
+    schedule: Schedule
+    key: str                    # the schedule_runs run_date: YYYY-MM-DD, or an every_s slot's epoch second
+    date: str                   # what {date} becomes
+    batch: str
+    input: Path
+    export: Path | None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What `run_schedule` did: submitted | resumed | already (ran before) | busy (another process submits
+    it now) | failed."""
+
+    schedule: str
+    key: str
+    batch: str
+    outcome: str
+    state: str
+    reason: str = ""
+    published: int = 0
+
+    @property
+    def message(self) -> str:
+        """One line for a person."""
+        head = f"schedule {self.schedule}: run {self.key}: batch {self.batch}"
+        if self.outcome == "already":
+            return f"{head} already ran ({self.state}{': ' + self.reason if self.reason else ''}); nothing submitted"
+        if self.outcome == "busy":
+            return f"{head} is being submitted by another process right now; nothing submitted"
+        return f"{head} {self.outcome}{': ' + self.reason if self.reason else ''}"
+
+
+def timing(schedule: Schedule) -> ZonedCrontab | Every:
+    """When the schedule fires (validated at config load, so no error here)."""
+    if schedule.every_s is not None:
+        return Every(schedule.every_s, zone(schedule.timezone))
+    return parse_cron(schedule.cron, schedule.timezone)
+
+
+def run_key(schedule: Schedule, moment: datetime) -> str:
+    """The run a tick at `moment` belongs to: the date (in the schedule's zone) of the latest occurrence at or
+    before it; for `every_s`, the epoch second of its slot."""
+    when = timing(schedule)
+    if isinstance(when, Every):
+        return str(when.slot(moment))
+    return previous_run(when, moment).date().isoformat()
+
+
+def current_key(schedule: Schedule, now: datetime | None = None) -> str:
+    """The run `cascade schedules run NAME` runs without --date: today's (in the schedule's zone), or the
+    current slot."""
+    now = now or datetime.now(UTC)
+    when = timing(schedule)
+    if isinstance(when, Every):
+        return str(when.slot(now))
+    return now.astimezone(when.tz).date().isoformat()
+
+
+def key_time(schedule: Schedule, key: str) -> datetime:
+    """The scheduled moment of a run key: an every_s slot's start, a date's last occurrence of the cron."""
+    when = timing(schedule)
+    if isinstance(when, Every):
+        return datetime.fromtimestamp(int(key), when.tz)
+    day = date.fromisoformat(key)
+    return previous_run(when, datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=when.tz))
+
+
+def check_key(schedule: Schedule, key: str) -> str:
+    """`key` if it is a run key of this schedule, else ValueError saying what one looks like."""
+    if schedule.every_s is not None:
+        if not key.isdigit() or int(key) % schedule.every_s:
+            raise ValueError(f"'{key}' is not a slot of schedule {schedule.name} (every {schedule.every_s} s: an "
+                             f"epoch second divisible by {schedule.every_s})")
+        return key
+    try:
+        date.fromisoformat(key)
+    except ValueError:
+        raise ValueError(f"'{key}' is not a date (YYYY-MM-DD)") from None
+    if len(key) != 10:
+        raise ValueError(f"'{key}' is not a date (YYYY-MM-DD)")
+    return key
+
+
+def batch_id(name: str, key: str) -> str:
+    """The batch id of a run: the schedule's name and the run key, e.g. nightly-tickets-2026-12-02."""
+    return f"{name}-{key}"
+
+
+def resolve_path(template: str, day: str, config_dir: Path) -> Path:
+    """A schedule's input or export path for a date; relative paths start at the folder of cascade.toml."""
+    path = Path(template.replace("{date}", day))
+    return path if path.is_absolute() else Path(config_dir) / path
+
+
+def plan(settings: Settings, name: str, key: str) -> RunPlan:
+    """The run `key` of schedule `name`; ConfigError for an unknown schedule, ValueError for a bad key."""
+    try:
+        schedule = settings.schedules[name]
+    except KeyError:
+        known = ", ".join(sorted(settings.schedules)) or "none"
+        raise ConfigError(f"unknown schedule '{name}' (in [schedules]: {known})") from None
+    key = check_key(schedule, key)
+    day = key if schedule.every_s is None else key_time(schedule, key).date().isoformat()
+    export = resolve_path(schedule.export, day, settings.config_dir) if schedule.export else None
+    return RunPlan(schedule, key, day, batch_id(name, key), resolve_path(schedule.input, day, settings.config_dir),
+                   export)
+
+
+def run_schedule(settings: Settings, name: str, run_date: str, ledger: Ledger | None = None,
+                 retry_failed: bool = False) -> RunOutcome:
+    """Submit run `run_date` of schedule `name` unless it ran already; never waits for the batch.
+
+    A failed run is submitted again only with `retry_failed` (the user fixed the input)."""
+    run = plan(settings, name, run_date)
+    own = ledger is None
+    ledger = ledger or open_ledger(settings)
+    try:
+        ledger.migrate()
+        if ledger.claim_schedule_run(name, run.key, run.batch):
+            return _submit(settings, ledger, run, "submitted")
+        row = next(r for r in ledger.schedule_runs(name) if r["run_date"] == run.key)
+        if row["state"] == SUBMITTING:
+            if time.time() - row["updated_at"] < STALE_SUBMITTING_S:
+                return RunOutcome(name, run.key, run.batch, "busy", SUBMITTING)
+            log.warning("schedule %s: run %s was left submitting (its process died); resuming batch %s",
+                        name, run.key, run.batch)
+            return _submit(settings, ledger, run, "resumed")
+        if row["state"] == FAILED and retry_failed:
+            ledger.update_schedule_run(name, run.key, SUBMITTING, "")
+            return _submit(settings, ledger, run, "submitted")
+        return RunOutcome(name, run.key, row["batch_id"], "already", row["state"], row["reason"])
+    finally:
+        if own:
+            ledger.close()
+
+
+def _submit(settings: Settings, ledger: Ledger, run: RunPlan, outcome: str) -> RunOutcome:
+    """Submit the run's input as its batch with the producer's Submitter; a run that cannot is failed."""
+    name = run.schedule.name
+    if not run.input.is_file():
+        return fail(ledger, run, f"input {run.input} does not exist",
+                    f"put the file there, then run `cascade schedules run {name} --date {run.key}`")
+    if settings.embedded:
+        return fail(ledger, run, "no Redis URL is configured: a scheduled batch needs workers",
+                    "set [redis] url or CASCADE_REDIS_URL for `cascade beat`")
+    try:
+        result = _submit_file(settings, ledger, run)
+    except (CascadeError, StoreError, RedisError, OSError) as error:
+        return fail(ledger, run, f"could not submit: {error}",
+                    f"fix the cause, then run `cascade schedules run {name} --date {run.key}`")
+    if result.published + result.already_submitted == 0 and result.rejected:
+        return fail(ledger, run, f"every row of {run.input} was rejected ({result.rejected[0]})",
+                    f"fix the input, then run `cascade schedules run {name} --date {run.key}`")
+    reason = f"{result.published} jobs queued from {run.input}"
+    if result.already_submitted:
+        reason += f", {result.already_submitted} submitted earlier"
+    if result.rejected:
+        reason += f", {len(result.rejected)} rows rejected (first: {result.rejected[0]})"
+    ledger.update_schedule_run(name, run.key, SUBMITTED, reason)
+    log.info("schedule %s: run %s: batch %s %s: %s", name, run.key, run.batch, outcome, reason)
+    return RunOutcome(name, run.key, run.batch, outcome, SUBMITTED, reason, result.published)
+
+
+def _submit_file(settings: Settings, ledger: Ledger, run: RunPlan):
+    """The producer's code path, as `cascade-submit` without --wait: open the batch, feed every row."""
+    from cascade.producer.reader import read_rows
+    from cascade.producer.submit import Submitter
+    from cascade.worker.backends import open_backend
+
+    pipeline = settings.pipeline(run.schedule.pipeline)
+    touched = [time.monotonic()]
+
+    def heartbeat() -> None:            # the row stays fresh: no one takes this run for abandoned
+        if time.monotonic() - touched[0] >= HEARTBEAT_S:
+            touched[0] = time.monotonic()
+            ledger.update_schedule_run(run.schedule.name, run.key, SUBMITTING)
+
+    backend = open_backend(settings, pipeline=pipeline)
+    try:
+        submitter = Submitter(backend, settings, pipeline, run.batch, round(run.schedule.budget_usd * 1e9),
+                              while_waiting=heartbeat,
+                              say=lambda message: log.warning("schedule %s: %s", run.schedule.name, message))
+        submitter.open(str(run.input))
+        fmt = "csv" if run.input.suffix.lower() == ".csv" else "jsonl"
+        with run.input.open("rb") as stream:
+            return submitter.run(read_rows(stream, fmt, settings.producer.max_row_bytes))
+    finally:
+        backend.close()
+
+
+def fail(ledger: Ledger, run: RunPlan, reason: str, check: str) -> RunOutcome:
+    """Mark the run failed, keep an alert row and log a WARNING; never raises for the run itself."""
+    name = run.schedule.name
+    ledger.update_schedule_run(name, run.key, FAILED, reason)
+    message = f"scheduled run {name} {run.key} (batch {run.batch}) failed: {reason}"
+    ledger.record_alert({"kind": "schedule_failed", "state": "fired", "pipeline": run.schedule.pipeline, "tier": "",
+                         "window": f"run {run.key}", "message": message, "check": check,
+                         "details": {"schedule": name, "run_date": run.key, "batch": run.batch,
+                                     "input": str(run.input)}})
+    log.warning("%s; check: %s", message, check)
+    return RunOutcome(name, run.key, run.batch, "failed", FAILED, reason)
+
+
+def export_run(settings: Settings, ledger: Ledger, name: str, key: str) -> bool:
+    """Write a submitted run's results to its export path once its batch is finished; True when written."""
+    from cascade.producer.collect import Collector, RecordWriter
+
+    run = plan(settings, name, key)
+    batch = ledger.batch(run.batch)
+    if run.export is None or batch is None or batch["state"] != "finished":
+        return False
+    fmt = "csv" if run.export.suffix.lower() == ".csv" else "jsonl"
+    partial = run.export.with_name(run.export.name + ".partial")
+    try:
+        run.export.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as sink:
+            writer = RecordWriter(sink, fmt)
+            Collector(ledger, run.batch, writer).collect()
+        os.replace(partial, run.export)         # a reader never sees half a file
+    except OSError as error:
+        fail(ledger, run, f"could not export to {run.export}: {error.strerror or error}",
+             f"make {run.export.parent} writable; the results stay in the ledger (`cascade results {run.batch}`)")
+        return False
+    ledger.update_schedule_run(name, key, EXPORTED, f"{writer.written} results written to {run.export}")
+    log.info("schedule %s: run %s: %d results of batch %s written to %s", name, key, writer.written, run.batch,
+             run.export)
+    return True
+
+
+def maintain(settings: Settings, ledger: Ledger) -> list[RunOutcome]:
+    """Beat's periodic check: resume runs left submitting by a dead process, export finished batches."""
+    resumed = []
+    for name, schedule in settings.schedules.items():
+        for row in ledger.schedule_runs(name):
+            try:
+                if row["state"] == SUBMITTING and time.time() - row["updated_at"] >= STALE_SUBMITTING_S:
+                    resumed.append(run_schedule(settings, name, row["run_date"], ledger))
+                elif row["state"] == SUBMITTED and schedule.export:
+                    export_run(settings, ledger, name, row["run_date"])
+            except ValueError as error:     # a row from an earlier config of the schedule (every_s vs cron)
+                log.debug("schedule %s: run %s skipped: %s", name, row["run_date"], error)
+    return resumed
+
+
+def last_runs(ledger: Ledger, name: str, n: int = 3) -> list[dict[str, Any]]:
+    """The newest `n` runs of a schedule, each with its batch's state in the ledger (None: not there yet)."""
+    rows = ledger.schedule_runs(name)[:n]
+    out = []
+    for row in rows:
+        batch = ledger.batch(row["batch_id"])
+        out.append({"run_date": row["run_date"], "batch": row["batch_id"], "state": row["state"],
+                    "reason": row["reason"], "batch_state": batch["state"] if batch else None,
+                    "done": batch["done"] if batch else 0, "total": batch["total"] if batch else 0})
+    return out
+
