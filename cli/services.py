@@ -19,14 +19,19 @@ SIMULATOR_KEY = "sim-key"   # what `cascade sim exec` gives its command as the e
 
 @click.command(cls=Command)
 @click.option("--tier", "-t", required=True, help="The tier whose queue this worker consumes.")
-@click.option("--concurrency", "-c", type=int, help="Threads (default: the tier's concurrency in config).")
+@click.option("--concurrency", "-c", type=int, help="Threads (default: the tier's concurrency in config; "
+              "1 with --shadow).")
+@click.option("--shadow", is_flag=True, help="Run shadow quality jobs on this (last) tier instead of real work: "
+              "its own queue ([shadow] queue or shadow.TIER), after the tier's real queue is empty.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @config_option
 @redis_option
-def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str | None, redis_url: str | None) -> None:
+def worker(tier: str, concurrency: int | None, shadow: bool, loglevel: str, config_path: str | None,
+           redis_url: str | None) -> None:
     """Run a Celery worker for one tier's queue on the threads pool.
 
     Example: CASCADE_REDIS_URL=redis://localhost:6379/0 cascade worker --tier cheap
+    (shadow sampling: cascade worker --tier frontier --shadow)
     """
     from celery import signals
 
@@ -41,11 +46,13 @@ def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str |
                                  param_hint="--tier")
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tier_cfg = settings.tiers[tier]
-    threads = concurrency or tier_cfg.concurrency
+    threads = concurrency or (1 if shadow else tier_cfg.concurrency)
+    queue = (settings.shadow.queue or f"shadow.{tier}") if shadow else tier_cfg.queue_name
     box: dict[str, object] = {}
-    app = create_app(settings, lambda: box["runtime"].engine)
+    app = create_app(settings, lambda: box["runtime"].engine, lambda: box["runtime"].shadow)
     try:
-        runtime = box["runtime"] = worker_runtime(settings, app, tier, threads)   # builds the SDK client: checks the key
+        runtime = box["runtime"] = worker_runtime(settings, app, tier, threads,   # builds the SDK client: checks the key
+                                                  shadow=shadow)
         runtime.start()
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
@@ -53,12 +60,12 @@ def worker(tier: str, concurrency: int | None, loglevel: str, config_path: str |
         raise click.ClickException(f"Redis {redact(settings.redis.url)}: {e}") from None
     signals.worker_shutting_down.connect(lambda **_: runtime.stopping(), weak=False)
     signals.worker_shutdown.connect(lambda **_: runtime.close(), weak=False)
-    click.echo(f"cascade worker: tier {tier} ({tier_cfg.provider} {tier_cfg.model}), queue {tier_cfg.queue_name}, "
+    click.echo(f"cascade worker: tier {tier} ({tier_cfg.provider} {tier_cfg.model}), queue {queue}, "
                f"{threads} threads, broker {redact(settings.redis.url)}, id {runtime.info.worker_id}", err=True)
     app.worker_main([
-        "worker", "--queues", tier_cfg.queue_name, "--pool", "threads",
+        "worker", "--queues", queue, "--pool", "threads",
         "--concurrency", str(threads), "--prefetch-multiplier", "1",
-        "--loglevel", loglevel, "--hostname", f"{tier}@%h-{os.getpid()}",
+        "--loglevel", loglevel, "--hostname", f"{'shadow-' if shadow else ''}{tier}@%h-{os.getpid()}",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
 

@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from cascade.ledger.database import Ledger, LedgerError
+from cascade.ops.shadow import ShadowStore
 from cascade.producer.report import summarize
 from cascade.worker.config.schema import Settings
 from cascade.worker.store import BatchRecord, BatchStore, ResultStream, StoreError
@@ -41,6 +42,7 @@ class LedgerWriter:
         self.ledger = ledger
         self.stream = ResultStream(redis, settings.redis.namespace)
         self.store = BatchStore(redis, settings.redis.namespace)
+        self.shadows = ShadowStore(redis, settings.redis.namespace)
         self.consumer = consumer or new_consumer()
         self.chunk = chunk
         self.claim_idle_ms = round((settings.ledger.claim_idle_s if claim_idle_s is None else claim_idle_s) * 1000)
@@ -75,7 +77,15 @@ class LedgerWriter:
             if now - self._synced >= SYNC_EVERY_S or entries:
                 self._synced = now
                 self.sync_batches()
-            return len(entries)
+            return len(entries) + self.move_shadow_pairs()
+
+    def move_shadow_pairs(self) -> int:
+        """Shadow pairs from their stream into the ledger (stored once each), then off the stream."""
+        pairs = self.shadows.pending_pairs(self.chunk)
+        if pairs:
+            self.ledger.write_shadow_pairs([pair for _, pair in pairs])
+            self.shadows.delete_pairs([entry_id for entry_id, _ in pairs])
+        return len(pairs)
 
     def drain(self) -> int:
         """Store everything waiting now; return how many records."""
