@@ -95,13 +95,16 @@ class Workers:
         self.procs: dict[str, subprocess.Popen] = {}
         self._count = 0
 
-    def start(self, tier: str, concurrency: int | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-        """Start a worker for a tier (with `env` instead of the cluster's) and wait until Celery reports it ready."""
+    def start(self, tier: str, concurrency: int | None = None, env: dict[str, str] | None = None,
+              extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        """Start a worker for a tier (with `env` instead of the cluster's, `extra` arguments such as --shadow) and
+        wait until Celery reports it ready."""
         self._count += 1
         log = self.log_dir / f"worker-{tier}-{self._count}.log"
         cmd = [str(BIN / "cascade"), "worker", "--tier", tier, "--config", str(self.config), "--loglevel", "INFO"]
         if concurrency:
             cmd += ["--concurrency", str(concurrency)]
+        cmd += list(extra)
         with open(log, "wb") as f:
             proc = subprocess.Popen(cmd, env=env or self.env, stdout=f, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
