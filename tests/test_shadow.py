@@ -185,3 +185,26 @@ def test_rate_zero_makes_no_shadow_calls_embedded(tmp_path):
         assert calls.get("ok", 0) == frontier_attempts + len(chosen)
         assert summary["shadow"]["jobs"] == len(chosen)
         assert (len(chosen) > 0) == (rate > 0)
+
+
+def test_a_drift_entry_changes_a_models_outcomes_from_a_job_index_on():
+    from cascade.errors import ConfigError
+    from cascade.simulator import parse_scenario
+
+    scenario = parse_scenario('[models.m]\noutcome = { correct = 1.0 }\n[[drift]]\nmodel = "m"\n'
+                              "index = 'Ticket #(\\d+):'\nfrom = 10\noutcome = { wrong = 1.0 }\n", "s.toml")
+    assert scenario.outcome("m", "Ticket #9: x") == "correct"
+    assert scenario.outcome("m", "Ticket #10: x") == "wrong"
+    assert scenario.outcome("other", "Ticket #10: x") == "correct"
+    with pytest.raises(ConfigError, match=r"s.toml: drift\[0\].index: needs a group"):
+        parse_scenario('[[drift]]\nmodel = "m"\nindex = "x"\nfrom = 1\noutcome = { wrong = 1.0 }\n', "s.toml")
+    with pytest.raises(ConfigError, match=r"drift\[0\].outcome: probabilities sum to 0.5, not 1"):
+        parse_scenario('[[drift]]\nmodel = "m"\nindex = "(x)"\nfrom = 1\noutcome = { wrong = 0.5 }\n', "s.toml")
+
+
+def test_agreement_is_on_the_parsed_output():
+    assert same_answer("json", ('{"a": 1, "b": 2}', {"a": 1, "b": 2}), ('```json\n{"b": 2, "a": 1}```', {"b": 2, "a": 1}))
+    assert not same_answer("json", ("{}", None), ("{}", None))      # an unparsable answer agrees with nothing
+    assert same_answer("label", ("B", "B"), ("(B) Paris", "B"))
+    assert same_answer("text", ("Paris  is the capital.", None), ("paris is the capital.", None))
+    assert not same_answer("text", ("Paris", None), ("Lyon", None))
