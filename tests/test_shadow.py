@@ -3,6 +3,7 @@ its pairs reach the ledger, its cost stays out of the batch's, its budget caps i
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import orjson
@@ -17,6 +18,7 @@ from cascade.verifiers.parsing import parse_output
 from cascade.worker.config import load_settings
 from cascade.worker.prompts import render
 from tests.cluster import (
+    BIN,
     Workers,
     cascade_env,
     cluster_config,
@@ -56,7 +58,7 @@ def cluster(tmp_path_factory, redis_url, sim):
         for tier in ("cheap", "mid", "frontier"):
             workers.start(tier)
         workers.start("frontier", extra=("--shadow",))
-        yield tmp, config, env, load_settings(config, environ={"CASCADE_REDIS_URL": redis_url})
+        yield tmp, config, env, load_settings(config, environ={"CASCADE_REDIS_URL": redis_url}), workers
     finally:
         workers.close()
         delete_namespace(redis_url, ns)
@@ -64,7 +66,7 @@ def cluster(tmp_path_factory, redis_url, sim):
 
 def run_batch(cluster, batch: str, n: int) -> tuple[dict[str, dict], list[dict]]:
     """Submit n tickets and wait for them: (input fields by job id, result records)."""
-    tmp, config, env, settings = cluster
+    tmp, config, env, settings, _ = cluster
     rows = write_tickets(tmp / f"{batch}.jsonl", n)
     out = tmp / f"{batch}.out.jsonl"
     done = run_cli(["cascade-submit", str(tmp / f"{batch}.jsonl"), "-p", "ticket-triage", "--batch-id", batch,
@@ -112,7 +114,7 @@ def frontier_agreement(settings, sim, record: dict, fields: dict) -> int:
 
 def test_a_share_of_early_accepts_is_shadowed_on_the_last_tier_apart_from_the_batch_cost(cluster, sim):
     # Given a 40-job batch (its shadow calls fit the budget) and the simulator's counts before it
-    tmp, config, env, settings = cluster
+    tmp, config, env, settings, _ = cluster
     before = sim.stats()["models"].get(settings.tiers["frontier"].model, {}).get("ok", 0)
     fields, records = run_batch(cluster, "shadow-a", 40)
     candidates = early_accepts(records)
@@ -152,7 +154,7 @@ def test_a_share_of_early_accepts_is_shadowed_on_the_last_tier_apart_from_the_ba
 
 def test_the_shadow_budget_stops_shadowing(cluster):
     # Given a 160-job batch whose sampled jobs would cost about twice the $0.02 shadow budget
-    _, _, _, settings = cluster
+    settings = cluster[3]
     _, records = run_batch(cluster, "shadow-b", 160)
     chosen = [r for r in early_accepts(records) if sampled("shadow-b", r["id"], RATE)]
     counters = wait_for_shadows(settings, "shadow-b", len(chosen))
@@ -161,6 +163,40 @@ def test_the_shadow_budget_stops_shadowing(cluster):
     assert counters["shadow_jobs"] + counters["shadow_skipped"] == len(chosen)
     assert 0 < counters["shadow_cost"] <= BUDGET_USD * 1e9
     assert counters.get("shadow_reserved", 0) == 0
+
+
+def test_a_killed_shadow_worker_loses_no_real_work_and_pays_nothing_twice(cluster):
+    # Given a batch running while the shadow worker is killed (SIGKILL) once it has shadowed a job or two
+    tmp, config, env, settings, workers = cluster
+    shadow = next(p for name, p in workers.procs.items() if name.startswith("frontier") and p.poll() is None
+                  and "--shadow" in p.args)
+    rows = write_tickets(tmp / "shadow-c.jsonl", 80)
+    out = tmp / "shadow-c.out.jsonl"
+    submit = subprocess.Popen([str(BIN / "cascade-submit"), str(tmp / "shadow-c.jsonl"), "-p", "ticket-triage",
+                               "--batch-id", "shadow-c", "--wait", "--out", str(out), "--config", str(config),
+                               "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while shadow_counters(settings, "shadow-c").get("shadow_jobs", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers.kill(shadow)
+    workers.start("frontier", extra=("--shadow",))
+    assert submit.wait(timeout=120) == 0, submit.stderr.read().decode()
+    records = read_jsonl(out)
+    chosen = [r for r in early_accepts(records) if sampled("shadow-c", r["id"], RATE)]
+    # When the new shadow worker has run what is left (the killed one's jobs in hand are lost)
+    counters = wait_for_shadows(settings, "shadow-c", len(chosen) - 3)
+    time.sleep(1.0)
+    counters = wait_for_shadows(settings, "shadow-c", len(chosen) - 3)
+    # Then every real job has its one result, and each shadow pair is stored and paid for once
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in rows)
+    ledger = open_ledger(settings)
+    try:
+        pairs = [p for p in ledger.shadow_pairs("ticket-triage") if p["batch_id"] == "shadow-c"]
+    finally:
+        ledger.close()
+    assert counters["shadow_jobs"] == len(pairs) == len({p["job_id"] for p in pairs})
+    assert counters["shadow_cost"] == sum(p["cost_nanos"] for p in pairs)
+    assert len(chosen) - 3 <= len(pairs) + counters.get("shadow_skipped", 0) <= len(chosen)
 
 
 def test_rate_zero_makes_no_shadow_calls_embedded(tmp_path):
