@@ -77,10 +77,11 @@ class LedgerWriter:
             if now - self._synced >= SYNC_EVERY_S or entries:
                 self._synced = now
                 self.sync_batches()
-            return len(entries) + self.move_shadow_pairs()
+            self.move_shadow_pairs()
+            return len(entries)
 
     def move_shadow_pairs(self) -> int:
-        """Shadow pairs from their stream into the ledger (stored once each), then off the stream."""
+        """Shadow pairs from their stream into the ledger (stored once each), then off the stream; how many."""
         pairs = self.shadows.pending_pairs(self.chunk)
         if pairs:
             self.ledger.write_shadow_pairs([pair for _, pair in pairs])
@@ -92,6 +93,8 @@ class LedgerWriter:
         total = 0
         while (n := self.step()) > 0:
             total += n
+        while self.move_shadow_pairs():     # shadow pairs beyond the chunk the last round moved
+            pass
         return total
 
     def sync_batches(self) -> None:

@@ -66,7 +66,7 @@ def cluster(tmp_path_factory, redis_url, sim):
 
 def run_batch(cluster, batch: str, n: int) -> tuple[dict[str, dict], list[dict]]:
     """Submit n tickets and wait for them: (input fields by job id, result records)."""
-    tmp, config, env, settings, _ = cluster
+    tmp, config, env, _, _ = cluster
     rows = write_tickets(tmp / f"{batch}.jsonl", n)
     out = tmp / f"{batch}.out.jsonl"
     done = run_cli(["cascade-submit", str(tmp / f"{batch}.jsonl"), "-p", "ticket-triage", "--batch-id", batch,
@@ -114,7 +114,7 @@ def frontier_agreement(settings, sim, record: dict, fields: dict) -> int:
 
 def test_a_share_of_early_accepts_is_shadowed_on_the_last_tier_apart_from_the_batch_cost(cluster, sim):
     # Given a 40-job batch (its shadow calls fit the budget) and the simulator's counts before it
-    tmp, config, env, settings, _ = cluster
+    _, config, env, settings, _ = cluster
     before = sim.stats()["models"].get(settings.tiers["frontier"].model, {}).get("ok", 0)
     fields, records = run_batch(cluster, "shadow-a", 40)
     candidates = early_accepts(records)

@@ -108,7 +108,7 @@ def _local_shadows(settings: Settings, engine: Any, client: Any, dispatcher: Any
     from cascade.ops.shadow import LocalShadows, ShadowRunner, ShadowStore, attach_sampler
 
     store = ShadowStore(client, settings.redis.namespace)
-    idle = lambda _tier: all(dispatcher.backlog(t) == 0 for t in settings.tiers)    # noqa: E731
+    idle = lambda _tier: all(dispatcher.backlog(t) == 0 for t in settings.tiers)
     shadows = LocalShadows(lambda: ShadowRunner(engine, store, idle, sleep=keeper.sleep))
     attach_sampler(engine, client, shadows.publish)
     return shadows
