@@ -23,18 +23,22 @@ SIMULATOR_KEY = "sim-key"   # what `cascade sim exec` gives its command as the e
 
 @click.command(cls=Command)
 @click.option("--tier", "-t", required=True, help="The tier whose queue this worker consumes.")
-@click.option("--concurrency", "-c", type=int, help="Threads (default: the tier's concurrency in config).")
+@click.option("--concurrency", "-c", type=int, help="Threads (default: the tier's concurrency in config; "
+              "1 with --shadow).")
+@click.option("--shadow", is_flag=True, help="Run shadow quality jobs on this (last) tier instead of real work: "
+              "its own queue ([shadow] queue or shadow.TIER), after the tier's real queue is empty.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @metrics_port_option
 @click.option("--task-events", "-E", is_flag=True,
               help="Send Celery task events, for Flower (default: [metrics] task_events).")
 @config_option
 @redis_option
-def worker(tier: str, concurrency: int | None, loglevel: str, metrics_port: int | None, task_events: bool,
-           config_path: str | None, redis_url: str | None) -> None:
+def worker(tier: str, concurrency: int | None, shadow: bool, loglevel: str, metrics_port: int | None,
+           task_events: bool, config_path: str | None, redis_url: str | None) -> None:
     """Run a Celery worker for one tier's queue on the threads pool.
 
     Example: CASCADE_REDIS_URL=redis://localhost:6379/0 cascade worker --tier cheap --metrics-port 9101 -E
+    (shadow sampling: cascade worker --tier frontier --shadow)
     """
     from celery import signals
 
@@ -49,11 +53,13 @@ def worker(tier: str, concurrency: int | None, loglevel: str, metrics_port: int 
                                  param_hint="--tier")
     configure_logging(loglevel, settings.metrics.log_format, secret_values(settings))
     tier_cfg = settings.tiers[tier]
-    threads = concurrency or tier_cfg.concurrency
+    threads = concurrency or (1 if shadow else tier_cfg.concurrency)
+    queue = (settings.shadow.queue or f"shadow.{tier}") if shadow else tier_cfg.queue_name
     box: dict[str, object] = {}
-    app = create_app(settings, lambda: box["runtime"].engine)
+    app = create_app(settings, lambda: box["runtime"].engine, lambda: box["runtime"].shadow)
     try:
-        runtime = box["runtime"] = worker_runtime(settings, app, tier, threads)   # builds the SDK client: checks the key
+        runtime = box["runtime"] = worker_runtime(settings, app, tier, threads,   # builds the SDK client: checks the key
+                                                  shadow=shadow)
         observe_worker(runtime, settings, tier, metrics_port)     # a taken metrics port fails before registering
         runtime.start()
     except CascadeError as e:
@@ -62,12 +68,12 @@ def worker(tier: str, concurrency: int | None, loglevel: str, metrics_port: int 
         raise click.ClickException(f"Redis {redact(settings.redis.url)}: {e}") from None
     signals.worker_shutting_down.connect(lambda **_: runtime.stopping(), weak=False)
     signals.worker_shutdown.connect(lambda **_: runtime.close(), weak=False)
-    click.echo(f"cascade worker: tier {tier} ({tier_cfg.provider} {tier_cfg.model}), queue {tier_cfg.queue_name}, "
+    click.echo(f"cascade worker: tier {tier} ({tier_cfg.provider} {tier_cfg.model}), queue {queue}, "
                f"{threads} threads, broker {redact(settings.redis.url)}, id {runtime.info.worker_id}", err=True)
     app.worker_main([
-        "worker", "--queues", tier_cfg.queue_name, "--pool", "threads",
+        "worker", "--queues", queue, "--pool", "threads",
         "--concurrency", str(threads), "--prefetch-multiplier", "1",
-        "--loglevel", loglevel, "--hostname", f"{tier}@%h-{os.getpid()}",
+        "--loglevel", loglevel, "--hostname", f"{'shadow-' if shadow else ''}{tier}@%h-{os.getpid()}",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         *(["--task-events"] if task_events or settings.metrics.task_events else []),
     ])

@@ -146,6 +146,10 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
                 record = None
             else:
                 record = waiting.until_finished(rows if source != "-" else None)
+                if backend.shadows is not None:     # embedded: the shadow jobs run now, after the real work
+                    backend.finish_shadows()
+                    waiting.collector.collect()
+                    record = waiting.record()
                 bar.close()
         except TierStopped as e:
             raise click.ClickException(str(e)) from None

@@ -22,6 +22,7 @@ from cascade.ledger.database import Ledger, LedgerError
 from cascade.ops.alerts import sinks_for
 from cascade.ops.metrics import process_metrics
 from cascade.ops.monitor import Monitor
+from cascade.ops.shadow import ShadowStore
 from cascade.producer.report import summarize
 from cascade.worker.config.schema import Settings
 from cascade.worker.store import BatchRecord, BatchStore, ResultStream, StoreError
@@ -46,6 +47,7 @@ class LedgerWriter:
         self.ledger = ledger
         self.stream = ResultStream(redis, settings.redis.namespace)
         self.store = BatchStore(redis, settings.redis.namespace)
+        self.shadows = ShadowStore(redis, settings.redis.namespace)
         self.consumer = consumer or new_consumer()
         self.chunk = chunk
         self.claim_idle_ms = round((settings.ledger.claim_idle_s if claim_idle_s is None else claim_idle_s) * 1000)
@@ -84,6 +86,7 @@ class LedgerWriter:
             if now - self._synced >= SYNC_EVERY_S or entries:
                 self._synced = now
                 self.sync_batches()
+            self.move_shadow_pairs()
             return len(entries)
 
     def _watch(self, records: list[bytes]) -> None:
@@ -93,11 +96,25 @@ class LedgerWriter:
         except Exception as e:  # noqa: BLE001 - a monitor bug must not stop records flowing
             log.warning("ledger: alerts skipped %d records: %s", len(records), e)
 
+    def move_shadow_pairs(self) -> int:
+        """Shadow pairs from their stream into the ledger (stored once each), then off the stream; how many."""
+        pairs = self.shadows.pending_pairs(self.chunk)
+        if pairs:
+            self.ledger.write_shadow_pairs([pair for _, pair in pairs])
+            self.shadows.delete_pairs([entry_id for entry_id, _ in pairs])
+            try:
+                self.monitor.observe_shadow(pair for _, pair in pairs)
+            except Exception as e:  # noqa: BLE001 - a monitor bug must not stop pairs flowing
+                log.warning("ledger: alerts skipped %d shadow pairs: %s", len(pairs), e)
+        return len(pairs)
+
     def drain(self) -> int:
         """Store everything waiting now; return how many records."""
         total = 0
         while (n := self.step()) > 0:
             total += n
+        while self.move_shadow_pairs():     # shadow pairs beyond the chunk the last round moved
+            pass
         return total
 
     def sync_batches(self) -> None:

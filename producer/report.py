@@ -63,7 +63,16 @@ def summarize(counters: dict[str, Any], settings: Settings, pipeline: Pipeline) 
         "savings_usd": to_usd(counterfactual - cost),
         "savings_share": (counterfactual - cost) / counterfactual if counterfactual else 0.0,
         "duplicate_cost_usd": to_usd(c.get("cost_duplicate", 0)),
+        "shadow": _shadow(c),
     }
+
+
+def _shadow(c: dict[str, int]) -> dict[str, Any]:
+    """Shadow quality sampling's own figures: apart from the batch's cost and budget."""
+    jobs, agree = c.get("shadow_jobs", 0), c.get("shadow_agree", 0)
+    return {"jobs": jobs, "agree": agree, "agreement": agree / jobs if jobs else None,
+            "cost_usd": to_usd(c.get("shadow_cost", 0)), "skipped_budget": c.get("shadow_skipped", 0),
+            "failed": c.get("shadow_failed", 0)}
 
 
 def _percentiles(c: dict[str, int], tier: str) -> dict[str, float | None]:
@@ -114,6 +123,13 @@ def format_summary(s: dict[str, Any], title: str) -> str:
                  f"${s['cost_per_accepted_job_usd']:.8f} per accepted job")
     lines.append(f"  every job on {s['last_tier']} alone: ${s['last_tier_only_cost_usd']:.6f}; "
                  f"savings ${s['savings_usd']:.6f} ({s['savings_share']:.1%})")
+    shadow = s.get("shadow") or {}
+    if shadow.get("jobs") or shadow.get("skipped_budget") or shadow.get("failed"):
+        agreement = "-" if shadow["agreement"] is None else f"{shadow['agreement']:.1%}"
+        lines.append(f"  shadow (on {s['last_tier']}, not in the cost above): {shadow['jobs']} jobs, "
+                     f"agreement {agreement}, cost ${shadow['cost_usd']:.6f}"
+                     + (f", {shadow['skipped_budget']} skipped by the shadow budget" if shadow["skipped_budget"] else "")
+                     + (f", {shadow['failed']} failed" if shadow["failed"] else ""))
     if s["duplicate_cost_usd"]:
         lines.append(f"  spent on redelivered duplicates: ${s['duplicate_cost_usd']:.6f}")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from cascade.errors import ConfigError
 from cascade.recorded import RecordedSet, load_recorded
 from cascade.simulator.outcomes import SimAnswer, pick, render_answer, text_digest, unit
-from cascade.simulator.schema import ModelProfile, Rule, parse_document
+from cascade.simulator.schema import Drift, ModelProfile, Rule, parse_document
 
 #: the answer to a prompt no rule matches (a scenario without a catch-all rule)
 FALLBACK_RULE = Rule(".*", "ok")
@@ -31,6 +31,7 @@ class Scenario:
     models: Mapping[str, ModelProfile] = field(default_factory=dict)
     source: str = "<scenario>"
     recorded: RecordedSet | None = None    # recorded answers served before any rule (`recorded = "x.jsonl"`)
+    drift: tuple[Drift, ...] = ()          # outcome mixes that change from a job index on ([[drift]])
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
@@ -45,7 +46,8 @@ class Scenario:
 
     def outcome(self, model: str, user_text: str, sample: int = 0) -> str:
         """How `model`'s `sample`-th answer to `user_text` comes out: correct, wrong, malformed, ..."""
-        weights = self.profile(model).outcome
+        drifted = next((d for d in self.drift if d.applies(model, user_text)), None)
+        weights = drifted.outcome if drifted is not None else self.profile(model).outcome
         u = unit("outcome", self.seed, model, sample, text_digest(user_text))
         drawn = pick(u, weights)
         if drawn is None:  # rounding left u just past the last slot

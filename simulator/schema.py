@@ -15,8 +15,9 @@ from cascade.simulator.outcomes import OUTCOMES
 ERROR_KINDS = ("429", "500", "timeout")
 _PROFILE_KEYS = ("latency_ms", "error_rate", "retry_after_s", "timeout_s", "rpm", "tpm", "context_window")
 _MODEL_KEYS = ("outcome", *_PROFILE_KEYS)
-_TOP_KEYS = ("seed", "description", "rules", "defaults", "models", "recorded")
+_TOP_KEYS = ("seed", "description", "rules", "defaults", "models", "recorded", "drift")
 _RULE_KEYS = ("match", "answer", "wrong")
+_DRIFT_KEYS = ("model", "index", "from", "outcome")
 _TOLERANCE = 1e-6
 
 
@@ -35,6 +36,28 @@ class Rule:
     def matches(self, text: str) -> bool:
         """Whether this rule applies to a user message."""
         return self.pattern.search(text) is not None
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A model whose outcome mix changes from a known job on: the job's index is read from its prompt
+    (the first group of `index`), so the change point is exact whatever the order calls arrive in."""
+
+    model: str
+    index: str                  # a regex whose first group is the job's index, e.g. 'Ticket #(\\d+)'
+    start: int                  # jobs whose index is at least this get `outcome`
+    outcome: tuple[tuple[str, float], ...]
+    pattern: re.Pattern[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", re.compile(self.index))
+
+    def applies(self, model: str, text: str) -> bool:
+        """Whether this drift changes `model`'s answer to this user message."""
+        if model != self.model:
+            return False
+        found = self.pattern.search(text)
+        return found is not None and int(found.group(1)) >= self.start
 
 
 @dataclass(frozen=True)
@@ -114,16 +137,43 @@ def parse_rules(reader: _Reader, value: Any) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def _outcome_mix(reader: _Reader, value: Any, path: str) -> tuple[tuple[str, float], ...]:
+    weights = reader.probabilities(value, path, OUTCOMES)
+    total = sum(weights.values())
+    if abs(total - 1.0) > _TOLERANCE:
+        raise reader.fail(path, f"probabilities sum to {total:g}, not 1")
+    return tuple((name, weights[name]) for name in OUTCOMES if name in weights)
+
+
+def parse_drift(reader: _Reader, value: Any) -> tuple[Drift, ...]:
+    """The [[drift]] array: outcome mixes that replace a model's from a job index on."""
+    if not isinstance(value, list):
+        raise reader.fail("drift", "must be an array of tables ([[drift]])")
+    drifts = []
+    for i, item in enumerate(value):
+        path = f"drift[{i}]"
+        table = reader.table(item, path, _DRIFT_KEYS)
+        for required in _DRIFT_KEYS:
+            if required not in table:
+                raise reader.fail(f"{path}.{required}", "missing")
+        index = reader.text(table["index"], f"{path}.index")
+        try:
+            if re.compile(index).groups < 1:
+                raise reader.fail(f"{path}.index", "needs a group that captures the job's index")
+        except re.error as e:
+            raise reader.fail(f"{path}.index", f"bad regex: {e}") from None
+        drifts.append(Drift(reader.text(table["model"], f"{path}.model"), index,
+                            reader.integer(table["from"], f"{path}.from"),
+                            _outcome_mix(reader, table["outcome"], f"{path}.outcome")))
+    return tuple(drifts)
+
+
 def parse_profile(reader: _Reader, value: Any, path: str, base: ModelProfile, *, model: bool) -> ModelProfile:
     """A [defaults] table (model=False) or a [models."name"] table layered over `base`."""
     table = reader.table(value, path, _MODEL_KEYS if model else _PROFILE_KEYS)
     changes: dict[str, Any] = {}
     if "outcome" in table:
-        weights = reader.probabilities(table["outcome"], f"{path}.outcome", OUTCOMES)
-        total = sum(weights.values())
-        if abs(total - 1.0) > _TOLERANCE:
-            raise reader.fail(f"{path}.outcome", f"probabilities sum to {total:g}, not 1")
-        changes["outcome"] = tuple((name, weights[name]) for name in OUTCOMES if name in weights)
+        changes["outcome"] = _outcome_mix(reader, table["outcome"], f"{path}.outcome")
     if "latency_ms" in table:
         span = table["latency_ms"]
         if not isinstance(span, list) or len(span) != 2:
@@ -167,4 +217,6 @@ def parse_document(source: str, data: Mapping[str, Any]) -> dict[str, Any]:
         name: parse_profile(reader, value, f"models.{name}", defaults, model=True)
         for name, value in models_table.items()
     }
-    return {"seed": seed, "rules": rules, "defaults": defaults, "models": models, "recorded": recorded}
+    drift = parse_drift(reader, data.get("drift", []))
+    return {"seed": seed, "rules": rules, "defaults": defaults, "models": models, "recorded": recorded,
+            "drift": drift}

@@ -24,6 +24,12 @@ class Backend:
     sweeps: SweepStore
     dispatcher: Dispatcher
     stop: Any = None            # embedded: what tells waiting jobs to give up when the run ends
+    shadows: Any = None         # embedded: the in-process shadow queue (ops/shadow.py LocalShadows)
+
+    def finish_shadows(self) -> None:
+        """Embedded: run the shadow jobs still queued (after the real work); distributed: nothing to do."""
+        if self.shadows is not None:
+            self.shadows.finish()
 
     def backlog(self, tier_name: str) -> int:
         """Messages waiting (or, embedded, running) on a tier."""
@@ -31,6 +37,8 @@ class Backend:
 
     def close(self) -> None:
         """Stop local pools or release broker connections."""
+        if self.shadows is not None:
+            self.shadows.close()
         if self.stop is not None:
             self.stop()
         self.dispatcher.close()
@@ -89,7 +97,21 @@ def _embedded(settings: Settings, providers: Any, pipeline: Pipeline | None) -> 
     engine = Engine(settings, job_store(settings, client), providers, dispatcher, limiter, keeper=keeper,
                     sweeps=sweeps)
     dispatcher.bind(engine.handle)
-    return Backend("embedded", store, sweeps, dispatcher, stop=keeper.stop)
+    shadows = _local_shadows(settings, engine, client, dispatcher, keeper)
+    return Backend("embedded", store, sweeps, dispatcher, stop=keeper.stop, shadows=shadows)
+
+
+def _local_shadows(settings: Settings, engine: Any, client: Any, dispatcher: Any, keeper: Any) -> Any:
+    """Embedded shadow sampling: shadow jobs run on one thread of this process when no real work is queued."""
+    if settings.shadow.rate <= 0:
+        return None
+    from cascade.ops.shadow import LocalShadows, ShadowRunner, ShadowStore, attach_sampler
+
+    store = ShadowStore(client, settings.redis.namespace)
+    idle = lambda _tier: all(dispatcher.backlog(t) == 0 for t in settings.tiers)
+    shadows = LocalShadows(lambda: ShadowRunner(engine, store, idle, sleep=keeper.sleep))
+    attach_sampler(engine, client, shadows.publish)
+    return shadows
 
 
 def circuit_policy(settings: Settings) -> Any:
@@ -108,6 +130,7 @@ class WorkerRuntime:
     keeper: Any
     reconciler: Any
     info: WorkerInfo
+    shadow: Any = None          # a shadow worker's runner (`cascade worker --shadow`)
 
     def start(self) -> None:
         """Register the worker, then start the heartbeat and the reconciler."""
@@ -125,9 +148,10 @@ class WorkerRuntime:
         self.keeper.close()
 
 
-def worker_runtime(settings: Settings, app: Any, tier_name: str, concurrency: int, providers: Any = None
-                   ) -> WorkerRuntime:
-    """The engine a Celery worker process runs: real Redis stores, escalations published through `app`."""
+def worker_runtime(settings: Settings, app: Any, tier_name: str, concurrency: int, providers: Any = None,
+                   shadow: bool = False) -> WorkerRuntime:
+    """The engine a Celery worker process runs: real Redis stores, escalations published through `app`;
+    `shadow`: a shadow worker of `tier_name` (it runs shadow jobs, the others sample them)."""
     from cascade.worker.dispatch.celery_dispatch import CeleryDispatcher
     from cascade.worker.engine import Engine
     from cascade.worker.leases import LeaseKeeper, new_worker_id
@@ -150,4 +174,13 @@ def worker_runtime(settings: Settings, app: Any, tier_name: str, concurrency: in
     reconciler = Reconciler(settings, sweeps, dispatcher, lease_s=engine_cfg.lease_s, sweep_s=engine_cfg.sweep_s,
                             queue_depth=dispatcher.backlog)
     info = WorkerInfo(worker_id, tier_name, concurrency, socket.gethostname(), os.getpid(), round(time.time(), 3))
-    return WorkerRuntime(engine, keeper, reconciler, info)
+    from cascade.ops.shadow import ShadowRunner, ShadowStore, attach_sampler, celery_publisher
+
+    runner = None
+    if shadow:      # registered as shadow.<tier>: it is no worker of the tier's real queue
+        info = WorkerInfo(worker_id, f"shadow.{tier_name}", concurrency, info.host, info.pid, info.started)
+        runner = ShadowRunner(engine, ShadowStore(client, settings.redis.namespace),
+                              idle=lambda tier: dispatcher.backlog(tier) == 0, sleep=keeper.sleep)
+    else:
+        attach_sampler(engine, client, celery_publisher(app, settings))
+    return WorkerRuntime(engine, keeper, reconciler, info, runner)

@@ -12,6 +12,7 @@ from cascade.worker.config.schema import Settings
 from cascade.worker.store.keys import Keys
 
 ATTEMPT_TASK = "cascade.attempt"
+SHADOW_TASK = "cascade.shadow"        # a shadow quality run (ops/shadow.py), on its own queue
 GUARDED_TRANSPORT = "cascade.worker.broker:GuardedTransport"
 
 
@@ -22,8 +23,10 @@ def use_guarded_transport() -> None:
     TRANSPORT_ALIASES["rediss"] = GUARDED_TRANSPORT
 
 
-def create_app(settings: Settings, get_engine: Callable[[], object] | None = None) -> Celery:
-    """A Celery app for these settings; `get_engine` supplies the engine when this process is a worker."""
+def create_app(settings: Settings, get_engine: Callable[[], object] | None = None,
+               get_shadow: Callable[[], object] | None = None) -> Celery:
+    """A Celery app for these settings; `get_engine` supplies the engine when this process is a worker
+    (`get_shadow` the shadow runner, when it is a shadow worker)."""
     from cascade.worker.tasks import register_tasks
 
     use_guarded_transport()
@@ -58,11 +61,11 @@ def create_app(settings: Settings, get_engine: Callable[[], object] | None = Non
             "health_check_interval": 25,
             "retry_on_timeout": True,
             DEADLETTER_OPTION: Keys(settings.redis.namespace).deadletter,
-            TASK_OPTION: (ATTEMPT_TASK,),
+            TASK_OPTION: (ATTEMPT_TASK, SHADOW_TASK),
         },
         task_create_missing_queues=True,
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2},
     )
-    register_tasks(app, get_engine)
+    register_tasks(app, get_engine, get_shadow)
     return app

@@ -58,6 +58,10 @@ class Keys:
       deadletter            list: messages and jobs taken out of circulation, with their reason
       limiter:{tier}:state  hash: a tier's rate buckets, 429 cooldown, circuit and mean call time
       limiter:{tier}:leases sorted set: calls in flight on a tier, by lease expiry
+      shadow:{batch}:{job}  string: what a shadow run needs (fields, accepted answer), with a TTL; taken once
+      shadow:pairs          stream: shadow pairs (shaped like the ledger's shadow_pairs rows) for the ledger writers
+    Shadow counters (shadow_jobs, shadow_agree, shadow_cost, shadow_reserved, shadow_skipped) live in the batch
+    hash beside the batch's own, never in its cost or budget.
     """
 
     namespace: str = "cascade"
@@ -143,6 +147,15 @@ class Keys:
     def limiter(self, tier: str, part: str) -> str:
         """Shared limiter state of a tier: `part` is "state" or "leases"."""
         return f"{self.namespace}:limiter:{tier}:{part}"
+
+    def shadow_job(self, batch: str, job_id: str) -> str:
+        """A sampled job's shadow payload, until a shadow worker takes it."""
+        return f"{self.namespace}:shadow:{batch}:{job_id}"
+
+    @property
+    def shadow_pairs(self) -> str:
+        """The stream of shadow pairs the ledger writers move into the ledger."""
+        return f"{self.namespace}:shadow:pairs"
 
     @staticmethod
     def queue_lists(queue_name: str) -> list[str]:
