@@ -12,6 +12,7 @@ from cascade.cli.common import config_option, load
 from cascade.errors import CascadeError
 from cascade.verifiers.calibration import CONFIDENCE_DEFAULT
 from cascade.worker.config.load import config_path as find_config
+from cascade.worker.config.load import load_settings
 
 recorded_option = click.option("--recorded", "-r", required=True, type=click.Path(exists=True, dir_okay=False),
                                help="Recorded responses (JSONL in the ../shared/datasets format).")
@@ -42,8 +43,13 @@ def format_report(report: dict[str, Any], title: str) -> str:
         lines.append("  thresholds (calibrated P(correct)): "
                      + ", ".join(f"{t} {v:g}" for t, v in report["thresholds"].items())
                      + f"; no answer accepted below {report['answer_floor']:.3f}")
+        if report.get("skipped"):
+            lines.append(f"  ladder: {' -> '.join(report['ladder'])}")
+            lines += [f"  skipped {tier}: {why}" for tier, why in report["skipped"].items()]
         if not report["feasible"]:
-            lines.append(f"  target {report['target']} not reachable on these rows: every scored tier escalates")
+            lines.append(f"  target {report['target']} not reachable on these rows: every job goes to the last tier")
+        if report.get("warning"):
+            lines.append(f"  WARNING: {report['warning']}")
     return "\n".join(lines)
 
 
@@ -53,6 +59,10 @@ def _write(path: Path, data: bytes) -> None:
         path.write_bytes(data)
     except OSError as e:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
 
 
 def _rows(recorded: Any, split: str | None) -> list[Any]:
@@ -82,7 +92,7 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
     settings = load(config_path, "")
     try:
         pipe = settings.pipeline(pipeline)
-        data = load_recorded(recorded)
+        data = load_recorded(recorded, on_bad_row=_warn)
         result = replay(settings, pipe, data, _rows(data, split))
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
@@ -130,12 +140,10 @@ def calibrate_command(pipeline: str, recorded: str, split: str | None, target: s
     if out is None and len(named) != 1:
         raise click.UsageError(f"pipeline {pipeline}: its score verifiers name {len(named)} calibration files; "
                                "give --out")
-    if pipeline_file.exists():
-        write_placeholders(config_dir, pipeline_file)
-    settings = load(config_path, "")
-    try:
+    try:   # the chains are not built: this pipeline's calibration file (or another's) may not exist yet
+        settings = load_settings(config_path, overrides={"redis.url": ""}, check_verifiers=False)
         pipe = settings.pipeline(pipeline)
-        data = load_recorded(recorded)
+        data = load_recorded(recorded, on_bad_row=_warn)
         result = calibrate(settings, pipe, data, goal, _rows(data, split))
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
@@ -143,8 +151,10 @@ def calibrate_command(pipeline: str, recorded: str, split: str | None, target: s
         raise click.ClickException(f"pipeline {pipeline} has no logprob or self_consistency verifier to calibrate")
     path = Path(out) if out else config_dir / next(iter(named))
     meta = {"method": "isotonic", **{k: result.report[k] for k in ("pipeline", "target", "confidence", "rows")},
-            "fitted_on": recorded}
+            "fitted_on": recorded, **result.meta()}
     _write(path, dump_calibration(result.entries, meta))
+    if pipeline_file.exists():
+        write_placeholders(config_dir, pipeline_file)    # other files it names: loadable, escalating everything
     result.report["calibration"] = str(path)
     if as_json:
         click.echo(orjson.dumps(result.report).decode())

@@ -191,11 +191,11 @@ def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
 
 
 def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                      keep_last: bool) -> tuple[list[float], bool]:
+                      keep_last: bool, use_floor: bool = True) -> tuple[list[float], bool]:
     """The cheapest thresholds meeting the target on these rows; (all NEVER, False) when none does."""
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
     free = [t for t, p in enumerate(profiles) if p.scored and (t < len(profiles) - 1 or not keep_last)]
-    floor = answer_floor(reference, target)
+    floor = answer_floor(reference, target) if use_floor else 0.0
     options = {t: candidates(cal[t], floor) for t in free}
     base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
     best: tuple[int, int, list[float]] | None = None
@@ -224,21 +224,81 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
     return (best[2], True) if best is not None else (base, False)
 
 
+@dataclass(frozen=True)
+class LadderChoice:
+    """A sub-ladder (positions in the full ladder, the last always kept), its thresholds and training figures."""
+
+    kept: tuple[int, ...]
+    thresholds: tuple[float, ...]      # per kept tier
+    feasible: bool
+    cost: int
+    correct: int
+
+
+def sub_ladders(size: int) -> list[tuple[int, ...]]:
+    """Every ladder that keeps the last of `size` tiers, from the last tier alone to all of them."""
+    last = size - 1
+    return [combo + (last,) for r in range(size) for combo in itertools.combinations(range(last), r)]
+
+
+def choose_ladder(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
+                  keep_last: bool, use_floor: bool = True) -> tuple[LadderChoice, list[LadderChoice]]:
+    """The cheapest sub-ladder meeting the target (the last tier alone is one), and every sub-ladder tried.
+
+    A tier that escalates nearly everything still costs its call on every job that reaches it, so a
+    ladder without it can be cheaper at the same accuracy; trying every sub-ladder finds that. When
+    none meets the target, the last tier alone is the answer (marked infeasible).
+    """
+    tried = []
+    for kept in sub_ladders(len(profiles)):
+        sub, sub_cal = [profiles[t] for t in kept], [cal[t] for t in kept]
+        thresholds, feasible = choose_thresholds(sub, sub_cal, target, keep_last, use_floor)
+        correct, cost, _ = simulate(sub, sub_cal, thresholds, keep_last)
+        tried.append(LadderChoice(kept, tuple(thresholds), feasible, cost, sum(correct)))
+    feasible = [c for c in tried if c.feasible]
+    if not feasible:
+        return tried[0], tried
+    return min(feasible, key=lambda c: (c.cost, -c.correct, -len(c.kept))), tried
+
+
+def skip_reasons(names: Sequence[str], best: LadderChoice, tried: list[LadderChoice], total: int) -> dict[str, str]:
+    """Why each tier outside the chosen ladder is skipped, in words and training figures."""
+    out = {}
+    for t, name in enumerate(names[:-1]):
+        if t in best.kept:
+            continue
+        with_it = [c for c in tried if c.feasible and t in c.kept]
+        if not with_it:
+            out[name] = "no ladder with it meets the target on the training rows"
+        else:
+            cheapest = min(with_it, key=lambda c: c.cost)
+            out[name] = (f"cheaper without it: the best ladder with it costs {cheapest.cost / total:.3f} of the last "
+                         f"tier alone on the training rows, the chosen one {best.cost / total:.3f}")
+    return out
+
+
 @dataclass
 class CalibrationResult:
-    """The fitted entries and the expected figures on the rows they were fitted on."""
+    """The fitted entries, the tiers skipped, and the expected figures on the rows they were fitted on."""
 
     entries: dict[str, TierCalibration]
     report: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)
+
+    def meta(self) -> dict[str, Any]:
+        """What the calibration file records beside its entries (the skipped tiers are read by the loader)."""
+        return {"skip": {self.report["pipeline"]: self.skipped}} if self.skipped else {}
 
 
 def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,
-              rows: list[RecordedRow] | None = None) -> CalibrationResult:
-    """Profile every tier, fit isotonic maps, choose thresholds; the report holds the training figures."""
+              rows: list[RecordedRow] | None = None, use_floor: bool = True) -> CalibrationResult:
+    """Profile every tier, fit isotonic maps, choose a sub-ladder and its thresholds; the report holds the
+    training figures. `use_floor=False` drops the per-answer floor (the best-in-hindsight search)."""
     rows = list(rows if rows is not None else recorded.rows)
     if not rows:
         raise ConfigError(f"{recorded.source}: no rows to calibrate on")
-    profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in pipeline.ladder]
+    ladder = pipeline.full_ladder
+    profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in ladder]
     shared = [p.key for p in profiles if p.scored]
     if len(shared) != len(set(shared)):
         raise ConfigError(f"{pipeline.source}: tiers share a calibration `key`; each tier's map and threshold is "
@@ -251,25 +311,34 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
             maps[p.name] = fit_isotonic([r for r, _ in pairs], [c for _, c in pairs])
         cal.append([maps[p.name](r) if p.name in maps and r is not None else None for r in p.raw])
     keep_last = pipeline.on_last_failure == "accept_flagged"
-    thresholds, feasible = choose_thresholds(profiles, cal, target, keep_last)
-    correct, cost, escalated = simulate(profiles, cal, thresholds, keep_last)
+    best, tried = choose_ladder(profiles, cal, target, keep_last, use_floor)
+    kept = [profiles[t] for t in best.kept]
+    correct, cost, escalated = simulate(kept, [cal[t] for t in best.kept], best.thresholds, keep_last)
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
-    last, last_n = pipeline.ladder[-1], tier_samples(settings, pipeline)[pipeline.ladder[-1]]
-    last_cost = sum(tier_cost(settings, last, recorded.find((r.system, r.user)) or r, last_n) for r in rows)
+    last_n = tier_samples(settings, pipeline)[ladder[-1]]
+    last_cost = sum(tier_cost(settings, ladder[-1], recorded.find((r.system, r.user)) or r, last_n) for r in rows)
+    thresholds = [NEVER] * len(profiles)
+    for t, value in zip(best.kept, best.thresholds):
+        thresholds[t] = value
     n = len(rows)
     entries = {p.key: TierCalibration(maps[p.name], thresholds[t], sum(1 for r in p.raw if r is not None))
                for t, p in enumerate(profiles) if p.name in maps}
+    skipped = [ladder[t] for t in range(len(ladder) - 1) if t not in best.kept]
     report = {
         "pipeline": pipeline.name, "recorded": recorded.source, "rows": n,
-        "target": f"{target.kind}={target.value:g}", "confidence": target.confidence, "feasible": feasible,
+        "target": f"{target.kind}={target.value:g}", "confidence": target.confidence, "feasible": best.feasible,
+        "ladder": [ladder[t] for t in best.kept], "skipped": skip_reasons(ladder, best, tried, last_cost or 1),
         "thresholds": {p.name: thresholds[t] for t, p in enumerate(profiles) if p.name in maps},
         "answer_floor": answer_floor(reference, target),
         "accuracy": sum(correct) / n, "last_tier_accuracy": sum(reference) / n,
         "cost_usd": to_usd(cost), "last_tier_cost_usd": to_usd(last_cost),
         "cost_ratio": cost / last_cost if last_cost else None,
-        "escalation": {p.name: escalated[t] / n for t, p in enumerate(profiles[:-1])},
+        "escalation": {p.name: escalated[t] / n for t, p in enumerate(kept[:-1])},
     }
-    return CalibrationResult(entries, report)
+    if len(best.kept) == 1 and len(ladder) > 1:
+        report["warning"] = (f"no cascade beats the last tier alone on these rows: every job goes to {ladder[-1]} "
+                             f"({', '.join(skipped)} skipped)")
+    return CalibrationResult(entries, report, skipped)
 
 
 def calibration_paths(pipeline_file: Path) -> dict[str, set[str]]:

@@ -111,9 +111,16 @@ def replay(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
 
 def tier_samples(settings: Settings, pipeline: Pipeline) -> dict[str, int]:
     """How many samples each tier of the ladder answers with in one call (its checks decide: 1 or n)."""
-    return {tier: (build_chain(pipeline.verifier_specs(tier), settings.config_dir,
+    return {tier: (build_chain([uncalibrated(s) for s in pipeline.verifier_specs(tier)], settings.config_dir,
                                f"{pipeline.source}: verifiers.{tier}").sampling or (1, 0.0))[0]
-            for tier in pipeline.ladder}
+            for tier in pipeline.full_ladder}
+
+
+def uncalibrated(spec: dict[str, Any]) -> dict[str, Any]:
+    """A verifier spec that reads no calibration file (its sampling and checks unchanged)."""
+    if "calibration" not in spec:
+        return spec
+    return {k: v for k, v in spec.items() if k not in ("calibration", "key")} | {"threshold": spec.get("threshold") or 0.0}
 
 
 def tier_cost(settings: Settings, tier_name: str, row: RecordedRow, n: int = 1) -> int:

@@ -155,10 +155,16 @@ class Pipeline(Frozen):
     tags: tuple[str, ...] = ()           # input fields copied into each result (team, feature...): `stats --by`
     verifiers: dict[str, tuple[dict[str, Any], ...]] = Field(default_factory=dict)  # "default" or a tier name
     source: Path = Path(".")            # the file it came from (set by the loader)
+    declared_ladder: tuple[str, ...] = ()   # the file's ladder when a calibration skips tiers (set by the loader)
 
     def verifier_specs(self, tier: str) -> tuple[dict[str, Any], ...]:
         """The verifier chain for a tier: its own list, else the pipeline's default list."""
         return self.verifiers.get(tier, self.verifiers.get("default", ()))
+
+    @property
+    def full_ladder(self) -> tuple[str, ...]:
+        """The ladder as the file declares it, tiers a calibration skips included."""
+        return self.declared_ladder or self.ladder
 
     def next_tier(self, index: int) -> str | None:
         """The tier after ladder position `index`, or None at the last."""
