@@ -40,5 +40,5 @@ def test_an_unseen_set_gets_a_derived_pipeline_fitted_on_train_only(tmp_path, ca
     assert set(quiz["thresholds"]) == set(quiz["ladder"][:-1]) and quiz["target"] == "drop=0.01"
     assert dates["ladder"] == ["gpt35", "gpt4"] and "gpt35" in dates["thresholds"]
     for s in (quiz, dates):
-        assert 0 < s["accuracy"] <= 1 and 0 < s["cost_ratio"] and 0 < s["oracle_cost_ratio"] < 1
-        assert set(s["escalation"]) == set(s["ladder"][:-1])
+        assert 0 < s["accuracy"] <= 1 and 0 < s["cost_ratio"] <= 1 and 0 < s["oracle_cost_ratio"] < 1
+        assert set(s["escalation"]) == set(s["kept"][:-1]) and s["ratio_to_hindsight"] is not None

@@ -150,7 +150,7 @@ def evaluate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, rows
             graded += 1
             last_correct += last_ok
             correct += bool(final.answer_correct(record["output"], served.gold)) if final is not None else 0
-        for name in pipeline.ladder:
+        for name in pipeline.full_ladder:    # tiers a calibration skips included: what the recording could give
             response = served.responses[settings.tiers[name].model]
             oracle_cost += tier_cost(settings, name, served, samples[name])
             # a sampled tier answers with its majority, which the recording's `correct` grades

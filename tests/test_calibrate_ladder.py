@@ -1,0 +1,140 @@
+"""calibrate picks a sub-ladder: tiers that never pay are skipped, never costlier than the last tier alone."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from cascade.cli.main import cascade
+from cascade.recorded import load_recorded
+from tests.helpers import REPO
+
+PIPELINE = """output = "label"
+labels = ["A", "B", "C", "D"]
+ladder = ["mini", "qwen72", "gpt4o"]
+[prompt]
+system = "{system}"
+user = "{user}"
+[verifiers]
+default = [{ name = "choices" }, { name = "logprob", calibration = "calibration/mc3.json" }]
+"""
+
+
+def answer(text: str, p: float, correct: bool, tokens: int = 100) -> dict:
+    return {"text": text, "input_tokens": tokens, "output_tokens": 1, "logprob": math.log(p), "correct": correct}
+
+
+def rows(n: int, mini_right_when_sure: bool = True) -> list[dict]:
+    """mini: sure on half the rows (right there unless told otherwise); qwen72: always unsure, right 60%;
+    gpt-4o: right 90%."""
+    out = []
+    for i in range(n):
+        sure = i % 2 == 0
+        mini = answer("A", 0.97 if sure else 0.4, (sure and mini_right_when_sure) or (not sure and i % 3 == 0))
+        qwen = answer("B", 0.35 + 0.1 * (i % 3), i % 5 < 3)
+        big = answer("C", 0.9, i % 10 != 0)
+        out.append({"id": f"r{i}", "split": "train", "gold": None,
+                    "messages": [{"role": "system", "content": "Pick one."},
+                                 {"role": "user", "content": f"Question {i}?"}],
+                    "responses": {"gpt-4o-mini": mini, "qwen2.5-72b-instruct": qwen, "gpt-4o": big}})
+    return out
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    target = tmp_path / "config"
+    shutil.copytree(REPO / "examples" / "recorded" / "config", target)
+    (target / "pipelines" / "mc3.toml").write_text(PIPELINE)
+    return target / "cascade.toml"
+
+
+def write(path: Path, data: list[dict]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in data))
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(cascade, list(args))
+
+
+def test_a_middle_tier_that_never_pays_is_skipped_and_replay_never_calls_it(config, tmp_path):
+    recorded = write(tmp_path / "train.jsonl", rows(120))
+    # When calibrate fits the three-tier ladder
+    fit = run("calibrate", "-p", "mc3", "-r", str(recorded), "--target", "drop=0.05", "--config", str(config),
+              "--json")
+    assert fit.exit_code == 0, fit.output
+    report = orjson.loads(fit.stdout)
+    # Then the unsure middle tier is skipped, with the reason, and the file records it
+    assert report["feasible"] and report["ladder"] == ["mini", "gpt4o"]
+    assert list(report["skipped"]) == ["qwen72"]
+    assert report["skipped"]["qwen72"].startswith("cheaper without it")
+    assert report["cost_ratio"] < 1
+    saved = orjson.loads((config.parent / "calibration" / "mc3.json").read_bytes())
+    assert saved["skip"] == {"mc3": ["qwen72"]}
+    # And the engine runs without it: the replay never calls qwen72 and costs what the fit expected
+    replayed = run("replay", "-p", "mc3", "-r", str(recorded), "--config", str(config), "--json",
+                   "--out", str(tmp_path / "out.jsonl"))
+    assert replayed.exit_code == 0, replayed.output
+    measured = orjson.loads(replayed.stdout)
+    assert measured["escalation"] == pytest.approx(report["escalation"])
+    assert measured["cost_usd"] == pytest.approx(report["cost_usd"])
+    tiers = {a["tier"] for line in (tmp_path / "out.jsonl").read_bytes().splitlines()
+             for a in orjson.loads(line)["attempts"]}
+    assert tiers == {"mini", "gpt4o"}
+
+
+def test_no_cascade_beats_the_last_tier_alone_warns_and_costs_no_more_than_it(config, tmp_path):
+    # Given: mini is sure and wrong, qwen72 never sure: every cascade either loses accuracy or costs more
+    recorded = write(tmp_path / "train.jsonl", rows(120, mini_right_when_sure=False))
+    fit = run("calibrate", "-p", "mc3", "-r", str(recorded), "--target", "drop=0.01", "--config", str(config))
+    assert fit.exit_code == 0, fit.output
+    assert "WARNING: no cascade beats the last tier alone on these rows: every job goes to gpt4o" in fit.output
+    assert "ratio 1.000" in fit.output
+    saved = orjson.loads((config.parent / "calibration" / "mc3.json").read_bytes())
+    assert saved["skip"] == {"mc3": ["mini", "qwen72"]}
+
+
+def test_calibrate_stands_alone_and_writes_nothing_when_the_fit_fails(config, tmp_path):
+    # Given another pipeline in the folder whose calibration file does not exist
+    other = config.parent / "pipelines" / "other.toml"
+    other.write_text(PIPELINE.replace("mc3.json", "other.json"))
+    recorded = write(tmp_path / "train.jsonl", rows(60))
+    fit = run("calibrate", "-p", "mc3", "-r", str(recorded), "--target", "drop=0.05", "--config", str(config))
+    assert fit.exit_code == 0, fit.output
+    assert not (config.parent / "calibration" / "other.json").exists()
+    # A fit that fails (a model the recording lacks) leaves no placeholder behind
+    lacking = write(tmp_path / "lacking.jsonl", [{**r, "responses": {"gpt-4o": r["responses"]["gpt-4o"]}}
+                                                 for r in rows(10)])
+    failed = run("calibrate", "-p", "other", "-r", str(lacking), "--config", str(config))
+    assert failed.exit_code == 1
+    assert "model 'gpt-4o-mini' has no responses in" in failed.output
+    assert not (config.parent / "calibration" / "other.json").exists()
+
+
+def test_recorded_readers_take_non_finite_logprobs_and_skip_a_bad_row_by_line(config, tmp_path):
+    good = rows(4)
+    lines = [orjson.dumps(r) for r in good]
+    lines[1] = lines[1].replace(b'"logprob":' + orjson.dumps(math.log(0.4)), b'"logprob":-Infinity', 1)
+    lines[2] = lines[2].replace(b'"logprob":' + orjson.dumps(math.log(0.97)), b'"logprob":NaN', 1)
+    lines.insert(3, b'{"id": "broken", "messages": [')
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    seen: list[str] = []
+    data = load_recorded(path, on_bad_row=seen.append)
+    assert [r.id for r in data.rows] == ["r0", "r1", "r2", "r3"]
+    assert data.rows[1].responses["gpt-4o-mini"].logprob == -math.inf
+    assert data.rows[2].responses["gpt-4o-mini"].logprob is None
+    assert seen == list(data.skipped) and len(seen) == 1
+    assert seen[0].startswith(f"{path}: line 4: skipped, not a recorded row (JSONDecodeError")
+    # the CLI replays the rest and says which line it skipped
+    (config.parent / "pipelines" / "mc3.toml").write_text(PIPELINE.replace(
+        'calibration = "calibration/mc3.json"', "threshold = 0.9"))
+    replayed = run("replay", "-p", "mc3", "-r", str(path), "--config", str(config), "--json")
+    assert replayed.exit_code == 0, replayed.output
+    assert orjson.loads(replayed.stdout)["jobs"] == 4
+    assert f"Warning: {path}: line 4: skipped" in replayed.stderr
