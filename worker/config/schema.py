@@ -133,11 +133,17 @@ class Prompt(Frozen):
 def template_fields(text: str) -> list[str]:
     """The {field} names in a template; raises ValueError on a malformed or non-simple placeholder."""
     names = []
-    for _, name, _, _ in string.Formatter().parse(text):
+    for _, name, spec, _ in string.Formatter().parse(text):
         if name is None:
             continue
         if not name.isidentifier():
             raise ValueError(f"placeholder {{{name}}} is not a plain field name (write {{{{ and }}}} for braces)")
+        if spec and ("{" in spec or "}" in spec):
+            raise ValueError(f"placeholder {{{name}:{spec}}}: a format spec cannot name another field")
+        try:
+            format("", spec)                        # fields render as text: the spec must format a string
+        except ValueError as e:
+            raise ValueError(f"placeholder {{{name}:{spec}}}: bad format spec for text ({e})") from None
         names.append(name)
     return names
 
