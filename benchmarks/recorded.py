@@ -50,7 +50,8 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
         (config_dir / next(iter(named))).write_bytes(dump_calibration(fitted.entries, {"pipeline": name,
                                                                                        **fitted.meta()}))
         # best in hindsight: the same search on the test rows, point target, no per-answer floor (never fitted on)
-        hindsight = calibrate(settings, pipeline, test, Target(goal.kind, goal.value, 0.5), use_floor=False).report
+        hindsight = calibrate(settings, pipeline, test, Target(goal.kind, goal.value, 0.5), use_floor=False,
+                              cross_fit=False).report
     write_placeholders(config_dir, pipeline_file)
     settings = load_settings(config_dir / "cascade.toml", environ={})
     pipeline = settings.pipeline(name)

@@ -23,7 +23,7 @@ import itertools
 import math
 import statistics
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ NEVER = 1.01                 # a threshold above every probability: this tier es
 FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
 MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
 MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
+FOLDS = 5                    # cross-fitting: thresholds are chosen on values of maps fitted on the other folds
 
 
 @dataclass(frozen=True)
@@ -290,8 +291,33 @@ class CalibrationResult:
         return {"skip": {self.report["pipeline"]: self.skipped}} if self.skipped else {}
 
 
+def fit_map(p: TierProfile, rows: Iterable[int]) -> CalibrationMap | None:
+    """The isotonic map of a scored tier fitted on these rows (those its static checks passed), or None."""
+    pairs = [(p.raw[i], p.correct[i]) for i in rows if p.static_ok[i] and p.raw[i] is not None]
+    return fit_isotonic([r for r, _ in pairs], [c for _, c in pairs]) if p.scored and pairs else None
+
+
+def cross_fitted(profiles: list[TierProfile], folds: int = FOLDS) -> list[list[float | None]]:
+    """Each row's calibrated value from a map fitted on the other folds (rows i % folds), per tier.
+
+    Choosing thresholds on the values of a map fitted on the same rows rewards the map's own noise:
+    a threshold falls just above a lucky bucket. Out-of-fold values carry the noise a new row will.
+    """
+    n = len(profiles[0].raw)
+    out: list[list[float | None]] = [[None] * n for _ in profiles]
+    for fold in range(min(folds, n)):
+        held = range(fold, n, folds)
+        rest = [i for i in range(n) if i % folds != fold]
+        for t, p in enumerate(profiles):
+            fitted = fit_map(p, rest)
+            for i in held:
+                out[t][i] = fitted(p.raw[i]) if fitted is not None and p.raw[i] is not None else None
+    return out
+
+
 def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,
-              rows: list[RecordedRow] | None = None, use_floor: bool = True) -> CalibrationResult:
+              rows: list[RecordedRow] | None = None, use_floor: bool = True,
+              cross_fit: bool = False) -> CalibrationResult:
     """Profile every tier, fit isotonic maps, choose a sub-ladder and its thresholds; the report holds the
     training figures. `use_floor=False` drops the per-answer floor (the best-in-hindsight search)."""
     rows = list(rows if rows is not None else recorded.rows)
@@ -303,15 +329,12 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     if len(shared) != len(set(shared)):
         raise ConfigError(f"{pipeline.source}: tiers share a calibration `key`; each tier's map and threshold is "
                           "fitted on its own answers, so give each tier its own key")
-    maps: dict[str, CalibrationMap] = {}
-    cal: list[list[float | None]] = []
-    for p in profiles:
-        pairs = [(r, c) for r, ok, c in zip(p.raw, p.static_ok, p.correct) if ok and r is not None]
-        if p.scored and pairs:
-            maps[p.name] = fit_isotonic([r for r, _ in pairs], [c for _, c in pairs])
-        cal.append([maps[p.name](r) if p.name in maps and r is not None else None for r in p.raw])
+    maps = {p.name: m for p in profiles if (m := fit_map(p, range(len(rows)))) is not None}
+    cal = [[maps[p.name](r) if p.name in maps and r is not None else None for r in p.raw] for p in profiles]
     keep_last = pipeline.on_last_failure == "accept_flagged"
-    best, tried = choose_ladder(profiles, cal, target, keep_last, use_floor)
+    # cross_fit: choose on out-of-fold values (measured in the module docstring: off by default), report with
+    # the map that is written
+    best, tried = choose_ladder(profiles, cross_fitted(profiles) if cross_fit else cal, target, keep_last, use_floor)
     kept = [profiles[t] for t in best.kept]
     correct, cost, escalated = simulate(kept, [cal[t] for t in best.kept], best.thresholds, keep_last)
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
