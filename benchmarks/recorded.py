@@ -52,6 +52,18 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
         # best in hindsight: the same search on the test rows, point target, no per-answer floor (never fitted on)
         hindsight = calibrate(settings, pipeline, test, Target(goal.kind, goal.value, 0.5), use_floor=False,
                               cross_fit=False).report
+    free = None
+    if named and target:    # label-free: fitted on agreement with the last tier, measured on the labels
+        unlabelled = calibrate(settings, pipeline, train, goal, label_free=True)
+        (config_dir / next(iter(named))).write_bytes(dump_calibration(unlabelled.entries, {"pipeline": name,
+                                                                                           **unlabelled.meta()}))
+        free_settings = load_settings(config_dir / "cascade.toml", environ={})
+        free_pipeline = free_settings.pipeline(name)
+        free = replay(free_settings, free_pipeline, test).report
+        free = {"accuracy": _round(free["accuracy"]), "cost_ratio": _round(free["cost_ratio"]),
+                "target_met": _met(target, free), "kept": list(free_pipeline.ladder)}
+        (config_dir / next(iter(named))).write_bytes(dump_calibration(fitted.entries, {"pipeline": name,
+                                                                                       **fitted.meta()}))
     write_placeholders(config_dir, pipeline_file)
     settings = load_settings(config_dir / "cascade.toml", environ={})
     pipeline = settings.pipeline(name)
@@ -76,6 +88,7 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
         "hindsight_ladder": hindsight["ladder"] if hindsight else None,
         "ratio_to_hindsight": _round(ratio / best) if best else None,
         "escalation": {tier: _round(rate) for tier, rate in report["escalation"].items()},
+        "label_free": free,
         "oracle_accuracy": _round(report["oracle_accuracy"]),
         "oracle_cost_ratio": _round(report["oracle_cost_ratio"]),
         "seconds": round(time.perf_counter() - started, 1),

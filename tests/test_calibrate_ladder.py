@@ -138,3 +138,55 @@ def test_recorded_readers_take_non_finite_logprobs_and_skip_a_bad_row_by_line(co
     assert replayed.exit_code == 0, replayed.output
     assert orjson.loads(replayed.stdout)["jobs"] == 4
     assert f"Warning: {path}: line 4: skipped" in replayed.stderr
+
+
+def unlabelled(data: list[dict]) -> list[dict]:
+    return [{**r, "responses": {m: {k: v for k, v in a.items() if k != "correct"} for m, a in r["responses"].items()}}
+            for r in data]
+
+
+def test_rows_without_labels_are_fitted_on_agreement_with_the_last_tier(config, tmp_path):
+    # Given: no row says what is right; mini agrees with gpt-4o exactly where it is sure
+    data = rows(120)
+    for i, r in enumerate(data):
+        r["responses"]["gpt-4o-mini"]["text"] = "C" if i % 2 == 0 else "A"
+    recorded = write(tmp_path / "train.jsonl", unlabelled(data))
+    fit = run("calibrate", "-p", "mc3", "-r", str(recorded), "--target", "drop=0.05", "--config", str(config),
+              "--json")
+    assert fit.exit_code == 0, fit.output
+    report = orjson.loads(fit.stdout)
+    # Then agreement is the label: the sure half agrees, so it is accepted; the rest goes to gpt-4o
+    assert report["labels"] == "agreement with the last tier"
+    assert report["ladder"] == ["mini", "gpt4o"] and report["escalation"] == {"mini": 0.5}
+    assert report["accuracy"] == 1.0 and report["last_tier_accuracy"] == 1.0
+
+
+def test_calibrate_from_the_ledgers_shadow_pairs_raises_a_threshold_that_disagrees(config, tmp_path):
+    from cascade.ledger.database import Ledger, ledger_url
+
+    ledger = Ledger(ledger_url("", config.parent))
+    ledger.migrate()
+    # 200 answers mini accepted, shadowed on gpt-4o: those with raw confidence below 0.9 disagree half the time
+    pairs = []
+    for i in range(200):
+        raw = 0.8 + 0.2 * i / 200
+        agree = int(raw >= 0.9 or i % 2 == 0)
+        attempt = {"tier": "mini", "verdicts": [{"verifier": "choices", "passed": True},
+                   {"verifier": "logprob", "passed": True, "score": raw,
+                    "reason": f"confidence {raw:.3f} (raw {raw:.4f}) >= 0.8"}]}
+        pairs.append({"batch_id": "b1", "job_id": f"j{i}", "pipeline": "mc3", "tier": "mini", "shadow_tier": "gpt4o",
+                      "output": "A", "shadow_output": "A" if agree else "B", "agree": agree, "cost_nanos": 10,
+                      "attempt": attempt})
+    assert ledger.write_shadow_pairs(pairs) == 200
+    fit = run("calibrate", "--from-ledger", "mc3", "--target", "drop=0.05", "--config", str(config), "--json")
+    assert fit.exit_code == 0, fit.output
+    report = orjson.loads(fit.stdout)
+    assert report["pairs"] == {"mini": 200} and report["agreement"]["mini"] == pytest.approx(0.75)
+    kept = report["thresholds"]["mini"]["accepted_share_of_pairs"]
+    assert 0.4 < kept <= 0.55                      # about the half at raw >= 0.9, where every pair agrees
+    saved = orjson.loads((config.parent / "calibration" / "mc3.json").read_bytes())
+    assert saved["labels"].startswith("agreement") and saved["tiers"]["mini"]["samples"] == 200
+    (config.parent / "pipelines" / "quiet.toml").write_text(PIPELINE.replace("mc3.json", "quiet.json"))
+    empty = run("calibrate", "--from-ledger", "quiet", "--config", str(config))
+    assert empty.exit_code == 1
+    assert "Error: pipeline quiet: no shadow pairs with a score of a calibrated tier in the ledger" in empty.output

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cascade.errors import ConfigError
 from cascade.recorded import RecordedRow, RecordedSet
+from cascade.tuning.label_free import agreement
 from cascade.tuning.replay import run_pipeline, tier_cost, tier_samples
 from cascade.verifiers.calibration import (
     CONFIDENCE_DEFAULT,
@@ -86,6 +88,7 @@ class TierProfile:
     cost_fail: list[int] = field(default_factory=list)    # nano-USD when the score fails (later checks skipped)
     correct: list[bool] = field(default_factory=list)
     key: str = ""                                  # the calibration entry its verifier reads (`key`, else the tier)
+    outputs: list[Any] = field(default_factory=list)      # the answer it returns (None: none)
 
 
 def scored_index(specs: Sequence[dict[str, Any]]) -> int | None:
@@ -126,6 +129,7 @@ def profile_tier(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, 
             profile.rest_ok.append(all(v["passed"] for v in verdicts[at + 1:]))
             profile.cost_fail.append(call + sum(spent[: at + 1]))
         profile.cost_full.append(total)
+        profile.outputs.append(record["output"])
         response = served.responses[model]
         profile.correct.append(bool(record["output"] is not None and response.answer_correct(record["output"],
                                                                                               served.gold)))
@@ -317,7 +321,7 @@ def cross_fitted(profiles: list[TierProfile], folds: int = FOLDS) -> list[list[f
 
 def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,
               rows: list[RecordedRow] | None = None, use_floor: bool = True,
-              cross_fit: bool = False) -> CalibrationResult:
+              cross_fit: bool = False, label_free: bool = False) -> CalibrationResult:
     """Profile every tier, fit isotonic maps, choose a sub-ladder and its thresholds; the report holds the
     training figures. `use_floor=False` drops the per-answer floor (the best-in-hindsight search)."""
     rows = list(rows if rows is not None else recorded.rows)
@@ -325,6 +329,12 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
         raise ConfigError(f"{recorded.source}: no rows to calibrate on")
     ladder = pipeline.full_ladder
     profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in ladder]
+    labelled = any(r.gold is not None or any(a.correct is not None for a in r.responses.values()) for r in rows)
+    label_free = label_free or not labelled
+    if label_free:    # right = the last tier's answer (which is right by definition)
+        reference = [None if o is None else _text(o) for o in profiles[-1].outputs]
+        for p in profiles:
+            p.correct = agreement(pipeline, [None if o is None else _text(o) for o in p.outputs], reference)
     shared = [p.key for p in profiles if p.scored]
     if len(shared) != len(set(shared)):
         raise ConfigError(f"{pipeline.source}: tiers share a calibration `key`; each tier's map and threshold is "
@@ -350,6 +360,7 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     report = {
         "pipeline": pipeline.name, "recorded": recorded.source, "rows": n,
         "target": f"{target.kind}={target.value:g}", "confidence": target.confidence, "feasible": best.feasible,
+        "labels": "agreement with the last tier" if label_free else "recorded",
         "ladder": [ladder[t] for t in best.kept], "skipped": skip_reasons(ladder, best, tried, last_cost or 1),
         "thresholds": {p.name: thresholds[t] for t, p in enumerate(profiles) if p.name in maps},
         "answer_floor": answer_floor(reference, target),
@@ -362,6 +373,10 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
         report["warning"] = (f"no cascade beats the last tier alone on these rows: every job goes to {ladder[-1]} "
                              f"({', '.join(skipped)} skipped)")
     return CalibrationResult(entries, report, skipped)
+
+
+def _text(output: Any) -> str:
+    return output if isinstance(output, str) else orjson.dumps(output, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def calibration_paths(pipeline_file: Path) -> dict[str, set[str]]:
