@@ -7,6 +7,7 @@ import click
 from cascade.cli.batches import batches, results, status
 from cascade.cli.common import Group
 from cascade.cli.control import budget, cancel, retry
+from cascade.cli.estimate import estimate_command
 from cascade.cli.init import init
 from cascade.cli.services import ledger, sim, worker
 from cascade.cli.stats import stats
@@ -38,6 +39,7 @@ COMMANDS = (
     sim,
     replay_command,
     calibrate_command,
+    estimate_command,
 )
 for command in COMMANDS:
     cascade.add_command(command)

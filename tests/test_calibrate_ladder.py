@@ -190,3 +190,25 @@ def test_calibrate_from_the_ledgers_shadow_pairs_raises_a_threshold_that_disagre
     empty = run("calibrate", "--from-ledger", "quiet", "--config", str(config))
     assert empty.exit_code == 1
     assert "Error: pipeline quiet: no shadow pairs with a score of a calibrated tier in the ledger" in empty.output
+
+
+def test_estimate_projects_cost_and_escalation_from_the_calibration_without_calls(config, tmp_path):
+    recorded = write(tmp_path / "train.jsonl", rows(120))
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(orjson.dumps({"id": f"j{i}", "system": "Pick one.", "user": f"Question {i}?"}).decode()
+                            + "\n" for i in range(50)) + '{"id": "j50"}\n')
+    before = run("estimate", str(jobs), "-p", "mc3", "--config", str(config), "--json")
+    assert before.exit_code == 1 and "calibration/mc3.json" in before.output   # no file yet: the config cannot load
+    fit = run("calibrate", "-p", "mc3", "-r", str(recorded), "--target", "drop=0.05", "--config", str(config),
+              "--json")
+    fitted = orjson.loads(fit.stdout)
+    out = run("estimate", str(jobs), "-p", "mc3", "--config", str(config), "--json")
+    assert out.exit_code == 0, out.output
+    report = orjson.loads(out.stdout)
+    assert report["rows"] == 50 and report["skipped_rows"] == 1
+    assert f"{jobs}: line 51: missing field 'system', 'user' used by the prompt" in out.stderr
+    assert report["ladder"] == ["mini", "gpt4o"]
+    assert report["projected_escalation"] == fitted["escalation"]
+    assert report["projected_accuracy"] == fitted["accuracy"]
+    assert report["cheapest_cost_usd"] < report["expected_cost_usd"] < report["last_tier_alone_cost_usd"]
+    assert report["last_tier_alone_cost_usd"] < report["worst_case_cost_usd"]

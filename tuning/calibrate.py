@@ -291,8 +291,12 @@ class CalibrationResult:
     skipped: list[str] = field(default_factory=list)
 
     def meta(self) -> dict[str, Any]:
-        """What the calibration file records beside its entries (the skipped tiers are read by the loader)."""
-        return {"skip": {self.report["pipeline"]: self.skipped}} if self.skipped else {}
+        """What the calibration file records beside its entries: the skipped tiers (the loader reads them) and
+        the training figures (`cascade estimate` projects from them)."""
+        r = self.report
+        expected = {"ladder": r["ladder"], "escalation": r["escalation"], "accuracy": r["accuracy"],
+                    "last_tier_accuracy": r["last_tier_accuracy"], "cost_ratio": r["cost_ratio"], "rows": r["rows"]}
+        return {"expected": expected, **({"skip": {r["pipeline"]: self.skipped}} if self.skipped else {})}
 
 
 def fit_map(p: TierProfile, rows: Iterable[int]) -> CalibrationMap | None:
