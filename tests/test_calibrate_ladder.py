@@ -212,3 +212,14 @@ def test_estimate_projects_cost_and_escalation_from_the_calibration_without_call
     assert report["projected_accuracy"] == fitted["accuracy"]
     assert report["cheapest_cost_usd"] < report["expected_cost_usd"] < report["last_tier_alone_cost_usd"]
     assert report["last_tier_alone_cost_usd"] < report["worst_case_cost_usd"]
+
+
+def test_the_simulator_serves_a_recorded_minus_infinity_logprob_as_the_api_does(tmp_path):
+    from cascade.simulator import parse_scenario
+
+    line = orjson.dumps(rows(1)[0]).replace(b'"logprob":' + orjson.dumps(math.log(0.97)), b'"logprob":-Infinity', 1)
+    recorded = tmp_path / "rec.jsonl"
+    recorded.write_bytes(line + b"\n")
+    scenario = parse_scenario(f'recorded = "{recorded}"\n[[rules]]\nmatch = ".*"\nanswer = "rule"\n')
+    answers, _ = scenario.recorded_answers("gpt-4o-mini", ("Pick one.", "Question 0?"), 1, True)
+    assert answers[0].logprobs == (("A", -9999.0),)
