@@ -56,7 +56,9 @@ def synthetic_profiles(n: int = 2000, seed: int = 7) -> list[C.TierProfile]:
 
 
 def part(p: C.TierProfile, rows: list[int]) -> C.TierProfile:
-    pick = lambda values: [values[i] for i in rows]  # noqa: E731
+    def pick(values: list) -> list:
+        return [values[i] for i in rows]
+
     return C.TierProfile(p.name, p.scored, pick(p.static_ok), pick(p.raw), pick(p.rest_ok), pick(p.cost_full),
                          pick(p.cost_fail), pick(p.correct), p.key)
 

@@ -46,11 +46,13 @@ def estimate_command(source: str, pipeline: str, output_tokens: int, as_json: bo
     if as_json:
         click.echo(orjson.dumps(report).decode())
         return
-    usd = lambda v: "-" if v is None else f"${v:.4f}"  # noqa: E731
+    def usd(value: float | None) -> str:
+        return "-" if value is None else f"${value:.4f}"
+
     lines = [f"estimate of {source} on pipeline {pipeline} ({' -> '.join(report['ladder'])}), no calls made",
              f"  rows: {report['rows']}" + (f" ({len(skipped)} skipped)" if skipped else ""),
-             f"  expected cost: {usd(report['expected_cost_usd'])}; worst case: {usd(report['worst_case_cost_usd'])}"
-             f"; every job on the first tier only: {usd(report['cheapest_cost_usd'])}",
+             (f"  expected cost: {usd(report['expected_cost_usd'])}; worst case: {usd(report['worst_case_cost_usd'])}"
+              f"; every job on the first tier only: {usd(report['cheapest_cost_usd'])}"),
              f"  last tier alone: {usd(report['last_tier_alone_cost_usd'])}"]
     if report["projected_escalation"] is not None:
         lines.append("  projected escalation: " + ", ".join(f"{t} {v:.1%}" for t, v in

@@ -9,7 +9,6 @@ figures `cascade calibrate` stored in the pipeline's calibration file (its train
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import orjson

@@ -63,7 +63,7 @@ class VerifierChain:
         verdicts: list[Verdict] = []
         for position, verifier in enumerate(self.verifiers):
             static = [v for v in self.verifiers[:position] if v.cost_rank == 0]
-            ctx.extra["admissible"] = lambda text, finish, static=static: all(
+            ctx.extra["admissible"] = lambda text, finish, static=static, attempt=attempt, ctx=ctx: all(
                 self._check(v, job, *_as_answer(attempt, ctx, text, finish)).passed for v in static)
             verdict = self._check(verifier, job, attempt, ctx)
             verdicts.append(verdict)
