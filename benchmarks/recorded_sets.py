@@ -4,10 +4,12 @@ A set is `NAME-train.jsonl` + `NAME-test.jsonl`, or one `NAME.jsonl` whose rows 
 The four sets of ../shared/datasets run the pipelines in examples/recorded/config; any other set
 gets one derived from its training rows alone, by the same rules a person would follow:
 
-- ladder: the cheapest model first, the dearest last, and between them each model that is more
-  accurate on the training rows than every cheaper one kept (a dominated model is skipped);
-- output: `label` when the answers are short labels (multiple choice), else `text`;
-- checks: truncation and the label set (or refusal markers for text); then the signal the cheaper
+- ladder: the cost/accuracy frontier on the training rows, cheapest first, the most accurate last
+  (a model is skipped when one at most 5% dearer is more accurate, or a cheaper one is as accurate);
+- output: `label` when the answers are short labels (multiple choice; the gold answers name them,
+  else the short answers common enough to be labels), else `text`;
+- checks: truncation and the label set (for text, refusal markers only where the answers they
+  match are wrong more often than the rest on the training rows); then the signal the cheaper
   tiers recorded: `logprob` where they have answer logprobs, `self_consistency` over the recorded
   samples (the answer is a sample's last line) where they have samples; calibrated by `cascade
   calibrate` on the training rows.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from cascade.recorded import RecordedSet
 LABEL_MAX_CHARS = 3         # "A", "B)", "yes": longer answers are free text
 LABEL_MAX_DISTINCT = 26
 LABEL_SHARE = 0.9           # this share of all recorded answers must be labels for a label pipeline
+LABEL_MIN_SHARE = 0.02      # without gold, an answer is a label when this share of the short answers give it
+COST_TIE = 0.05             # a model at most 5% dearer and more accurate dominates a cheaper one
 SIGNAL_SHARE = 0.9          # a tier uses a signal that this share of its training rows recorded
 DEFAULT_TARGET = "drop=0.01"
 LAST_LINE = r"(?m)^[^\S\n]*(\S[^\n]*?)\s*\Z"   # a sample's answer: its last non-empty line (linear time)
@@ -75,16 +81,14 @@ def derive_pipeline(name: str, train: RecordedSet, config_dir: Path) -> tuple[st
     cost = {m: _mean(r.responses[m].cost_usd for r in train.rows if m in r.responses) for m in models}
     accuracy = {m: _mean(float(bool(r.responses[m].answer_correct(r.responses[m].text, r.gold)))
                          for r in train.rows if m in r.responses) for m in models}
-    by_cost = sorted(models, key=lambda m: (cost[m], -accuracy[m]))
-    ladder = [by_cost[0]]
-    for model in by_cost[1:-1]:
-        if accuracy[model] > max(accuracy[m] for m in ladder):
-            ladder.append(model)
-    ladder.append(by_cost[-1])
-
+    ladder = frontier(models, cost, accuracy)
     tiers = _ensure_tiers(config_dir / "cascade.toml", ladder, train)
     labels = _labels(train, ladder)
-    static = ['{ name = "truncation" }', '{ name = "choices" }' if labels else '{ name = "refusal" }']
+    static = ['{ name = "truncation" }']
+    if labels:
+        static.append('{ name = "choices" }')
+    elif _refusals_mark_errors(train, ladder[:-1]):
+        static.append('{ name = "refusal" }')
     calibration = f"calibration/{name}.json"
     chains, scored = {}, False
     for model in ladder[:-1]:
@@ -103,6 +107,38 @@ def derive_pipeline(name: str, train: RecordedSet, config_dir: Path) -> tuple[st
     pipeline = f"auto-{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}"
     (config_dir / "pipelines" / f"{pipeline}.toml").write_text("\n".join(lines) + "\n")
     return pipeline, scored
+
+
+def frontier(models: Sequence[str], cost: dict[str, float], accuracy: dict[str, float]) -> list[str]:
+    """The cost/accuracy frontier, cheapest first: a model stays unless another costs at most COST_TIE
+    more and is more accurate (a 0.03% cheaper model 24 points worse is not a first tier, it is
+    dominated), or a cheaper kept one is at least as accurate. The last is the most accurate model."""
+    kept = [m for m in models
+            if not any(accuracy[o] > accuracy[m] and cost[o] <= cost[m] * (1 + COST_TIE) for o in models if o != m)]
+    ladder: list[str] = []
+    for model in sorted(kept, key=lambda m: (cost[m], -accuracy[m])):
+        if not ladder or accuracy[model] > max(accuracy[m] for m in ladder):
+            ladder.append(model)
+    return ladder
+
+
+def _refusals_mark_errors(train: RecordedSet, models: Sequence[str]) -> bool:
+    """Whether the refusal markers flag wrong answers on these rows: the answers they match are right less
+    often than the rest. Where "I don't know" is usually the right answer, they would escalate good ones."""
+    from cascade.verifiers.refusal import RefusalVerifier
+
+    regex = RefusalVerifier(RefusalVerifier.Options()).regex
+    from cascade.verifiers.refusal import normalize
+
+    flagged, rest = [], []
+    for row in train.rows:
+        for model in models:
+            response = row.responses.get(model)
+            if response is None:
+                continue
+            right = float(bool(response.answer_correct(response.text, row.gold)))
+            (flagged if regex.search(normalize(response.text)) else rest).append(right)
+    return bool(flagged) and bool(rest) and _mean(flagged) < _mean(rest)
 
 
 def _ensure_tiers(cascade_toml: Path, ladder: list[str], train: RecordedSet) -> dict[str, str]:
@@ -150,13 +186,22 @@ def _fit_prices(train: RecordedSet, model: str) -> tuple[float, float]:
 
 
 def _labels(train: RecordedSet, ladder: list[str]) -> list[str]:
-    """The label set when the recorded answers are short labels, else []."""
+    """The label set when the recorded answers are short labels, else [].
+
+    The gold answers name the labels where the rows carry them; else the short answers common enough
+    to be labels (LABEL_MIN_SHARE of them each): a stray "I" or "To" starting a sentence is not one.
+    """
     answers = [r.responses[m].text.strip() for r in train.rows for m in ladder if m in r.responses]
     short = [a for a in answers if 0 < len(a) <= LABEL_MAX_CHARS]
-    distinct = sorted(set(short))
-    if not answers or len(short) < LABEL_SHARE * len(answers) or len(distinct) > LABEL_MAX_DISTINCT:
+    if not answers or len(short) < LABEL_SHARE * len(answers):
         return []
-    return distinct
+    golds = {r.gold.strip() for r in train.rows if r.gold is not None}
+    if golds and all(0 < len(g) <= LABEL_MAX_CHARS for g in golds):
+        distinct = sorted(golds)
+    else:
+        counts = Counter(short)
+        distinct = sorted(a for a, c in counts.items() if c >= max(2, LABEL_MIN_SHARE * len(short)))
+    return distinct if 0 < len(distinct) <= LABEL_MAX_DISTINCT else []
 
 
 def _signal(train: RecordedSet, model: str, calibration: str) -> str | None:

@@ -85,6 +85,7 @@ class Completion:
     latency_ms: float
     logprobs: tuple[TokenLogprob, ...] = ()  # empty unless asked for and supported
     samples: tuple[str, ...] = ()            # texts of every choice when n > 1 (first is `text`)
+    sample_finish: tuple[str, ...] = ()      # each sample's finish_reason, where the provider gives them
     rate_limit: dict[str, float] = field(default_factory=dict)  # remaining-requests/tokens hints
 
     @property
@@ -92,17 +93,25 @@ class Completion:
         """True when generation stopped at max_tokens."""
         return self.finish_reason in ("length", "max_tokens")
 
+    def finish_of(self, index: int) -> str:
+        """Why sample `index` ended: as recorded, else the first choice's reason for it and "stop" for others."""
+        if index < len(self.sample_finish):
+            return self.sample_finish[index]
+        return self.finish_reason if index == 0 else "stop"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (a paid answer kept while its recording is retried)."""
         return {"text": self.text, "usage": [self.usage.input_tokens, self.usage.output_tokens, self.usage.cached_tokens],
                 "finish_reason": self.finish_reason, "model": self.model, "latency_ms": self.latency_ms,
-                "logprobs": [[t.token, t.logprob] for t in self.logprobs], "samples": list(self.samples)}
+                "logprobs": [[t.token, t.logprob] for t in self.logprobs], "samples": list(self.samples),
+                "sample_finish": list(self.sample_finish)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Completion:
         """Inverse of `to_dict`."""
         return cls(d["text"], Usage(*d["usage"]), d["finish_reason"], d["model"], d["latency_ms"],
-                   tuple(TokenLogprob(t, lp) for t, lp in d.get("logprobs", ())), tuple(d.get("samples", ())))
+                   tuple(TokenLogprob(t, lp) for t, lp in d.get("logprobs", ())), tuple(d.get("samples", ())),
+                   tuple(d.get("sample_finish", ())))
 
 
 @dataclass(frozen=True, slots=True)

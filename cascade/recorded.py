@@ -7,7 +7,10 @@ The replay provider and the simulator both serve answers from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -17,6 +20,8 @@ import orjson
 
 from cascade.errors import ConfigError, Permanent
 from cascade.models import Completion, TokenLogprob, Usage
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class RecordedSet:
     def __init__(self, rows: list[RecordedRow], source: str = "<recorded>"):
         self.rows = tuple(rows)
         self.source = source
+        self.skipped: tuple[str, ...] = ()      # "FILE: line N: ..." for each line that was not a row
         by_key: dict[str, RecordedRow] = {}
         for row in rows:
             by_key.setdefault(row.key, row)
@@ -105,13 +111,28 @@ class RecordedSet:
         return tuple(seen)
 
 
-def load_recorded(path: str | Path, split: str | None = None) -> RecordedSet:
-    """Read a recorded file (only rows of `split` when given); ConfigError names the file and line."""
-    rows = [row for row in _rows(Path(path)) if split is None or row.split == split]
-    return RecordedSet(rows, str(path))
+def load_recorded(path: str | Path, split: str | None = None,
+                  on_bad_row: Callable[[str], None] | None = None) -> RecordedSet:
+    """Read a recorded file (only rows of `split` when given).
+
+    A file that cannot be read is a ConfigError. A line that is not a recorded row is skipped and
+    reported ("FILE: line N: ...") to `on_bad_row` (default: a logged warning); the set's
+    `skipped` lists them. Non-finite numbers as Python's json writes them (-Infinity, NaN) are read.
+    """
+    report = on_bad_row or _log.warning
+    skipped: list[str] = []
+
+    def bad(message: str) -> None:
+        skipped.append(message)
+        report(message)
+
+    rows = [row for row in _rows(Path(path), bad) if split is None or row.split == split]
+    out = RecordedSet(rows, str(path))
+    out.skipped = tuple(skipped)
+    return out
 
 
-def _rows(path: Path) -> Iterator[RecordedRow]:
+def _rows(path: Path, bad: Callable[[str], None]) -> Iterator[RecordedRow]:
     try:
         stream = path.open("rb")
     except OSError as e:
@@ -120,9 +141,25 @@ def _rows(path: Path) -> Iterator[RecordedRow]:
         for number, line in enumerate(stream, start=1):
             if line.strip():
                 try:
-                    yield _row(orjson.loads(line))
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    raise ConfigError(f"{path}: line {number}: not a recorded row ({type(e).__name__}: {e})") from None
+                    yield _row(_parse(line))
+                except (ValueError, KeyError, TypeError, AttributeError) as e:   # JSONDecodeError is a ValueError
+                    bad(f"{path}: line {number}: skipped, not a recorded row ({type(e).__name__}: {e})")
+
+
+def _parse(line: bytes) -> Any:
+    """One JSON line; the standard library reads what orjson refuses: -Infinity, Infinity and NaN."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
+
+
+def _logprob(value: Any) -> float | None:
+    """A recorded logprob: -inf stays (probability 0), NaN and null are unknown."""
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) or number > 0 else number
 
 
 def _row(data: dict[str, Any]) -> RecordedRow:
@@ -143,7 +180,7 @@ def _response(model: str, r: dict[str, Any]) -> RecordedResponse:
         model=model, text=str(r["text"]), input_tokens=int(r.get("input_tokens", 0)),
         output_tokens=int(r.get("output_tokens", 0)), cost_usd=float(r.get("cost_usd", 0.0)),
         latency_ms=float(r.get("latency_ms") or 0.0),
-        logprob=None if r.get("logprob") is None else float(r["logprob"]),
+        logprob=_logprob(r.get("logprob")),
         samples=tuple(str(s) for s in r.get("samples", ())),
         sample_answers=tuple(str(s) for s in r.get("sample_answers", ())),
         correct=None if r.get("correct") is None else bool(r["correct"]),

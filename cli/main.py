@@ -9,6 +9,7 @@ from cascade.cli.audit import audit
 from cascade.cli.batches import batches, results, status
 from cascade.cli.common import Group
 from cascade.cli.control import budget, cancel, retry
+from cascade.cli.estimate import estimate_command
 from cascade.cli.init import init
 from cascade.cli.report import report
 from cascade.cli.schedules import beat, schedules
@@ -47,6 +48,7 @@ COMMANDS = (
     alerts,
     beat,
     schedules,
+    estimate_command,
 )
 for command in COMMANDS:
     cascade.add_command(command)

@@ -12,6 +12,7 @@ from cascade.cli.common import config_option, load
 from cascade.errors import CascadeError
 from cascade.verifiers.calibration import CONFIDENCE_DEFAULT
 from cascade.worker.config.load import config_path as find_config
+from cascade.worker.config.load import load_settings
 
 recorded_option = click.option("--recorded", "-r", required=True, type=click.Path(exists=True, dir_okay=False),
                                help="Recorded responses (JSONL in the ../shared/datasets format).")
@@ -42,8 +43,13 @@ def format_report(report: dict[str, Any], title: str) -> str:
         lines.append("  thresholds (calibrated P(correct)): "
                      + ", ".join(f"{t} {v:g}" for t, v in report["thresholds"].items())
                      + f"; no answer accepted below {report['answer_floor']:.3f}")
+        if report.get("skipped"):
+            lines.append(f"  ladder: {' -> '.join(report['ladder'])}")
+            lines += [f"  skipped {tier}: {why}" for tier, why in report["skipped"].items()]
         if not report["feasible"]:
-            lines.append(f"  target {report['target']} not reachable on these rows: every scored tier escalates")
+            lines.append(f"  target {report['target']} not reachable on these rows: every job goes to the last tier")
+        if report.get("warning"):
+            lines.append(f"  WARNING: {report['warning']}")
     return "\n".join(lines)
 
 
@@ -53,6 +59,10 @@ def _write(path: Path, data: bytes) -> None:
         path.write_bytes(data)
     except OSError as e:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
 
 
 def _rows(recorded: Any, split: str | None) -> list[Any]:
@@ -82,7 +92,7 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
     settings = load(config_path, "")
     try:
         pipe = settings.pipeline(pipeline)
-        data = load_recorded(recorded)
+        data = load_recorded(recorded, on_bad_row=_warn)
         result = replay(settings, pipe, data, _rows(data, split))
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
@@ -95,9 +105,14 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
 
 
 @click.command("calibrate")
-@pipeline_option
-@recorded_option
+@click.option("--pipeline", "-p", help="Pipeline name (a file in pipelines/).")
+@click.option("--recorded", "-r", type=click.Path(exists=True, dir_okay=False),
+              help="Recorded responses (JSONL in the ../shared/datasets format).")
 @split_option
+@click.option("--from-ledger", "from_ledger", metavar="PIPELINE",
+              help="Fit on the ledger's shadow pairs of this pipeline (no labels: agreement with the last tier).")
+@click.option("--label-free", is_flag=True,
+              help="Fit on agreement with the last tier's answer even where rows carry labels.")
 @click.option("--target", default="drop=0.01", show_default=True,
               help="drop=X (accuracy at most X below the last tier's), accuracy=X or error=X.")
 @click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=CONFIDENCE_DEFAULT,
@@ -107,9 +122,12 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
               help="Calibration file to write (default: the one the pipeline's verifiers name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON line on stdout.")
 @config_option
-def calibrate_command(pipeline: str, recorded: str, split: str | None, target: str, confidence: float,
-                      out: str | None, as_json: bool, config_path: str | None) -> None:
-    """Fit calibration maps and the cheapest per-tier thresholds that meet a quality target.
+def calibrate_command(pipeline: str | None, recorded: str | None, split: str | None, from_ledger: str | None,
+                      label_free: bool, target: str, confidence: float, out: str | None, as_json: bool,
+                      config_path: str | None) -> None:
+    """Fit calibration maps and the cheapest sub-ladder and thresholds that meet a quality target.
+
+    Rows without labels (no `correct`, no `gold`) are fitted on agreement with the last tier's answer.
 
     Example: cascade calibrate -p mmlu -r ../shared/datasets/mmlu-oai-train.jsonl --target drop=0.01 --config examples/recorded/config/cascade.toml
     """
@@ -117,6 +135,11 @@ def calibrate_command(pipeline: str, recorded: str, split: str | None, target: s
     from cascade.tuning.calibrate import Target, calibrate, calibration_paths, write_placeholders
     from cascade.verifiers.calibration import dump_calibration
 
+    if (recorded is None) == (from_ledger is None):
+        raise click.UsageError("give --recorded FILE (with --pipeline) or --from-ledger PIPELINE")
+    pipeline = pipeline or from_ledger
+    if pipeline is None:
+        raise click.UsageError("give --pipeline")
     try:
         goal = Target.parse(target, confidence)
     except ValueError as e:
@@ -130,23 +153,78 @@ def calibrate_command(pipeline: str, recorded: str, split: str | None, target: s
     if out is None and len(named) != 1:
         raise click.UsageError(f"pipeline {pipeline}: its score verifiers name {len(named)} calibration files; "
                                "give --out")
-    if pipeline_file.exists():
-        write_placeholders(config_dir, pipeline_file)
-    settings = load(config_path, "")
-    try:
+    path = Path(out) if out else config_dir / next(iter(named))
+    try:   # the chains are not built: this pipeline's calibration file (or another's) may not exist yet
+        settings = load_settings(config_path, overrides={"redis.url": ""}, check_verifiers=False)
         pipe = settings.pipeline(pipeline)
-        data = load_recorded(recorded)
-        result = calibrate(settings, pipe, data, goal, _rows(data, split))
+        if from_ledger:
+            report, data = _fit_from_ledger(settings, pipe, goal, path)
+            _write(path, data)
+            _show(report, as_json, f"calibration of {pipeline} from the ledger's shadow pairs -> {path}")
+            return
+        data = load_recorded(recorded, on_bad_row=_warn)
+        result = calibrate(settings, pipe, data, goal, _rows(data, split), label_free=label_free)
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
     if not result.entries:
         raise click.ClickException(f"pipeline {pipeline} has no logprob or self_consistency verifier to calibrate")
-    path = Path(out) if out else config_dir / next(iter(named))
     meta = {"method": "isotonic", **{k: result.report[k] for k in ("pipeline", "target", "confidence", "rows")},
-            "fitted_on": recorded, "split": split, "expected": result.report["expected"]}   # `cascade audit` reads it
+            "labels": result.report["labels"], "fitted_on": recorded, "split": split,
+            **result.meta()}   # `cascade audit`, the alert baselines and `cascade estimate` read its "expected"
     _write(path, dump_calibration(result.entries, meta))
+    if pipeline_file.exists():
+        write_placeholders(config_dir, pipeline_file)    # other files it names: loadable, escalating everything
     result.report["calibration"] = str(path)
+    if result.report.get("warning") and as_json:
+        click.echo(f"WARNING: {result.report['warning']}", err=True)
+    _show(result.report, as_json, f"calibration of {pipeline} on {recorded} -> {path}")
+
+
+def _show(report: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
-        click.echo(orjson.dumps(result.report).decode())
+        click.echo(orjson.dumps(report).decode())
+    elif "cost_ratio" in report:
+        click.echo(format_report(report, title), err=True)
     else:
-        click.echo(format_report(result.report, f"calibration of {pipeline} on {recorded} -> {path}"), err=True)
+        click.echo(title, err=True)
+        for tier, pairs in report["pairs"].items():
+            chosen = report["thresholds"][tier]
+            click.echo(f"  {tier}: {pairs} shadow pairs, {report['agreement'][tier]:.1%} agree with the last tier; "
+                       f"threshold {chosen['threshold']:g} keeps {chosen['accepted_share_of_pairs']:.1%} of them",
+                       err=True)
+
+
+def _fit_from_ledger(settings: Any, pipe: Any, goal: Any, path: Path) -> tuple[dict[str, Any], bytes]:
+    """The report and calibration file text fitted on the ledger's shadow pairs (other entries kept)."""
+    from cascade.ledger.database import LedgerError, open_ledger
+    from cascade.tuning.calibrate import lower_bound, scored_index
+    from cascade.tuning.label_free import fit_shadow_pairs
+    from cascade.verifiers.calibration import dump_calibration, load_calibration
+
+    scored = {}
+    for tier in pipe.ladder[:-1]:
+        specs = pipe.verifier_specs(tier)
+        index = scored_index(specs)
+        if index is not None:
+            scored[tier] = (specs[index]["name"], specs[index].get("key") or tier)
+    if not scored:
+        raise click.ClickException(f"pipeline {pipe.name} has no logprob or self_consistency verifier below its "
+                                   "last tier to calibrate")
+    try:
+        ledger = open_ledger(settings)
+        pairs = ledger.shadow_pairs(pipe.name)
+    except LedgerError as e:
+        raise click.ClickException(f"ledger: {e}") from None
+    wanted = 1 - goal.value if goal.kind == "drop" else goal.value
+    entries, report = fit_shadow_pairs(pairs, pipe, scored, wanted, goal.confidence, lower_bound)
+    existing, meta = {}, {}
+    if path.exists():
+        try:
+            existing = load_calibration(path)
+            meta = {k: v for k, v in orjson.loads(path.read_bytes()).items() if k not in ("format", "tiers")}
+        except ValueError:
+            existing = {}
+    report.update({"pipeline": pipe.name, "target": f"{goal.kind}={goal.value:g}", "confidence": goal.confidence,
+                   "labels": "agreement with the last tier (shadow pairs)", "calibration": str(path)})
+    meta.update({"method": "isotonic", "pipeline": pipe.name, "labels": report["labels"], "fitted_on": "ledger"})
+    return report, dump_calibration({**existing, **entries}, meta)

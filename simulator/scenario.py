@@ -21,6 +21,10 @@ from cascade.simulator.schema import Drift, ModelProfile, Rule, parse_document
 FALLBACK_RULE = Rule(".*", "ok")
 
 
+#: the logprob the OpenAI API sends for a token of probability ~0 (a recorded -Infinity is sent as this)
+FLOOR_LOGPROB = -9999.0
+
+
 @dataclass(frozen=True)
 class Scenario:
     """Rules, per-model profiles and the seed; see the module docstring for determinism."""
@@ -71,7 +75,8 @@ class Scenario:
         completion = response.completion(n, logprobs)
         outcome = "wrong" if response.correct is False else "correct"
         texts = completion.samples or (completion.text,)
-        tokens = tuple((t.token, t.logprob) for t in completion.logprobs)
+        # JSON has no -Infinity: a recorded log(0) goes over the wire as the APIs send it, -9999.0
+        tokens = tuple((t.token, max(t.logprob, FLOOR_LOGPROB)) for t in completion.logprobs)
         # the recorded output tokens shared out over the samples, so the usage adds up to what was recorded
         each, extra = divmod(completion.usage.output_tokens, len(texts))
         answers = [SimAnswer(text, "stop", outcome, tokens if i == 0 else (), each + (i < extra))

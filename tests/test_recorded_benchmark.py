@@ -40,5 +40,36 @@ def test_an_unseen_set_gets_a_derived_pipeline_fitted_on_train_only(tmp_path, ca
     assert set(quiz["thresholds"]) == set(quiz["ladder"][:-1]) and quiz["target"] == "drop=0.01"
     assert dates["ladder"] == ["gpt35", "gpt4"] and "gpt35" in dates["thresholds"]
     for s in (quiz, dates):
-        assert 0 < s["accuracy"] <= 1 and 0 < s["cost_ratio"] and 0 < s["oracle_cost_ratio"] < 1
-        assert set(s["escalation"]) == set(s["ladder"][:-1])
+        assert 0 < s["accuracy"] <= 1 and 0 < s["cost_ratio"] <= 1 and 0 < s["oracle_cost_ratio"] < 1
+        assert set(s["escalation"]) == set(s["kept"][:-1]) and s["ratio_to_hindsight"] is not None
+
+
+def _set(rows):
+    from cascade.recorded import RecordedResponse, RecordedRow, RecordedSet
+
+    out = []
+    for i, (gold, answers) in enumerate(rows):
+        responses = {m: RecordedResponse(m, text, 10, 1, cost_usd=cost, correct=ok)
+                     for m, (text, cost, ok) in answers.items()}
+        out.append(RecordedRow(f"r{i}", "train", "", f"q{i}", gold, responses))
+    return RecordedSet(out, "train")
+
+
+def test_derivation_orders_by_the_cost_accuracy_frontier_and_takes_labels_from_gold():
+    from benchmarks.recorded_sets import _labels, frontier
+
+    cost = {"weak": 0.9997, "good": 1.0, "mid": 3.0, "top": 10.0, "dear-but-worse": 20.0}
+    accuracy = {"weak": 0.50, "good": 0.74, "mid": 0.80, "top": 0.90, "dear-but-worse": 0.85}
+    assert frontier(list(cost), cost, accuracy) == ["good", "mid", "top"]
+    rows = [("A", {"m": ("A", 1, True)}), ("B", {"m": ("I", 1, False)}), ("C", {"m": ("C", 1, True)}),
+            ("D", {"m": ("To", 1, False)})] * 5
+    assert _labels(_set(rows), ["m"]) == ["A", "B", "C", "D"]
+
+
+def test_refusal_markers_only_where_they_mark_wrong_answers():
+    from benchmarks.recorded_sets import _refusals_mark_errors
+
+    honest = [(None, {"m": ("I don't know", 1, True)}), (None, {"m": ("Paris", 1, False)})] * 5
+    hedging = [(None, {"m": ("I'm not sure, maybe Rome", 1, False)}), (None, {"m": ("Paris", 1, True)})] * 5
+    assert not _refusals_mark_errors(_set(honest), ["m"])
+    assert _refusals_mark_errors(_set(hedging), ["m"])

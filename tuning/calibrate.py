@@ -23,7 +23,7 @@ import itertools
 import math
 import statistics
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import orjson
 
 from cascade.errors import ConfigError
 from cascade.recorded import RecordedRow, RecordedSet
+from cascade.tuning.label_free import agreement
 from cascade.tuning.replay import run_pipeline, tier_cost, tier_samples
 from cascade.verifiers.calibration import (
     CONFIDENCE_DEFAULT,
@@ -50,6 +51,7 @@ NEVER = 1.01                 # a threshold above every probability: this tier es
 FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
 MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
 MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
+FOLDS = 5                    # cross-fitting: thresholds are chosen on values of maps fitted on the other folds
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class TierProfile:
     cost_fail: list[int] = field(default_factory=list)    # nano-USD when the score fails (later checks skipped)
     correct: list[bool] = field(default_factory=list)
     key: str = ""                                  # the calibration entry its verifier reads (`key`, else the tier)
+    outputs: list[Any] = field(default_factory=list)      # the answer it returns (None: none)
 
 
 def scored_index(specs: Sequence[dict[str, Any]]) -> int | None:
@@ -127,6 +130,7 @@ def profile_tier(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, 
             profile.rest_ok.append(all(v["passed"] for v in verdicts[at + 1:]))
             profile.cost_fail.append(call + sum(spent[: at + 1]))
         profile.cost_full.append(total)
+        profile.outputs.append(record["output"])
         response = served.responses[model]
         profile.correct.append(bool(record["output"] is not None and response.answer_correct(record["output"],
                                                                                               served.gold)))
@@ -193,11 +197,11 @@ def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
 
 
 def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                      keep_last: bool) -> tuple[list[float], bool]:
+                      keep_last: bool, use_floor: bool = True) -> tuple[list[float], bool]:
     """The cheapest thresholds meeting the target on these rows; (all NEVER, False) when none does."""
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
     free = [t for t, p in enumerate(profiles) if p.scored and (t < len(profiles) - 1 or not keep_last)]
-    floor = answer_floor(reference, target)
+    floor = answer_floor(reference, target) if use_floor else 0.0
     options = {t: candidates(cal[t], floor) for t in free}
     base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
     best: tuple[int, int, list[float]] | None = None
@@ -245,53 +249,160 @@ def tier_rates(profiles: list[TierProfile], cal: list[list[float | None]], thres
             for t, p in enumerate(profiles)}
 
 
+@dataclass(frozen=True)
+class LadderChoice:
+    """A sub-ladder (positions in the full ladder, the last always kept), its thresholds and training figures."""
+
+    kept: tuple[int, ...]
+    thresholds: tuple[float, ...]      # per kept tier
+    feasible: bool
+    cost: int
+    correct: int
+
+
+def sub_ladders(size: int) -> list[tuple[int, ...]]:
+    """Every ladder that keeps the last of `size` tiers, from the last tier alone to all of them."""
+    last = size - 1
+    return [combo + (last,) for r in range(size) for combo in itertools.combinations(range(last), r)]
+
+
+def choose_ladder(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
+                  keep_last: bool, use_floor: bool = True) -> tuple[LadderChoice, list[LadderChoice]]:
+    """The cheapest sub-ladder meeting the target (the last tier alone is one), and every sub-ladder tried.
+
+    A tier that escalates nearly everything still costs its call on every job that reaches it, so a
+    ladder without it can be cheaper at the same accuracy; trying every sub-ladder finds that. When
+    none meets the target, the last tier alone is the answer (marked infeasible).
+    """
+    tried = []
+    for kept in sub_ladders(len(profiles)):
+        sub, sub_cal = [profiles[t] for t in kept], [cal[t] for t in kept]
+        thresholds, feasible = choose_thresholds(sub, sub_cal, target, keep_last, use_floor)
+        correct, cost, _ = simulate(sub, sub_cal, thresholds, keep_last)
+        tried.append(LadderChoice(kept, tuple(thresholds), feasible, cost, sum(correct)))
+    feasible = [c for c in tried if c.feasible]
+    if not feasible:
+        return tried[0], tried
+    return min(feasible, key=lambda c: (c.cost, -c.correct, -len(c.kept))), tried
+
+
+def skip_reasons(names: Sequence[str], best: LadderChoice, tried: list[LadderChoice], total: int) -> dict[str, str]:
+    """Why each tier outside the chosen ladder is skipped, in words and training figures."""
+    out = {}
+    for t, name in enumerate(names[:-1]):
+        if t in best.kept:
+            continue
+        with_it = [c for c in tried if c.feasible and t in c.kept]
+        if not with_it:
+            out[name] = "no ladder with it meets the target on the training rows"
+        else:
+            cheapest = min(with_it, key=lambda c: c.cost)
+            out[name] = (f"cheaper without it: the best ladder with it costs {cheapest.cost / total:.3f} of the last "
+                         f"tier alone on the training rows, the chosen one {best.cost / total:.3f}")
+    return out
+
+
 @dataclass
 class CalibrationResult:
-    """The fitted entries and the expected figures on the rows they were fitted on."""
+    """The fitted entries, the tiers skipped, and the expected figures on the rows they were fitted on."""
 
     entries: dict[str, TierCalibration]
     report: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)
+
+    def meta(self) -> dict[str, Any]:
+        """What the calibration file records beside its entries: the skipped tiers (the loader reads them) and
+        the training figures (`cascade estimate` projects from them)."""
+        r = self.report
+        expected = {**r["expected"], "ladder": r["ladder"], "escalation": r["escalation"],
+                    "last_tier_accuracy": r["last_tier_accuracy"], "cost_ratio": r["cost_ratio"]}
+        return {"expected": expected, **({"skip": {r["pipeline"]: self.skipped}} if self.skipped else {})}
+
+
+def fit_map(p: TierProfile, rows: Iterable[int]) -> CalibrationMap | None:
+    """The isotonic map of a scored tier fitted on these rows (those its static checks passed), or None."""
+    pairs = [(p.raw[i], p.correct[i]) for i in rows if p.static_ok[i] and p.raw[i] is not None]
+    return fit_isotonic([r for r, _ in pairs], [c for _, c in pairs]) if p.scored and pairs else None
+
+
+def cross_fitted(profiles: list[TierProfile], folds: int = FOLDS) -> list[list[float | None]]:
+    """Each row's calibrated value from a map fitted on the other folds (rows i % folds), per tier.
+
+    Choosing thresholds on the values of a map fitted on the same rows rewards the map's own noise:
+    a threshold falls just above a lucky bucket. Out-of-fold values carry the noise a new row will.
+    """
+    n = len(profiles[0].raw)
+    out: list[list[float | None]] = [[None] * n for _ in profiles]
+    for fold in range(min(folds, n)):
+        held = range(fold, n, folds)
+        rest = [i for i in range(n) if i % folds != fold]
+        for t, p in enumerate(profiles):
+            fitted = fit_map(p, rest)
+            for i in held:
+                out[t][i] = fitted(p.raw[i]) if fitted is not None and p.raw[i] is not None else None
+    return out
 
 
 def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,
-              rows: list[RecordedRow] | None = None) -> CalibrationResult:
-    """Profile every tier, fit isotonic maps, choose thresholds; the report holds the training figures."""
+              rows: list[RecordedRow] | None = None, use_floor: bool = True,
+              cross_fit: bool = False, label_free: bool = False) -> CalibrationResult:
+    """Profile every tier, fit isotonic maps, choose a sub-ladder and its thresholds; the report holds the
+    training figures. `use_floor=False` drops the per-answer floor (the best-in-hindsight search)."""
     rows = list(rows if rows is not None else recorded.rows)
     if not rows:
         raise ConfigError(f"{recorded.source}: no rows to calibrate on")
-    profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in pipeline.ladder]
+    ladder = pipeline.full_ladder
+    profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in ladder]
+    labelled = any(r.gold is not None or any(a.correct is not None for a in r.responses.values()) for r in rows)
+    label_free = label_free or not labelled
+    if label_free:    # right = the last tier's answer (which is right by definition)
+        reference = [None if o is None else _text(o) for o in profiles[-1].outputs]
+        for p in profiles:
+            p.correct = agreement(pipeline, [None if o is None else _text(o) for o in p.outputs], reference)
     shared = [p.key for p in profiles if p.scored]
     if len(shared) != len(set(shared)):
         raise ConfigError(f"{pipeline.source}: tiers share a calibration `key`; each tier's map and threshold is "
                           "fitted on its own answers, so give each tier its own key")
-    maps: dict[str, CalibrationMap] = {}
-    cal: list[list[float | None]] = []
-    for p in profiles:
-        pairs = [(r, c) for r, ok, c in zip(p.raw, p.static_ok, p.correct) if ok and r is not None]
-        if p.scored and pairs:
-            maps[p.name] = fit_isotonic([r for r, _ in pairs], [c for _, c in pairs])
-        cal.append([maps[p.name](r) if p.name in maps and r is not None else None for r in p.raw])
+    maps = {p.name: m for p in profiles if (m := fit_map(p, range(len(rows)))) is not None}
+    cal = [[maps[p.name](r) if p.name in maps and r is not None else None for r in p.raw] for p in profiles]
     keep_last = pipeline.on_last_failure == "accept_flagged"
-    thresholds, feasible = choose_thresholds(profiles, cal, target, keep_last)
-    correct, cost, escalated = simulate(profiles, cal, thresholds, keep_last)
+    # cross_fit: choose on out-of-fold values (measured in the module docstring: off by default), report with
+    # the map that is written
+    best, tried = choose_ladder(profiles, cross_fitted(profiles) if cross_fit else cal, target, keep_last, use_floor)
+    kept = [profiles[t] for t in best.kept]
+    correct, cost, escalated = simulate(kept, [cal[t] for t in best.kept], best.thresholds, keep_last)
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
-    last, last_n = pipeline.ladder[-1], tier_samples(settings, pipeline)[pipeline.ladder[-1]]
-    last_cost = sum(tier_cost(settings, last, recorded.find((r.system, r.user)) or r, last_n) for r in rows)
+    last_n = tier_samples(settings, pipeline)[ladder[-1]]
+    last_cost = sum(tier_cost(settings, ladder[-1], recorded.find((r.system, r.user)) or r, last_n) for r in rows)
+    thresholds = [NEVER] * len(profiles)
+    for t, value in zip(best.kept, best.thresholds):
+        thresholds[t] = value
     n = len(rows)
     entries = {p.key: TierCalibration(maps[p.name], thresholds[t], sum(1 for r in p.raw if r is not None))
                for t, p in enumerate(profiles) if p.name in maps}
+    skipped = [ladder[t] for t in range(len(ladder) - 1) if t not in best.kept]
     report = {
         "pipeline": pipeline.name, "recorded": recorded.source, "rows": n,
-        "target": f"{target.kind}={target.value:g}", "confidence": target.confidence, "feasible": feasible,
+        "target": f"{target.kind}={target.value:g}", "confidence": target.confidence, "feasible": best.feasible,
+        "labels": "agreement with the last tier" if label_free else "recorded",
+        "ladder": [ladder[t] for t in best.kept], "skipped": skip_reasons(ladder, best, tried, last_cost or 1),
         "thresholds": {p.name: thresholds[t] for t, p in enumerate(profiles) if p.name in maps},
         "answer_floor": answer_floor(reference, target),
         "accuracy": sum(correct) / n, "last_tier_accuracy": sum(reference) / n,
         "cost_usd": to_usd(cost), "last_tier_cost_usd": to_usd(last_cost),
         "cost_ratio": cost / last_cost if last_cost else None,
-        "escalation": {p.name: escalated[t] / n for t, p in enumerate(profiles[:-1])},
-        "expected": {"rows": n, "accuracy": sum(correct) / n, "tiers": tier_rates(profiles, cal, thresholds)},
+        "escalation": {p.name: escalated[t] / n for t, p in enumerate(kept[:-1])},
+        "expected": {"rows": n, "accuracy": sum(correct) / n,
+                     "tiers": tier_rates(kept, [cal[t] for t in best.kept], best.thresholds)},
     }
-    return CalibrationResult(entries, report)
+    if len(best.kept) == 1 and len(ladder) > 1:
+        report["warning"] = (f"no cascade beats the last tier alone on these rows: every job goes to {ladder[-1]} "
+                             f"({', '.join(skipped)} skipped)")
+    return CalibrationResult(entries, report, skipped)
+
+
+def _text(output: Any) -> str:
+    return output if isinstance(output, str) else orjson.dumps(output, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def calibration_paths(pipeline_file: Path) -> dict[str, set[str]]:

@@ -111,9 +111,16 @@ def replay(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
 
 def tier_samples(settings: Settings, pipeline: Pipeline) -> dict[str, int]:
     """How many samples each tier of the ladder answers with in one call (its checks decide: 1 or n)."""
-    return {tier: (build_chain(pipeline.verifier_specs(tier), settings.config_dir,
+    return {tier: (build_chain([uncalibrated(s) for s in pipeline.verifier_specs(tier)], settings.config_dir,
                                f"{pipeline.source}: verifiers.{tier}").sampling or (1, 0.0))[0]
-            for tier in pipeline.ladder}
+            for tier in pipeline.full_ladder}
+
+
+def uncalibrated(spec: dict[str, Any]) -> dict[str, Any]:
+    """A verifier spec that reads no calibration file (its sampling and checks unchanged)."""
+    if "calibration" not in spec:
+        return spec
+    return {k: v for k, v in spec.items() if k not in ("calibration", "key")} | {"threshold": spec.get("threshold") or 0.0}
 
 
 def tier_cost(settings: Settings, tier_name: str, row: RecordedRow, n: int = 1) -> int:
@@ -143,7 +150,7 @@ def evaluate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, rows
             graded += 1
             last_correct += last_ok
             correct += bool(final.answer_correct(record["output"], served.gold)) if final is not None else 0
-        for name in pipeline.ladder:
+        for name in pipeline.full_ladder:    # tiers a calibration skips included: what the recording could give
             response = served.responses[settings.tiers[name].model]
             oracle_cost += tier_cost(settings, name, served, samples[name])
             # a sampled tier answers with its majority, which the recording's `correct` grades

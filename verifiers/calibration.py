@@ -111,6 +111,20 @@ def load_calibration(path: Path) -> dict[str, TierCalibration]:
     return out
 
 
+def skipped_tiers(path: Path, pipeline: str) -> tuple[str, ...]:
+    """The tiers a calibration file's fit skips for `pipeline` (`"skip": {pipeline: [tier, ...]}`), else ().
+
+    An unreadable file skips nothing here: the verifier that reads it reports the problem.
+    """
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return ()
+    skip = data.get("skip") if isinstance(data, dict) else None
+    tiers = skip.get(pipeline) if isinstance(skip, dict) else None
+    return tuple(t for t in tiers if isinstance(t, str)) if isinstance(tiers, list) else ()
+
+
 def dump_calibration(entries: Mapping[str, TierCalibration], meta: Mapping[str, Any] | None = None) -> bytes:
     """The JSON text of a calibration file (what `load_calibration` reads back)."""
     tiers = {

@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 from cascade.models import Attempt, Job, Verdict
 from cascade.verifiers.base import Verifier, VerifyContext
 
 log = logging.getLogger("cascade.verifiers")
+
+
+def _finish_of(ctx: VerifyContext, text: str) -> str:
+    """The finish reason of the sample with this text (the first choice's when it is not a sample)."""
+    completion = ctx.completion
+    if completion is None:
+        return "stop"
+    samples = completion.samples or (completion.text,)
+    return completion.finish_of(samples.index(text)) if text in samples else completion.finish_reason
+
+
+def _as_answer(attempt: Attempt, ctx: VerifyContext, text: str, finish: str) -> tuple[Attempt, VerifyContext]:
+    """The attempt and context as if `text` (ended by `finish`) were the answer: what later checks judge.
+    Its token logprobs are unknown (they belong to the first choice)."""
+    completion = ctx.completion
+    if completion is not None and text != completion.text:
+        completion = replace(completion, text=text, finish_reason=finish, logprobs=())
+    return (replace(attempt, text=text, finish_reason=finish),
+            replace(ctx, completion=completion, extra=ctx.extra))
 
 
 class VerifierChain:
@@ -34,13 +54,25 @@ class VerifierChain:
         return (sampler.options.samples, sampler.options.temperature) if sampler is not None else None
 
     def run(self, job: Job, attempt: Attempt, ctx: VerifyContext) -> tuple[Verdict, ...]:
-        """The verdicts up to and including the first failure (all of them when every one passes)."""
+        """The verdicts up to and including the first failure (all of them when every one passes).
+
+        A verifier that replaces the answer (self-consistency's majority) may only pick a sample that
+        the static checks before it pass (`ctx.extra["admissible"](text, finish_reason)`), and every
+        check after it judges the answer it returns, not the first choice.
+        """
         verdicts: list[Verdict] = []
-        for verifier in self.verifiers:
+        for position, verifier in enumerate(self.verifiers):
+            static = [v for v in self.verifiers[:position] if v.cost_rank == 0]
+            ctx.extra["admissible"] = lambda text, finish, static=static, attempt=attempt, ctx=ctx: all(
+                self._check(v, job, *_as_answer(attempt, ctx, text, finish)).passed for v in static)
             verdict = self._check(verifier, job, attempt, ctx)
             verdicts.append(verdict)
             if not verdict.passed:
                 break
+            if verdict.output is not None and verdict.output != attempt.text:
+                finish = _finish_of(ctx, verdict.output)
+                attempt, ctx = _as_answer(attempt, ctx, verdict.output, finish)
+        ctx.extra.pop("admissible", None)
         return tuple(verdicts)
 
     @staticmethod

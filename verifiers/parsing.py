@@ -14,6 +14,8 @@ _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL)
 _MAX_SPANS = 16
 _CLOSER = {"{": "}", "[": "]"}
 _OPENER = re.compile(r"[\[{]")
+# what may follow an opening bracket of JSON: a key or "}" after "{", a value or "]" after "["
+_JSON_START = re.compile(r'(?<=\{)\s*["}]|(?<=\[)\s*[-"\d\[{\]tfn]')
 
 _QUOTES = "\"'`*“”‘’ \t\r\n"
 _TRAILING = ".,;:!? \t\r\n"
@@ -64,6 +66,9 @@ def _top_level_spans(text: str) -> Iterator[str]:
         match = _OPENER.search(text, pos)
         if match is None:
             return
+        if not _JSON_START.match(text, match.end()):
+            pos = match.end()          # a bracket of prose (":-[", "[sic]"): no JSON value can start here
+            continue
         end = _balanced_end(text, match.start())
         if end is None:
             # Unclosed to the end of the text (e.g. truncated): anything inside is a fragment, not the answer.

@@ -74,9 +74,14 @@ class SelfConsistencyVerifier(Verifier):
         if completion is None:
             return self.verdict(False, "misconfigured: no model handle in the verify context")
         texts = list(completion.samples or (completion.text,))
+        finishes = [completion.finish_of(i) for i in range(len(texts))]
         if self.options.include_answer and not own:     # the attempt's own samples already hold its answer
             texts.insert(0, attempt.text)
-        answers = [self.extract(text, ctx) for text in texts]
+            finishes.insert(0, attempt.finish_reason)
+        # a sample the static checks reject (truncated, not a label...) votes for nothing and is never returned
+        admissible = ctx.extra.get("admissible") or (lambda text, finish: True)
+        answers = [self.extract(text, ctx) if admissible(text, finish) else None
+                   for text, finish in zip(texts, finishes)]
         spent = {"cost_usd": cost, "usage": completion.usage}
         votes = Counter(a for a in answers if a is not None)
         if not votes:

@@ -420,7 +420,9 @@ class Engine:
         last = self.settings.tiers[pipeline.ladder[-1]]
         if answer.tier == last.name:
             return round(answer.cost_usd * 1e9)
-        usage = Usage(input_tokens=answer.usage.prompt_tokens, output_tokens=answer.usage.output_tokens)
+        # one answer's tokens: a tier that sampled n answers in its call produced n times what the last tier would
+        n = self._request_n(pipeline, self.settings.tiers[answer.tier]) if (pipeline.name, answer.tier) in self._chains else 1
+        usage = Usage(input_tokens=answer.usage.prompt_tokens, output_tokens=round(answer.usage.output_tokens / n))
         return cost_nanos(self.settings.price(last), usage, last.batch_pricing)
 
 

@@ -35,6 +35,7 @@ def fan_out(call: Callable[[CompletionRequest], Completion], request: Completion
         model=first.model,
         latency_ms=(time.perf_counter() - start) * 1000,
         samples=tuple(a.text for a in answers),
+        sample_finish=tuple(a.finish_reason for a in answers),
         rate_limit=tightest([a.rate_limit for a in answers]),
     )
 

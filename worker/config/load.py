@@ -41,8 +41,13 @@ def load_settings(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    check_verifiers: bool = True,
 ) -> Settings:
-    """Load cascade.toml and every pipeline beside it into one validated Settings."""
+    """Load cascade.toml and every pipeline beside it into one validated Settings.
+
+    `check_verifiers=False` leaves the verifier chains unbuilt (and their calibration files unread):
+    `cascade calibrate` fits a pipeline whose calibration file does not exist yet.
+    """
     environ = os.environ if environ is None else environ
     path = config_path(path, environ)
     raw = _read_toml(path)
@@ -60,7 +65,7 @@ def load_settings(
     raw["provider_base_url"] = environ.get("CASCADE_PROVIDER_BASE_URL", "")
     raw["pipelines"] = _load_pipelines(config_dir / "pipelines")
     settings = _validate(Settings, raw, str(path), from_env)
-    _check_references(settings, str(path))
+    _check_references(settings, str(path), check_verifiers)
     return settings
 
 
@@ -124,8 +129,21 @@ def _load_pipelines(folder: Path) -> dict[str, Pipeline]:
         pipeline = _validate(Pipeline, raw, str(file), {})
         if pipeline.name != file.stem:
             raise ConfigError(f"{file}: name: '{pipeline.name}' differs from the file name '{file.stem}'")
-        pipelines[pipeline.name] = pipeline
+        pipelines[pipeline.name] = _apply_skips(pipeline, folder.parent)
     return pipelines
+
+
+def _apply_skips(pipeline: Pipeline, config_dir: Path) -> Pipeline:
+    """The pipeline without the tiers its calibration files skip (`cascade calibrate` decides; never the last)."""
+    from cascade.verifiers.calibration import skipped_tiers
+
+    files = {spec["calibration"] for specs in pipeline.verifiers.values() for spec in specs
+             if isinstance(spec.get("calibration"), str)}
+    skip = {t for f in sorted(files) for t in skipped_tiers(config_dir / f, pipeline.name)}
+    ladder = tuple(t for t in pipeline.ladder[:-1] if t not in skip) + pipeline.ladder[-1:]
+    if ladder == pipeline.ladder:
+        return pipeline
+    return pipeline.model_copy(update={"ladder": ladder, "declared_ladder": pipeline.ladder})
 
 
 def _validate(model: type, raw: dict[str, Any], where: str, from_env: Mapping[tuple[str, ...], str]):
@@ -159,7 +177,7 @@ def _problem(error: Mapping[str, Any]) -> str:
     return error["msg"]
 
 
-def _check_references(settings: Settings, where: str) -> None:
+def _check_references(settings: Settings, where: str, check_verifiers: bool = True) -> None:
     from cascade.verifiers.registry import build_verifier
 
     for name, tier in settings.tiers.items():
@@ -168,21 +186,22 @@ def _check_references(settings: Settings, where: str) -> None:
     known = ", ".join(sorted(settings.tiers))
     for pipeline in settings.pipelines.values():
         file = pipeline.source
-        for i, tier in enumerate(pipeline.ladder):
+        for i, tier in enumerate(pipeline.full_ladder):
             if tier not in settings.tiers:
                 raise ConfigError(f"{file}: ladder[{i}]: unknown tier '{tier}' ({where} has: {known})")
         if pipeline.output == "label" and not pipeline.labels:
             raise ConfigError(f"{file}: labels: a label pipeline needs its list of labels")
         for key, specs in pipeline.verifiers.items():
-            if key != "default" and key not in pipeline.ladder:
+            if key != "default" and key not in pipeline.full_ladder:
                 raise ConfigError(f"{file}: verifiers.{key}: '{key}' is neither 'default' nor a tier of the ladder")
-            for i, spec in enumerate(specs):
+            for i, spec in enumerate(specs if check_verifiers else ()):
                 build_verifier(spec, settings.config_dir, f"{file}: verifiers.{key}[{i}]")
-        _check_verifier_tiers(settings, pipeline)
+        if check_verifiers:
+            _check_verifier_tiers(settings, pipeline)
     for key in settings.alerts.baselines:
         name, _, tier = key.rpartition(".")
         pipeline = settings.pipelines.get(name)
-        if pipeline is None or tier not in pipeline.ladder:
+        if pipeline is None or tier not in pipeline.full_ladder:
             raise ConfigError(f"{where}: alerts.baselines.\"{key}\": no pipeline '{name}' with a tier '{tier}' "
                               f"(pipelines: {', '.join(sorted(settings.pipelines)) or 'none'})")
     for name, schedule in settings.schedules.items():

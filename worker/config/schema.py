@@ -133,11 +133,17 @@ class Prompt(Frozen):
 def template_fields(text: str) -> list[str]:
     """The {field} names in a template; raises ValueError on a malformed or non-simple placeholder."""
     names = []
-    for _, name, _, _ in string.Formatter().parse(text):
+    for _, name, spec, _ in string.Formatter().parse(text):
         if name is None:
             continue
         if not name.isidentifier():
             raise ValueError(f"placeholder {{{name}}} is not a plain field name (write {{{{ and }}}} for braces)")
+        if spec and ("{" in spec or "}" in spec):
+            raise ValueError(f"placeholder {{{name}:{spec}}}: a format spec cannot name another field")
+        try:
+            format("", spec)                        # fields render as text: the spec must format a string
+        except ValueError as e:
+            raise ValueError(f"placeholder {{{name}:{spec}}}: bad format spec for text ({e})") from None
         names.append(name)
     return names
 
@@ -155,10 +161,16 @@ class Pipeline(Frozen):
     tags: tuple[str, ...] = ()           # input fields copied into each result (team, feature...): `stats --by`
     verifiers: dict[str, tuple[dict[str, Any], ...]] = Field(default_factory=dict)  # "default" or a tier name
     source: Path = Path(".")            # the file it came from (set by the loader)
+    declared_ladder: tuple[str, ...] = ()   # the file's ladder when a calibration skips tiers (set by the loader)
 
     def verifier_specs(self, tier: str) -> tuple[dict[str, Any], ...]:
         """The verifier chain for a tier: its own list, else the pipeline's default list."""
         return self.verifiers.get(tier, self.verifiers.get("default", ()))
+
+    @property
+    def full_ladder(self) -> tuple[str, ...]:
+        """The ladder as the file declares it, tiers a calibration skips included."""
+        return self.declared_ladder or self.ladder
 
     def next_tier(self, index: int) -> str | None:
         """The tier after ladder position `index`, or None at the last."""

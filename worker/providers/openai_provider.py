@@ -106,6 +106,7 @@ class OpenAIProvider:
             latency_ms=latency_ms,
             logprobs=tuple(TokenLogprob(t.token, t.logprob) for t in content_logprobs),
             samples=tuple(_text(c)[0] for c in response.choices) if request.n > 1 else (),
+            sample_finish=tuple(_text(c)[1] for c in response.choices) if request.n > 1 else (),
             rate_limit=rate_limit_hints(headers, RATE_LIMIT_HEADERS, parse_duration),
         )
 
