@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from benchmarks.harness import REPO, emit, log
+from cascade.ops.monitor import Monitor
 
 CHEAP = "gpt-4o-mini"
 #: (a) hedges and malformed answers up 5 points each: escalation 14% -> 24%
@@ -117,22 +118,10 @@ def run_stream(root: Path, name: str, n: int, drift_from: int, mix: str, shadow_
     return load_settings(config, environ={}), records, pairs, summary, seconds
 
 
-def monitor_class(stub: bool) -> Any:
-    """The alerts helper's Monitor, or the benchmark's stand-in for a dry run (`--stub-monitor`)."""
-    if stub:
-        from benchmarks.monitor_stub import Monitor
-        return Monitor
-    try:
-        from cascade.ops.monitor import Monitor
-    except ImportError:
-        sys.exit("benchmark: cascade.ops.monitor is not there yet (run with --stub-monitor for a dry run)")
-    return Monitor
-
-
-def detect(monitor_cls: Any, settings: Any, records: list[dict], pairs: dict[str, dict], change: int, kind: str
+def detect(settings: Any, records: list[dict], pairs: dict[str, dict], change: int, kind: str
            ) -> dict[str, Any]:
     """Feed the stream in job order; the first `kind` alert at or after `change`, and the false alarms."""
-    monitor = monitor_cls(settings, sinks=(), ledger=None)
+    monitor = Monitor(settings, sinks=(), ledger=None)
     detected, false_alarms, fired = None, [], []
     for index, record in enumerate(records):
         alerts = list(monitor.observe_records([record]))
@@ -163,18 +152,16 @@ def main() -> None:
     parser.add_argument("--quality-after", type=int, default=5_000, help="jobs after change (b)")
     parser.add_argument("--shadow-rate", type=float, default=0.02)
     parser.add_argument("--window", type=int, default=1000, help="[alerts] window_attempts for the run")
-    parser.add_argument("--stub-monitor", action="store_true", help="use benchmarks/monitor_stub.py (dry run)")
     args = parser.parse_args()
-    monitor_cls = monitor_class(args.stub_monitor)
     root = Path(tempfile.mkdtemp(prefix="cascade-drift-"))
     try:
         settings, records, pairs, summary_a, seconds_a = run_stream(
             root, "escalation", args.stable + args.after, args.stable, ESCALATION_MIX, args.shadow_rate, args.window)
-        a = detect(monitor_cls, settings, records, pairs, args.stable, "escalation_drift")
+        a = detect(settings, records, pairs, args.stable, "escalation_drift")
         settings, records, pairs, summary_b, seconds_b = run_stream(
             root, "quality", args.quality_stable + args.quality_after, args.quality_stable, QUALITY_MIX,
             args.shadow_rate, args.window)
-        b = detect(monitor_cls, settings, records, pairs, args.quality_stable, "shadow_agreement")
+        b = detect(settings, records, pairs, args.quality_stable, "shadow_agreement")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     batch_cost = summary_a["cost_usd"] + summary_b["cost_usd"]
@@ -194,7 +181,6 @@ def main() -> None:
         "window_attempts": args.window,
         "jobs": args.stable + args.after + args.quality_stable + args.quality_after,
         "run_seconds": round(seconds_a + seconds_b, 1),
-        "monitor": "stub" if args.stub_monitor else "cascade.ops.monitor",
     })
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -249,7 +250,9 @@ def export_run(settings: Settings, ledger: Ledger, name: str, key: str) -> bool:
     if run.export is None or batch is None or batch["state"] != "finished":
         return False
     fmt = "csv" if run.export.suffix.lower() == ".csv" else "jsonl"
-    partial = run.export.with_name(run.export.name + ".partial")
+    # its own partial file: two beats (one too many, or one restarting) may export the same run at once;
+    # each writes the same records and the last rename wins
+    partial = run.export.with_name(f"{run.export.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         run.export.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("wb") as sink:
@@ -257,6 +260,7 @@ def export_run(settings: Settings, ledger: Ledger, name: str, key: str) -> bool:
             Collector(ledger, run.batch, writer).collect()
         os.replace(partial, run.export)         # a reader never sees half a file
     except OSError as error:
+        partial.unlink(missing_ok=True)
         fail(ledger, run, f"could not export to {run.export}: {error.strerror or error}",
              f"make {run.export.parent} writable; the results stay in the ledger (`cascade results {run.batch}`)")
         return False

@@ -314,7 +314,7 @@ every_s = 2
             beat_b.wait(timeout=30)
             # the restarted beat exports each batch once it is finished
             taken = runs()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while any(r["state"] != "exported" for r in runs() if r["run_date"] in {t["run_date"] for t in taken}):
                 assert time.monotonic() < deadline, runs()
                 time.sleep(0.3)
