@@ -104,9 +104,19 @@ class LedgerWriter:
             self.shadows.delete_pairs([entry_id for entry_id, _ in pairs])
             try:
                 self.monitor.observe_shadow(pair for _, pair in pairs)
+                self._show_agreement()
             except Exception as e:  # noqa: BLE001 - a monitor bug must not stop pairs flowing
                 log.warning("ledger: alerts skipped %d shadow pairs: %s", len(pairs), e)
         return len(pairs)
+
+    def _show_agreement(self) -> None:
+        """The shadow-agreement gauges of `cascade ledger --metrics-port` (what deploy/prometheus's rule reads)."""
+        metrics = process_metrics()
+        for pipeline, (value, baseline) in self.monitor.agreement().items():
+            if value is not None:
+                metrics.set_shadow_agreement(pipeline, value)
+            if baseline is not None:
+                metrics.set_shadow_baseline(pipeline, baseline)
 
     def drain(self) -> int:
         """Store everything waiting now; return how many records."""

@@ -117,6 +117,11 @@ class Monitor:
             deliver(found, self.sinks)
         return found
 
+    def agreement(self) -> dict[str, tuple[float | None, float | None]]:
+        """Per pipeline: the rolling shadow agreement and its baseline (None until known), for the gauges."""
+        with self._lock:
+            return {p: (d.rolling.value, d.baseline) for p, (d, _, _) in self._agreement.items()}
+
     # -- detectors, created on first sight with their baseline and the state the ledger remembers ---------
 
     def _escalation_detector(self, pipeline: str, tier: str) -> tuple[Detector, str]:

@@ -181,6 +181,8 @@ def test_shadow_agreement_drop_fires_against_a_learned_or_configured_baseline(tm
 
     configured = Monitor(settings_with(tmp_path / "b", shadow_window=100, min_shadow=50, agreement_baseline=0.95))
     assert [a.state for a in configured.observe_shadow(pairs(88, 100))] == ["fired"]
+    # what the ledger's cascade_shadow_agreement gauges show: the rolling share and its baseline
+    assert configured.agreement() == {PIPELINE: (pytest.approx(0.88), 0.95)}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
