@@ -110,12 +110,12 @@ def run_command(obj: dict, name: str, run_date: str | None, redis_url: str | Non
     from cascade.ops.schedules import current_key, plan, run_schedule
 
     settings = load(obj["config_path"], redis_url)
-    if settings.embedded:
-        raise click.UsageError("a scheduled batch is submitted for workers: it needs a Redis URL (--redis-url or "
-                               "CASCADE_REDIS_URL)")
     if name not in settings.schedules:
         known = ", ".join(sorted(settings.schedules)) or "none"
         raise click.BadParameter(f"unknown schedule '{name}' (in [schedules]: {known})", param_hint="NAME")
+    if settings.embedded and settings.schedules[name].kind == "batch":
+        raise click.UsageError("a scheduled batch is submitted for workers: it needs a Redis URL (--redis-url or "
+                               "CASCADE_REDIS_URL)")
     key = run_date or current_key(settings.schedules[name], datetime.now(UTC))
     try:
         plan(settings, name, key)

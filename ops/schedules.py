@@ -32,6 +32,7 @@ log = logging.getLogger("cascade.schedules")
 HEARTBEAT_S = 5.0             # a submitting run's row is touched this often
 STALE_SUBMITTING_S = 30.0     # a submitting row untouched this long was left by a process that died: resume it
 SUBMITTING, SUBMITTED, FAILED, EXPORTED = "submitting", "submitted", "failed", "exported"
+AUDITED = "audited"         # a kind = "audit" run: the audit ran (its drift, if any, is an audit_drift alert)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class RunPlan:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What `run_schedule` did: submitted | resumed | already (ran before) | busy (another process submits
-    it now) | failed."""
+    """What `run_schedule` did: submitted | resumed | audited (a kind = "audit" run) | already (ran before) |
+    busy (another process submits it now) | failed."""
 
     schedule: str
     key: str
@@ -62,7 +63,7 @@ class RunOutcome:
     @property
     def message(self) -> str:
         """One line for a person."""
-        head = f"schedule {self.schedule}: run {self.key}: batch {self.batch}"
+        head = f"schedule {self.schedule}: run {self.key}" + ("" if self.state == AUDITED else f": batch {self.batch}")
         if self.outcome == "already":
             return f"{head} already ran ({self.state}{': ' + self.reason if self.reason else ''}); nothing submitted"
         if self.outcome == "busy":
@@ -180,6 +181,8 @@ def _submit(settings: Settings, ledger: Ledger, run: RunPlan, outcome: str) -> R
     if not run.input.is_file():
         return fail(ledger, run, f"input {run.input} does not exist",
                     f"put the file there, then run `cascade schedules run {name} --date {run.key}`")
+    if run.schedule.kind == "audit":
+        return _audit(settings, ledger, run)
     if settings.embedded:
         return fail(ledger, run, "no Redis URL is configured: a scheduled batch needs workers",
                     "set [redis] url or CASCADE_REDIS_URL for `cascade beat`")
@@ -199,6 +202,28 @@ def _submit(settings: Settings, ledger: Ledger, run: RunPlan, outcome: str) -> R
     ledger.update_schedule_run(name, run.key, SUBMITTED, reason)
     log.info("schedule %s: run %s: batch %s %s: %s", name, run.key, run.batch, outcome, reason)
     return RunOutcome(name, run.key, run.batch, outcome, SUBMITTED, reason, result.published)
+
+
+def _audit(settings: Settings, ledger: Ledger, run: RunPlan) -> RunOutcome:
+    """A scheduled verifier drift audit: replay the labelled set, keep an alert per drifted figure."""
+    from cascade.ops.audit import alert_rows, run_audit
+
+    name = run.schedule.name
+    try:
+        result = run_audit(settings, run.schedule.pipeline, run.input, run.schedule.split or None)
+    except (CascadeError, OSError) as error:
+        return fail(ledger, run, f"could not audit: {error}",
+                    f"fix the cause, then run `cascade schedules run {name} --date {run.key}`")
+    for row in alert_rows(result):
+        ledger.record_alert({**row, "details": {**row["details"], "schedule": name, "run_date": run.key}})
+        log.warning("schedule %s: run %s: %s; check: %s", name, run.key, row["message"], row["check"])
+    accuracy = result.figures[0]
+    reason = (f"audit of {result.rows} rows of {run.input}: accuracy {accuracy.today:.1%} "
+              f"(calibrated {accuracy.calibrated:.1%}); "
+              + (f"{len(result.drifted)} figures drifted" if result.drifted else "no drift"))
+    ledger.update_schedule_run(name, run.key, AUDITED, reason)
+    log.info("schedule %s: run %s audited: %s", name, run.key, reason)
+    return RunOutcome(name, run.key, run.batch, "audited", AUDITED, reason)
 
 
 def _submit_file(settings: Settings, ledger: Ledger, run: RunPlan):

@@ -109,3 +109,24 @@ def test_an_audit_without_stored_figures_says_what_to_do(calibrated):
     assert old.returncode == 1
     assert old.stderr.decode().strip() == (f"Error: {path}: no expected figures (written before `cascade calibrate` "
                                            "stored them, or by hand): run `cascade calibrate -p mmlu` again")
+
+
+def test_a_scheduled_audit_runs_once_per_date_and_keeps_its_drift_as_alerts(calibrated):
+    # Given a lenient threshold and a nightly audit schedule of the dev set (no Redis needed: it only replays)
+    config, env, _ = calibrated
+    pipeline = config / "pipelines" / "mmlu.toml"
+    pipeline.write_text(pipeline.read_text().replace('calibration = "calibration/mmlu.json" }',
+                                                     'calibration = "calibration/mmlu.json", threshold = 0.3 }'))
+    with (config / "cascade.toml").open("a") as f:
+        f.write(f'\n[schedules.mmlu-audit]\npipeline = "mmlu"\nkind = "audit"\ninput = "{TRAIN}"\ncron = "0 3 * * *"\n')
+    command = ["cascade", "schedules", "--config", str(config / "cascade.toml"), "run", "mmlu-audit", "--date",
+               "2026-12-01"]
+    # When it runs for a date, twice
+    first, second = run_cli(command, env), run_cli(command, env)
+    # Then the audit ran once: its run says so, its drift is three alerts naming the run, the second did nothing
+    assert first.returncode == 0, first.stderr.decode()
+    assert ("schedule mmlu-audit: run 2026-12-01 audited: audit of 285 rows of " in first.stderr.decode()
+            and "accuracy 75.4% (calibrated 81.8%); 3 figures drifted" in first.stderr.decode())
+    assert second.returncode == 0 and "already ran (audited: audit of 285 rows" in second.stderr.decode()
+    rows = [a for a in alerts(config) if a["kind"] == "audit_drift"]
+    assert len(rows) == 3 and {a["details"]["run_date"] for a in rows} == {"2026-12-01"}

@@ -182,7 +182,9 @@ class Schedule(Frozen):
 
     name: str = ""
     pipeline: str
+    kind: Literal["batch", "audit"] = "batch"  # audit: `cascade audit` of `input` (a labelled recorded set) instead
     input: str                            # a path; {date} is the run date (YYYY-MM-DD), relative to cascade.toml
+    split: str = ""                       # audit only: the rows of this split
     cron: str = ""                        # five fields: minute hour day-of-month month day-of-week (once a day at most)
     every_s: int | None = Field(None, ge=1)   # instead of cron: every N seconds, one run per clock-aligned slot (tests)
     timezone: str = "UTC"                 # IANA name: cron fields and {date} are read in it
