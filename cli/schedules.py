@@ -97,9 +97,10 @@ def schedules(ctx: click.Context, as_json: bool, n_runs: int, config_path: str |
 @click.argument("name")
 @click.option("--date", "run_date", help="Run date YYYY-MM-DD to run or backfill (default: today in the schedule's "
                                          "time zone; for an every_s schedule, a slot's epoch second).")
+@config_option
 @redis_option
 @click.pass_obj
-def run_command(obj: dict, name: str, run_date: str | None, redis_url: str | None) -> None:
+def run_command(obj: dict, name: str, run_date: str | None, config_path: str | None, redis_url: str | None) -> None:
     """Run one schedule now (or backfill a past date); prints the batch id on stdout.
 
     A run that exists already is not submitted again; a failed one (say its input was missing) is run
@@ -109,7 +110,7 @@ def run_command(obj: dict, name: str, run_date: str | None, redis_url: str | Non
     """
     from cascade.ops.schedules import current_key, plan, run_schedule
 
-    settings = load(obj["config_path"], redis_url)
+    settings = load(config_path or obj["config_path"], redis_url)    # --config before or after `run`
     if name not in settings.schedules:
         known = ", ".join(sorted(settings.schedules)) or "none"
         raise click.BadParameter(f"unknown schedule '{name}' (in [schedules]: {known})", param_hint="NAME")
