@@ -8,10 +8,12 @@ delivered twice is stored once.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -96,7 +98,7 @@ class Ledger:
 
         config = Config()
         config.set_main_option("script_location", str(resources.files("cascade.ledger").joinpath("migrations")))
-        with self._lock:
+        with self._lock, self._file_lock():
             try:
                 with self.engine.begin() as conn:
                     if self.dialect == "postgresql":    # two writers starting at once migrate one after the other
@@ -106,6 +108,22 @@ class Ledger:
             except SQLAlchemyError as e:
                 raise LedgerError(f"ledger {redact_url(self.url)}: cannot migrate: {_short(e)}") from None
             self._migrated = True
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """For a SQLite file, an exclusive lock beside it while migrating: two processes that start at once on a
+        new file (beat and `cascade ledger`) would otherwise both create the first tables. PostgreSQL takes an
+        advisory lock instead."""
+        database = self.engine.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 import time
 
 import fakeredis
@@ -246,3 +247,18 @@ def _ledger_service(config, env, tmp_path, n: int) -> subprocess.Popen:
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / f"ledger-{n}.log").read_text()
         time.sleep(0.05)
     return proc
+
+
+def test_processes_that_first_migrate_one_new_sqlite_file_at_once_all_succeed(tmp_path):
+    # Given a ledger file nobody created yet, and four processes opening it for writing at the same moment
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    script = ("import sys\nfrom cascade.ledger.database import Ledger\n"
+              "ledger = Ledger(sys.argv[1]); ledger.migrate(); ledger.close()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE) for _ in range(4)]
+    # Then each migrates (or finds it done), and the schema is there once
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    ledger = Ledger(url)
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0002"]
+    ledger.close()
