@@ -253,11 +253,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         server.requests.append((self.path, dict(self.headers), body))
         status = server.statuses.pop(0) if server.statuses else 200
+        if status == 200:       # before the answer: a sender that has its 200 finds it set
+            server.got.set()
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()
-        if status == 200:
-            server.got.set()
 
     def log_message(self, *args) -> None:
         pass
