@@ -70,6 +70,7 @@ def status(batch: str, as_json: bool, config_path: str | None, redis_url: str | 
             summary["stopped_tiers"] = sweeps.stopped_tiers(called_tiers(pipe))
             workers = sweeps.live_workers()
             summary["workers"] = {tier: sum(1 for w in workers if w.tier == tier) for tier in pipe.ladder}
+            summary["provider_batches"] = provider_batches(settings, store, pipe.ladder, batch)
         else:
             row = _ledger(settings, stack).batch(batch)
             if row is None:
@@ -85,6 +86,35 @@ def status(batch: str, as_json: bool, config_path: str | None, redis_url: str | 
         click.echo("  workers: " + ", ".join(f"{tier} {n}" for tier, n in summary["workers"].items()))
     for tier, reason in summary.get("stopped_tiers", {}).items():
         click.echo(f"  STOPPED tier {tier}: {reason} (its jobs wait; fix it and restart its workers)")
+    for tier, open_batches in summary.get("provider_batches", {}).items():
+        click.echo(format_provider_batches(tier, open_batches))
+
+
+def provider_batches(settings: Settings, store: BatchStore, ladder: tuple[str, ...], batch: str) -> dict[str, list]:
+    """The open provider batches of `batch`, per batch-mode tier of its ladder: state, counts, time waited."""
+    from cascade.worker.store.provider_batches import ProviderBatchStore
+
+    tracker, now = ProviderBatchStore(store.redis, settings.redis.namespace), time.time()
+    out = {}
+    for tier in ladder:
+        if not settings.tiers[tier].batched:
+            continue
+        out[tier] = [{"id": r.provider_id or r.id, "state": r.state, "status": r.status, "requests": len(r.members),
+                      **{k: r.counts.get(k, 0) for k in ("succeeded", "errored", "expired", "canceled")},
+                      "waited_s": round((r.ended_at or now) - r.created_at, 1)}
+                     for r in tracker.records(tier) if r.batch == batch]
+    return out
+
+
+def format_provider_batches(tier: str, open_batches: list[dict]) -> str:
+    """One line per tier, then one per open provider batch."""
+    if not open_batches:
+        return f"  provider batches on {tier}: none open"
+    lines = [f"  provider batches on {tier}: {len(open_batches)} open"]
+    for b in open_batches:
+        lines.append(f"    {b['id']}: {b['status'] or b['state']}, {b['requests']:,} requests, {b['succeeded']:,} "
+                     f"succeeded, {b['errored'] + b['expired']:,} errored or expired lines, waited {b['waited_s']:.0f} s")
+    return "\n".join(lines)
 
 
 @click.command(cls=Command)

@@ -196,11 +196,11 @@ class ShadowRunner:
             raise
         price = self.settings.price(tier)
         if result.completion is None:
-            self.store.settle(ref.batch, reserved, None, cost_nanos(price, result.spent, tier.batch_pricing))
+            self.store.settle(ref.batch, reserved, None, cost_nanos(price, result.spent))
             log.warning("shadow %s/%s on %s failed: %s", ref.batch, ref.job_id, tier.name, result.error)
             return "failed"
         text = result.completion.text
-        cost = cost_nanos(price, result.completion.usage, tier.batch_pricing)
+        cost = cost_nanos(price, result.completion.usage)
         parsed = parse_output(text, pipeline.output, pipeline.labels)
         agree, judge_cost = self._agree(pipeline, payload, text, parsed, request)
         pair = {"batch_id": ref.batch, "job_id": ref.job_id, "pipeline": pipeline.name, "tier": payload["tier"],

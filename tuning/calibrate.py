@@ -373,7 +373,8 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     correct, cost, escalated = simulate(kept, [cal[t] for t in best.kept], best.thresholds, keep_last)
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
     last_n = tier_samples(settings, pipeline)[ladder[-1]]
-    last_cost = sum(tier_cost(settings, ladder[-1], recorded.find((r.system, r.user)) or r, last_n) for r in rows)
+    last_cost = sum(tier_cost(settings, ladder[-1], recorded.find((r.system, r.user)) or r, last_n, live=True)
+                    for r in rows)
     thresholds = [NEVER] * len(profiles)
     for t, value in zip(best.kept, best.thresholds):
         thresholds[t] = value

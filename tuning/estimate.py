@@ -55,13 +55,12 @@ def estimate(settings: Settings, pipeline: Pipeline, jobs: Iterable[Job], output
         for name in ladder:
             tier, n = settings.tiers[name], samples[name]
             price = settings.price(tier)
-            call = cost_nanos(price, Usage(prompt, expected_out[name] * n), tier.batch_pricing)
+            call = cost_nanos(price, Usage(prompt, expected_out[name] * n), tier.batched)
             expected += round(reach[name] * call) if projected is not None else 0
             first_only += call if name == ladder[0] else 0
             worst += reserve_nanos(price, tier, prompt, n)
         last = settings.tiers[ladder[-1]]
-        last_alone += cost_nanos(settings.price(last), Usage(prompt, expected_out[last.name] * samples[last.name]),
-                                 last.batch_pricing)
+        last_alone += cost_nanos(settings.price(last), Usage(prompt, expected_out[last.name] * samples[last.name]))
     return {
         "pipeline": pipeline.name, "rows": rows, "ladder": list(ladder),
         "expected_cost_usd": to_usd(expected) if projected is not None else None,

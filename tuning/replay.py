@@ -123,11 +123,12 @@ def uncalibrated(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in ("calibration", "key")} | {"threshold": spec.get("threshold") or 0.0}
 
 
-def tier_cost(settings: Settings, tier_name: str, row: RecordedRow, n: int = 1) -> int:
-    """What the call of a tier for `n` samples cost on a row, in nano-USD: recorded usage at the price table."""
+def tier_cost(settings: Settings, tier_name: str, row: RecordedRow, n: int = 1, live: bool = False) -> int:
+    """What the call of a tier for `n` samples cost on a row, in nano-USD: recorded usage at the price table
+    (at the batch price for a batch-mode tier, unless `live`: the last tier alone is priced live)."""
     tier = settings.tiers[tier_name]
     usage = row.responses[tier.model].completion(n).usage
-    return cost_nanos(settings.price(tier), usage, tier.batch_pricing)
+    return cost_nanos(settings.price(tier), usage, tier.batched and not live)
 
 
 def evaluate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, rows: list[RecordedRow],
@@ -142,7 +143,7 @@ def evaluate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, rows
         served = recorded.find((row.system, row.user)) or row   # the row the replay provider answered from
         record = by_id[row.id]
         cost += round(record["cost_usd"] * 1e9)
-        last_cost += tier_cost(settings, last.name, served, samples[last.name])
+        last_cost += tier_cost(settings, last.name, served, samples[last.name], live=True)
         final = served.responses.get(record.get("model") or "") if record["output"] is not None else None
         last_answer = served.responses[last.model]
         last_ok = last_answer.answer_correct(last_answer.text, served.gold)

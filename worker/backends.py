@@ -98,7 +98,35 @@ def _embedded(settings: Settings, providers: Any, pipeline: Pipeline | None) -> 
                     sweeps=sweeps)
     dispatcher.bind(engine.handle)
     shadows = _local_shadows(settings, engine, client, dispatcher, keeper)
-    return Backend("embedded", store, sweeps, dispatcher, stop=keeper.stop, shadows=shadows)
+    runners = [batch_runner(settings, engine, client, providers, tier, keeper.worker_id).start()
+               for tier in called_batch_tiers(settings, pipeline)]
+
+    def stop() -> None:
+        for runner in runners:
+            runner.stop()
+        keeper.stop()
+
+    return Backend("embedded", store, sweeps, dispatcher, stop=stop, shadows=shadows)
+
+
+def called_batch_tiers(settings: Settings, pipeline: Pipeline | None) -> list[str]:
+    """The batch-mode tiers of `pipeline`'s ladder (of every pipeline when None)."""
+    pipelines = [pipeline] if pipeline is not None else list(settings.pipelines.values())
+    names = {name for p in pipelines for name in p.ladder}
+    return sorted(name for name in names if settings.tiers[name].batched)
+
+
+def batch_runner(settings: Settings, engine: Any, client: Any, providers: Any, tier_name: str, worker_id: str) -> Any:
+    """The provider-batch runner of a batch-mode tier, registered with the engine (not started)."""
+    from cascade.worker.batching import BatchRunner
+    from cascade.worker.store.provider_batches import ProviderBatchStore
+
+    tier = settings.tiers[tier_name]
+    runner = BatchRunner(engine, tier, providers.get(tier_name).batch_api(),
+                         ProviderBatchStore(client, settings.redis.namespace), worker_id,
+                         max_tries=max(1, settings.engine.max_retries))
+    engine.batching[tier_name] = runner
+    return runner
 
 
 def _local_shadows(settings: Settings, engine: Any, client: Any, dispatcher: Any, keeper: Any) -> Any:
@@ -131,18 +159,23 @@ class WorkerRuntime:
     reconciler: Any
     info: WorkerInfo
     shadow: Any = None          # a shadow worker's runner (`cascade worker --shadow`)
+    batches: Any = None         # a batch-mode tier's provider-batch runner (worker/batching.py)
 
     def start(self) -> None:
-        """Register the worker, then start the heartbeat and the reconciler."""
+        """Register the worker, then start the heartbeat, the reconciler and the provider-batch runner."""
         self.keeper.start(self.info)
         self.reconciler.start()
+        if self.batches is not None:
+            self.batches.start()
 
     def stopping(self) -> None:
         """Warm shutdown began: jobs that wait (circuit, stopped tier, Redis) give their leases back."""
         self.keeper.stop()
 
     def close(self) -> None:
-        """The worker stopped: keep unrecorded paid answers, end the threads, unregister."""
+        """The worker stopped: give parked jobs back, keep unrecorded paid answers, end the threads, unregister."""
+        if self.batches is not None:
+            self.batches.stop()
         self.reconciler.stop()
         self.engine.keep_paid_answers()
         self.keeper.close()
@@ -183,4 +216,7 @@ def worker_runtime(settings: Settings, app: Any, tier_name: str, concurrency: in
                               idle=lambda tier: dispatcher.backlog(tier) == 0, sleep=keeper.sleep)
     else:
         attach_sampler(engine, client, celery_publisher(app, settings))
-    return WorkerRuntime(engine, keeper, reconciler, info, runner)
+    batches = None
+    if settings.tiers[tier_name].batched and not shadow:
+        batches = batch_runner(settings, engine, client, providers, tier_name, worker_id)
+    return WorkerRuntime(engine, keeper, reconciler, info, runner, batches)

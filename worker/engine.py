@@ -59,6 +59,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"                 # a redelivery of work already recorded or held: nothing counted
     RELEASED = "released"                   # the worker is stopping: the job goes back on its queue
     DEAD_LETTERED = "dead_lettered"         # Redis refused to record it: out of circulation, its answer kept
+    PARKED = "parked"                       # its request waits in a provider batch (a batch-mode tier)
 
 
 #: the outcome of a delivery that finalized the job with this status
@@ -116,28 +117,38 @@ class Engine:
         self._paid_lock = threading.Lock()
         self._room_checked: dict[str, float] = {}
         self.observers: list[Observer] = []     # told of each recorded step (metrics, shadow sampling)
+        self.batching: dict[str, Any] = {}     # batch-mode tier name -> its BatchRunner (worker/batching.py)
 
     # -- a delivery ------------------------------------------------------------------------
 
     def handle(self, ref: JobRef) -> Outcome:
         """Process one delivery of a job message; PoisonMessage when it names no job of ours."""
         pipeline, tier = self._resolve(ref)
-        token = self.keeper.new_token()
-        per_token, per_call = reserve_rates(self.settings.price(tier), tier, self._request_n(pipeline, tier))
-        engine = self.settings.engine
-        lease = self.store(f"lease {ref.label}", lambda: self.jobs.take_lease(
-            ref.batch, ref.job_id, ref.tier_index, tier.name, ref.seq, token, lease_ms=self.keeper.lease_ms,
-            reserve_per_token=per_token, reserve_per_call=per_call, max_deliveries=engine.max_deliveries))
+        lease = self._lease(ref, pipeline, tier)
         if lease.code is LeaseCode.UNKNOWN:
             raise PoisonMessage(f"job '{ref.job_id}' is not registered in batch '{ref.batch}'")
         if lease.code in (LeaseCode.DONE, LeaseCode.STALE, LeaseCode.HELD):
             return Outcome.DUPLICATE
-        self.keeper.hold(ref.batch, ref.job_id, token)
+        self.keeper.hold(ref.batch, ref.job_id, lease.token)
         step = Step(ref, pipeline, tier, lease, _payload(ref, lease))
+        return self._guarded(step, lambda: self._run(step))
+
+    def _lease(self, ref: JobRef, pipeline: Pipeline, tier: Tier) -> Lease:
+        token = self.keeper.new_token()
+        per_token, per_call = reserve_rates(self.settings.price(tier), tier, self._request_n(pipeline, tier))
+        return self.store(f"lease {ref.label}", lambda: self.jobs.take_lease(
+            ref.batch, ref.job_id, ref.tier_index, tier.name, ref.seq, token, lease_ms=self.keeper.lease_ms,
+            reserve_per_token=per_token, reserve_per_call=per_call, max_deliveries=self.settings.engine.max_deliveries))
+
+    def _guarded(self, step: Step, work: Callable[[], Outcome]) -> Outcome:
+        """Run `work` on a leased step: a stop gives the job back, a store refusal dead-letters it, a bug fails it
+        with its reason (never strands it). The lease is dropped after, unless the step is parked."""
+        ref, outcome = step.ref, None
         try:
-            if not lease.payload:
+            if not step.lease.payload:
                 raise ValueError("the job's payload is missing from the store")
-            return self._run(step)
+            outcome = work()
+            return outcome
         except ShuttingDown:
             self._release(step)
             return Outcome.RELEASED
@@ -147,9 +158,10 @@ class Engine:
             log.exception("job %s: unexpected error", ref.label)
             return self._finalize(step, Status.FAILED, None, reason=f"internal_error: {type(error).__name__}: {error}",
                                   cost=step.paid_nanos, counters=[("cost", step.paid_nanos),
-                                                                  (f"cost:{tier.name}", step.paid_nanos)])
+                                                                  (f"cost:{step.tier.name}", step.paid_nanos)])
         finally:
-            self.keeper.drop(ref.batch, ref.job_id)
+            if outcome is not Outcome.PARKED:
+                self.keeper.drop(ref.batch, ref.job_id)
 
     def _resolve(self, ref: JobRef) -> tuple[Pipeline, Tier]:
         try:
@@ -191,24 +203,35 @@ class Engine:
             n=n, timeout=step.tier.timeout_s, logprobs=chain.wants_logprobs, job_id=step.ref.job_id)
 
     def _attempt(self, step: Step) -> Outcome:
-        """Call the tier (or take the answer an earlier delivery paid for), verify, and decide."""
-        tier, price = step.tier, self.settings.price(step.tier)
-        system, user = render(step.pipeline.prompt, step.payload.job.fields)
-        request = self._request(step, system, user)
+        """Call the tier (or take the answer an earlier delivery paid for, or park the job in a provider batch),
+        verify, and decide."""
+        tier = step.tier
+        request = self.request_for(step)
         paid = self._paid_answer(step)
         if paid is not None:
-            completion, retries, error, spent = paid, 0, "", Usage()
-        else:
-            prompt_tokens = estimate_tokens(system) + estimate_tokens(user) if tier.tpm else 0
-            result = self.caller.call(tier, request, prompt_tokens)
-            completion, retries, error, spent = result.completion, result.retries, result.error, result.spent
+            return self._conclude(step, request, paid, 0, "", Usage())
+        if tier.batched:
+            return self.batching[tier.name].park(step, request)
+        prompt_tokens = estimate_tokens(request.system) + estimate_tokens(request.user) if tier.tpm else 0
+        result = self.caller.call(tier, request, prompt_tokens)
+        return self._conclude(step, request, result.completion, result.retries, result.error, result.spent)
+
+    def request_for(self, step: Step) -> CompletionRequest:
+        """The tier's call for a leased step, rendered from the job's fields."""
+        system, user = render(step.pipeline.prompt, step.payload.job.fields)
+        return self._request(step, system, user)
+
+    def _conclude(self, step: Step, request: CompletionRequest, completion: Completion | None, retries: int,
+                  error: str, spent: Usage) -> Outcome:
+        """Price the answer (or the failed call), verify it, and accept, escalate or finalize the job."""
+        tier, price = step.tier, self.settings.price(step.tier)
         if completion is None:
-            cost = cost_nanos(price, spent, tier.batch_pricing)
+            cost = cost_nanos(price, spent, tier.batched)
             step.paid_nanos = cost
             attempt = Attempt(tier.name, tier.model, "", "error", spent, to_usd(cost), 0.0, error=error)
             return self._after_error(step, attempt, cost, retries)
 
-        cost = cost_nanos(price, completion.usage, tier.batch_pricing)
+        cost = cost_nanos(price, completion.usage, tier.batched)
         step.paid_nanos = cost
         self._remember_paid(step, completion)
         attempt = Attempt(tier.name, completion.model or tier.model, completion.text, completion.finish_reason,
@@ -232,6 +255,39 @@ class Engine:
             return self._escalate(step, attempt, cost, counters)
         reason = "" if status is Status.ACCEPTED else _failed_reason(attempt)
         return self._finalize(step, status, attempt, reason=reason, cost=cost, counters=counters)
+
+    # -- batch-mode tiers: the batch runner hands parked steps back ---------------------------
+
+    def apply_batched(self, step: Step, request: CompletionRequest, completion: Completion | None,
+                      error: str = "") -> Outcome:
+        """What a provider batch returned for a parked step: its answer, or (None, error) for a line that failed
+        for good. The same verify-and-record path as a live answer, recorded once."""
+        return self._guarded(step, lambda: self._conclude(step, request, completion, 0, error, Usage()))
+
+    def cancel_parked(self, step: Step) -> Outcome:
+        """End a parked step whose batch was cancelled (its line never ran, or was cancelled by the provider)."""
+        return self._guarded(step, lambda: self._finalize(step, Status.CANCELLED, None,
+                                                          reason="cancelled: the batch was cancelled"))
+
+    def release_parked(self, step: Step) -> None:
+        """Give a parked step back (the worker stops): its message goes back on the queue, and the worker that
+        takes it finds the provider batch that holds its request."""
+        self._release(step)
+        self.keeper.drop(step.ref.batch, step.ref.job_id)
+
+    def take_parked(self, ref: JobRef) -> Step | LeaseCode:
+        """Lease a job parked in a provider batch whose results are back (a restarted worker's own jobs): the
+        step, or the code that says why not (HELD: another worker holds it; DONE / STALE: already recorded)."""
+        pipeline, tier = self._resolve(ref)
+        lease = self._lease(ref, pipeline, tier)
+        if lease.code in (LeaseCode.DONE, LeaseCode.STALE, LeaseCode.HELD, LeaseCode.UNKNOWN):
+            return lease.code
+        self.keeper.hold(ref.batch, ref.job_id, lease.token)
+        step = Step(ref, pipeline, tier, lease, _payload(ref, lease))
+        if lease.code is not LeaseCode.GO:
+            self._guarded(step, lambda: self._run(step))     # cancelled, no budget, poison: finalized with the reason
+            return LeaseCode.DONE
+        return step
 
     def _after_error(self, step: Step, attempt: Attempt, cost: int, retries: int) -> Outcome:
         next_tier = step.pipeline.next_tier(step.ref.tier_index)
@@ -423,7 +479,7 @@ class Engine:
         # one answer's tokens: a tier that sampled n answers in its call produced n times what the last tier would
         n = self._request_n(pipeline, self.settings.tiers[answer.tier]) if (pipeline.name, answer.tier) in self._chains else 1
         usage = Usage(input_tokens=answer.usage.prompt_tokens, output_tokens=round(answer.usage.output_tokens / n))
-        return cost_nanos(self.settings.price(last), usage, last.batch_pricing)
+        return cost_nanos(self.settings.price(last), usage)   # the last tier live, whatever its mode
 
 
 def _payload(ref: JobRef, lease: Lease) -> JobPayload:

@@ -75,13 +75,13 @@ def reserve_nanos(price: Price, tier: Tier, prompt_tokens: int, n: int = 1) -> i
     """The most a call of `n` samples can cost: each billed the prompt estimate and every allowed output
     token (a provider without `n` bills the prompt once per sample)."""
     usage = Usage(input_tokens=prompt_tokens * n, output_tokens=tier.max_tokens * n)
-    return cost_nanos(price, usage, tier.batch_pricing)
+    return cost_nanos(price, usage, tier.batched)
 
 
 def reserve_rates(price: Price, tier: Tier, n: int = 1) -> tuple[float, int]:
     """(nano-USD per prompt token, nano-USD per call) that `reserve_nanos` adds up: the store computes a
     job's reservation from its prompt estimate with these, in the same round trip that leases it."""
-    discount = (1 - price.batch_discount) if tier.batch_pricing else 1.0
+    discount = (1 - price.batch_discount) if tier.batched else 1.0
     per_token = price.input * 1000 * n * discount
     per_call = round(tier.max_tokens * n * price.output * 1000 * discount)
     return per_token, per_call

@@ -39,5 +39,5 @@ class VerifierCalls:
             raise
         if result.completion is None:
             raise ProviderError(f"verifier call on '{tier.name}': {result.error}")
-        nanos = cost_nanos(self.settings.price(tier), result.completion.usage, tier.batch_pricing)
+        nanos = cost_nanos(self.settings.price(tier), result.completion.usage)
         return result.completion, to_usd(nanos)

@@ -223,6 +223,11 @@ def _check_verifier_tiers(settings: Settings, pipeline: Pipeline) -> None:
                                                                       False)), tuple(settings.tiers))
         for i, spec in enumerate(pipeline.verifier_specs(tier_name)):
             where = f"{pipeline.source}: verifiers.{key}[{i}]"
-            problem = build_verifier(spec, settings.config_dir, where).check_tier(facts)
+            verifier = build_verifier(spec, settings.config_dir, where)
+            problem = verifier.check_tier(facts)
             if problem:
                 raise ConfigError(f"{where}: {problem}")
+            samples = verifier.options.samples if verifier.name == "self_consistency" else 1
+            if tier.batched and tier.provider == "anthropic" and samples > 1:
+                raise ConfigError(f"{where}: '{verifier.name}' samples {samples} answers, and a message batch "
+                                  f"request has no n: give tier '{tier_name}' mode = \"live\", or drop the check")

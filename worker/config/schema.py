@@ -94,8 +94,24 @@ class Tier(Frozen):
     rpm: int = Field(0, ge=0)           # provider requests/minute for the whole cluster; 0 = no limit
     tpm: int = Field(0, ge=0)           # provider tokens/minute; 0 = no limit
     max_in_flight: int = Field(0, ge=0)  # calls in flight for the whole cluster (provider concurrency cap); 0 = none
-    batch_pricing: bool = False         # bill at the price table's batch discount
+    mode: Literal["live", "batch"] = "live"   # batch: calls go through the provider's Batch API (half price, hours)
+    batch_max_requests: int = Field(0, ge=0)   # requests per provider batch; 0: the provider's cap
+    batch_max_age_s: float = Field(60.0, gt=0)   # a provider batch is sent once its oldest job waited this long
+    batch_poll_s: float = Field(30.0, gt=0)     # how often open provider batches are polled
     queue: str = ""                     # empty: tier.<name>
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_batch_pricing(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "batch_pricing" in data:
+            raise ValueError('batch_pricing was removed: it billed live calls at the batch price. Set mode = "batch" '
+                             "to send the tier's calls through the provider's Batch API at that price")
+        return data
+
+    @property
+    def batched(self) -> bool:
+        """Whether the tier's calls go through the provider's Batch API (billed at the batch discount)."""
+        return self.mode == "batch"
 
     @property
     def queue_name(self) -> str:

@@ -82,36 +82,22 @@ class AnthropicProvider:
 
     def _call(self, request: CompletionRequest) -> Completion:
         """One Messages API call."""
-        kwargs: dict[str, Any] = {
-            "model": request.model,
-            "max_tokens": request.max_tokens,
-            "messages": [{"role": "user", "content": request.user}],
-            "timeout": request.timeout,
-        }
-        if request.system:
-            kwargs["system"] = request.system
         start = time.perf_counter()
         try:
-            raw = self._create(**kwargs)
+            raw = self._create(**params(request), timeout=request.timeout)
             message = self._parse(raw)
         except self._sdk.AnthropicError as err:
             # `from None`: the SDK error holds the request, whose headers carry the key.
             raise self._translate(err, request.timeout) from None
         latency_ms = (time.perf_counter() - start) * 1000
-        usage = message.usage
-        return Completion(
-            text="".join(block.text for block in message.content if block.type == "text"),
-            usage=Usage(
-                # Cache writes are billed as input; cache reads at the cached price.
-                input_tokens=usage.input_tokens + (usage.cache_creation_input_tokens or 0),
-                output_tokens=usage.output_tokens,
-                cached_tokens=usage.cache_read_input_tokens or 0,
-            ),
-            finish_reason=FINISH_REASONS.get(message.stop_reason or "", message.stop_reason or ""),
-            model=message.model or request.model,
-            latency_ms=latency_ms,
-            rate_limit=rate_limit_hints(raw.headers, RATE_LIMIT_HEADERS, seconds_until),
-        )
+        return from_message(message, request, latency_ms, rate_limit_hints(raw.headers, RATE_LIMIT_HEADERS,
+                                                                           seconds_until))
+
+    def batch_api(self) -> Any:
+        """The Message Batches API of this client, for a tier with mode = "batch"."""
+        from cascade.worker.providers.anthropic_batches import AnthropicBatches
+
+        return AnthropicBatches(self._client, self._translate)
 
     def _parse(self, raw: Any) -> Message:
         """The parsed body; a success status with a body that is not a message is a ServerError."""
@@ -151,3 +137,34 @@ class AnthropicProvider:
             return errors.bad_response_error(PROVIDER, err, secret=self._api_key)
         return errors.sdk_error(PROVIDER, err, secret=self._api_key)
 
+
+
+def params(request: CompletionRequest) -> dict[str, Any]:
+    """The Messages API request of `request` (a live call's arguments, a message batch request's `params`)."""
+    document: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": [{"role": "user", "content": request.user}],
+    }
+    if request.system:
+        document["system"] = request.system
+    return document
+
+
+def from_message(message: Message, request: CompletionRequest, latency_ms: float = 0.0,
+                 rate_limit: dict[str, float] | None = None) -> Completion:
+    """Our Completion from an SDK Message (a live answer, or a message batch's succeeded result)."""
+    usage = message.usage
+    return Completion(
+        text="".join(block.text for block in message.content if block.type == "text"),
+        usage=Usage(
+            # Cache writes are billed as input; cache reads at the cached price.
+            input_tokens=usage.input_tokens + (usage.cache_creation_input_tokens or 0),
+            output_tokens=usage.output_tokens,
+            cached_tokens=usage.cache_read_input_tokens or 0,
+        ),
+        finish_reason=FINISH_REASONS.get(message.stop_reason or "", message.stop_reason or ""),
+        model=message.model or request.model,
+        latency_ms=latency_ms,
+        rate_limit=rate_limit or {},
+    )

@@ -54,21 +54,9 @@ class OpenAIProvider:
 
     def complete(self, request: CompletionRequest) -> Completion:
         """Send one chat completion; return its first choice (and all choices as samples when n > 1)."""
-        kwargs: dict[str, Any] = {
-            "model": request.model,
-            "messages": _messages(request),
-            # `max_tokens` is deprecated in the SDK and refused by reasoning models.
-            "max_completion_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "timeout": request.timeout,
-        }
-        if request.n > 1:
-            kwargs["n"] = request.n
-        if request.logprobs:
-            kwargs["logprobs"] = True
         start = time.perf_counter()
         try:
-            raw = self._create(**kwargs)
+            raw = self._create(**body(request), timeout=request.timeout)
             response = self._parse(raw)
         except self._sdk.OpenAIError as err:
             # `from None`: the SDK error holds the request, whose headers carry the key.
@@ -79,6 +67,22 @@ class OpenAIProvider:
     def close(self) -> None:
         """Close the pooled connections (the provider is unusable afterwards)."""
         self._client.close()
+
+    def batch_api(self) -> Any:
+        """The Batch API of this client (Files + Batches), for a tier with mode = "batch"."""
+        from cascade.worker.providers.openai_batches import OpenAIBatches
+
+        return OpenAIBatches(self._client, self._translate, self.from_body)
+
+    def from_body(self, document: dict[str, Any], request: CompletionRequest) -> Completion:
+        """Our Completion from a chat.completion JSON body (a Batch API output line's `response.body`)."""
+        try:
+            response = self._sdk.types.chat.ChatCompletion.model_validate(document)
+        except ValueError as err:
+            raise errors.bad_response_error(PROVIDER, err, secret=self._api_key) from None
+        if not response.choices:
+            raise errors.bad_response_error(PROVIDER, ValueError("no chat completion choices in the body"))
+        return self._completion(response, {}, 0.0, request)
 
     def _parse(self, raw: Any) -> ChatCompletion:
         """The parsed body; a success status with a body that is not a chat completion is a ServerError."""
@@ -92,7 +96,7 @@ class OpenAIProvider:
         return response
 
     def _completion(
-        self, response: ChatCompletion, headers: httpx2.Headers, latency_ms: float, request: CompletionRequest
+        self, response: ChatCompletion, headers: httpx2.Headers | dict[str, str], latency_ms: float, request: CompletionRequest
     ) -> Completion:
         """Our Completion from the SDK's parsed response."""
         first = response.choices[0]
@@ -132,6 +136,22 @@ class OpenAIProvider:
         if isinstance(err, sdk.APIResponseValidationError):
             return errors.bad_response_error(PROVIDER, err, secret=self._api_key)
         return errors.sdk_error(PROVIDER, err, secret=self._api_key)
+
+
+def body(request: CompletionRequest) -> dict[str, Any]:
+    """The chat completion request body of `request` (a live call's arguments, a Batch API line's `body`)."""
+    document: dict[str, Any] = {
+        "model": request.model,
+        "messages": _messages(request),
+        # `max_tokens` is deprecated in the SDK and refused by reasoning models.
+        "max_completion_tokens": request.max_tokens,
+        "temperature": request.temperature,
+    }
+    if request.n > 1:
+        document["n"] = request.n
+    if request.logprobs:
+        document["logprobs"] = True
+    return document
 
 
 def _messages(request: CompletionRequest) -> list[dict[str, str]]:

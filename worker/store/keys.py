@@ -43,6 +43,8 @@ class Keys:
       batch:{id}:paid       hash: job id -> a paid completion not yet recorded (a store failure after the call)
       batch:{id}:kept       hash: job id -> how a failed / budget_exhausted / cancelled job ended, and its
                             payload, so `cascade retry` can run it again
+      batch:{id}:parked     hash: "step:job id" -> the provider batch (its Cascade id) holding the job's request
+                            at that ladder step (batch-mode tiers), written before the provider batch is created
     Per namespace
       results               stream: one result record per finished job, read by the ledger writers'
                             consumer group (`ledger`) and deleted once the ledger committed it
@@ -60,6 +62,7 @@ class Keys:
       limiter:{tier}:leases sorted set: calls in flight on a tier, by lease expiry
       shadow:{batch}:{job}  string: what a shadow run needs (fields, accepted answer), with a TTL; taken once
       shadow:pairs          stream: shadow pairs (shaped like the ledger's shadow_pairs rows) for the ledger writers
+      pbatches:{tier}       hash: provider batch id (Cascade's) -> its record (JSON: provider id, state, members)
     Shadow counters (shadow_jobs, shadow_agree, shadow_cost, shadow_reserved, shadow_skipped) live in the batch
     hash beside the batch's own, never in its cost or budget.
     """
@@ -90,6 +93,14 @@ class Keys:
         """Jobs that ended without an accepted answer, kept for `cascade retry`."""
         return f"{self.namespace}:batch:{batch}:kept"
 
+    def parked(self, batch: str) -> str:
+        """Which provider batch holds each parked job of a batch, by ladder step."""
+        return f"{self.namespace}:batch:{batch}:parked"
+
+    def provider_batches(self, tier: str) -> str:
+        """The open provider batches of a batch-mode tier."""
+        return f"{self.namespace}:pbatches:{tier}"
+
     @property
     def results(self) -> str:
         """The results stream of the namespace (every batch's records, until the ledger has them)."""
@@ -103,7 +114,7 @@ class Keys:
     def batch_keys(self, batch: str) -> list[str]:
         """Every key of one batch (what expires `retention_days` after it finishes)."""
         return [self.batch(batch), self.jobs(batch), self.live(batch), self.payload(batch), self.paid(batch),
-                self.kept(batch)]
+                self.kept(batch), self.parked(batch)]
 
     def pipeline(self, pipeline: str) -> str:
         """Counters of a pipeline over all its batches."""
