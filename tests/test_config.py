@@ -123,3 +123,26 @@ def test_a_bad_value_from_the_environment_names_the_variable(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_settings(path, environ={"CASCADE_HIGH_WATER": "0"})
     assert str(e.value) == "environment CASCADE_HIGH_WATER: Input should be greater than or equal to 1"
+
+
+def test_batch_pricing_is_refused_with_what_to_write_instead(tmp_path):
+    path = copy_config(tmp_path, lambda t: t.replace("concurrency = 16", "concurrency = 16\nbatch_pricing = true"))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value) == (f"{path}: tiers.cheap: batch_pricing was removed: it billed live calls at the "
+                            "batch price. Set mode = \"batch\" to send the tier's calls through the provider's Batch "
+                            "API at that price")
+
+
+def test_a_sampled_check_on_an_anthropic_batch_tier_is_refused(tmp_path):
+    path = copy_config(tmp_path)
+    pipe = path.parent / "pipelines" / "ticket-triage.toml"
+    pipe.write_text(pipe.read_text().replace('{ name = "json", schema = "ticket.json" },',
+                                             '{ name = "json", schema = "ticket.json" },\n'
+                                             '  { name = "self_consistency", samples = 5 },'))
+    settings = load_settings(path, environ={})          # live: n samples are n concurrent calls
+    assert settings.tiers["mid"].mode == "live"
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={"CASCADE_TIER_MID_MODE": "batch"})
+    assert str(e.value) == (f"{pipe}: verifiers.default[3]: 'self_consistency' samples 5 answers, and a message "
+                            "batch request has no n: give tier 'mid' mode = \"live\", or drop the check")

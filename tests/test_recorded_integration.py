@@ -81,3 +81,21 @@ def test_workers_over_the_simulator_decide_like_replay(tmp_path, redis_url, data
     assert answers["correct"] + answers["wrong"] == sum(answers.values()) >= stats["totals"]["ok"] > 0
     summary = orjson.loads(done.stdout)
     assert summary["statuses"] == expected.report["statuses"]
+
+
+def test_a_replay_in_batch_mode_decides_as_live_at_half_the_cost():
+    settings = load_settings(REPO / "examples" / "recorded" / "config" / "cascade.toml", environ={})
+    recorded = load_recorded(DATASETS / "mmlu-oai-test.jsonl")
+    rows = recorded.rows[:300]
+    live = replay(settings, settings.pipeline("mmlu"), recorded, rows)
+    tiers = {n: t.model_copy(update={"mode": "batch", "batch_max_age_s": 0.2, "batch_poll_s": 0.1})
+             for n, t in settings.tiers.items()}
+    prices = {m: p.model_copy(update={"batch_discount": 0.5}) for m, p in settings.prices.items()}
+    batched = settings.model_copy(update={"tiers": tiers, "prices": prices})
+    result = replay(batched, batched.pipeline("mmlu"), recorded, rows)
+    assert result.decisions == live.decisions
+    assert result.report["accuracy"] == live.report["accuracy"]
+    assert result.report["cost_usd"] == pytest.approx(live.report["cost_usd"] * 0.5, rel=1e-6)
+    # the last tier alone is priced live: the ratio shows the discount
+    assert result.report["last_tier_cost_usd"] == live.report["last_tier_cost_usd"]
+    assert result.report["cost_ratio"] == pytest.approx(live.report["cost_ratio"] * 0.5, rel=1e-6)
