@@ -47,6 +47,12 @@ def _api_key(headers: Mapping[str, str]) -> str:
     return bearer[7:] if bearer.lower().startswith("bearer ") else lowered.get("x-api-key", "")
 
 
+def _model_of(body: dict[str, Any]) -> str | None:
+    """The model a request body names, None when it names none."""
+    model = body.get("model")
+    return model if isinstance(model, str) and model else None
+
+
 def _json_reply(status: int, document: Any, headers: dict[str, str] | None = None, delay_s: float = 0.0) -> Reply:
     return Reply(status, {**_JSON, **(headers or {})}, orjson.dumps(document), delay_s)
 
@@ -150,7 +156,7 @@ class SimEngine:
         if not isinstance(body, dict):
             self.stats.request(wire.API, None)
             return self._error(wire, "invalid_request", "the request body is not a JSON object")
-        model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else None
+        model = _model_of(body)
         self.stats.request(wire.API, model)
         faults = self.faults
         if faults.api_key is not None and _api_key(headers or {}) != faults.api_key:
@@ -167,19 +173,29 @@ class SimEngine:
                 self.stats.bump(model, "rate_limited_429")
             return self._error(wire, "rate_limit", f"Rate limit reached for {model} (simulated storm).",
                                wire.retry_headers(faults.retry_after_s, whole=False))
+        return self._parse_and_answer(wire, body, model, live=True)
+
+    def answer_line(self, wire: ModuleType, body: dict[str, Any]) -> Reply:
+        """A batch line's answer: a live call's validation and answer, without rate limits, faults or latency."""
+        model = _model_of(body)
+        self.stats.request(wire.API, model, batch=True)
+        return self._parse_and_answer(wire, body, model, live=False)
+
+    def _parse_and_answer(self, wire: ModuleType, body: dict[str, Any], model: str | None, *, live: bool) -> Reply:
         try:
             request = wire.parse(body)
         except BadRequest as e:
             if model is not None:
                 self.stats.bump(model, "bad_request_400")
             return self._error(wire, "invalid_request", str(e))
-        return self._answer(wire, request)
+        return self._answer(wire, request, live=live)
 
     def _error(self, wire: ModuleType, kind: str, message: str, headers: dict[str, str] | None = None,
                *, limit: str = "", delay_s: float = 0.0) -> Reply:
         return _json_reply(ERROR_STATUS[kind], wire.error(kind, message, limit=limit), headers, delay_s)
 
-    def _answer(self, wire: ModuleType, request: SimRequest) -> Reply:
+    def _answer(self, wire: ModuleType, request: SimRequest, *, live: bool) -> Reply:
+        """The answer to a parsed request; a batch line's (`live` False) skips the limiter and the latency."""
         model, scenario = request.model, self.scenario
         profile = scenario.profile(model)
         prompt = prompt_tokens(request.message_texts)
@@ -187,7 +203,7 @@ class SimEngine:
             self.stats.bump(model, "context_400")
             return self._error(wire, "context_length", wire.context_message(prompt, profile.context_window))
 
-        limiter = self._limiter(model)
+        limiter = self._limiter(model) if live else None
         charged_prompt = prompt
         admission = limiter.admit(prompt + request.budget_tokens) if limiter else None
         limit_headers = wire.limit_headers(admission) if admission else {}
@@ -198,7 +214,7 @@ class SimEngine:
             return self._error(wire, "rate_limit", message, headers, limit=admission.reason)
 
         occurrence = self._occurrence(model, request.user_text)
-        latency = scenario.latency_s(model, request.user_text, occurrence)
+        latency = scenario.latency_s(model, request.user_text, occurrence) if live else 0.0
         injected = scenario.injected_error(model, request.user_text, occurrence)
         if injected is not None:
             self.stats.bump(model, "errors", injected)
@@ -209,6 +225,8 @@ class SimEngine:
             return self._error(wire, "server", "The server had an error while processing your request (simulated).",
                                delay_s=latency)
         if injected == "timeout":
+            if not live:   # a batch has no connection to drop: the line fails as the API reports a timeout
+                return self._error(wire, "server", "The request timed out (simulated).")
             return Reply(0, body=None, delay_s=profile.timeout_s)
 
         try:

@@ -9,10 +9,14 @@ from typing import Any
 from cascade.simulator.outcomes import OUTCOMES
 from cascade.simulator.schema import ERROR_KINDS
 
+#: the API kinds requests are counted under: live calls, and lines of batches
+_APIS = ("openai", "anthropic", "openai_batch", "anthropic_batch")
+
 
 def _empty_record() -> dict[str, Any]:
     return {
-        "requests": 0,                                   # every request naming the model
+        "requests": 0,                                   # every request naming the model (batch lines too)
+        "batch_requests": 0,                             # of which lines of batches
         "ok": 0,                                         # requests answered 200
         "answers": {outcome: 0 for outcome in OUTCOMES},  # per sampled answer (n counts n)
         "errors": {kind: 0 for kind in ERROR_KINDS},     # injected by error_rate
@@ -40,7 +44,7 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._models: dict[str, dict[str, Any]] = {}
-        self._apis = {"openai": 0, "anthropic": 0}
+        self._apis = dict.fromkeys(_APIS, 0)
         self._unparsed = 0
 
     def _record(self, model: str) -> dict[str, Any]:
@@ -49,14 +53,18 @@ class Stats:
             record = self._models[model] = _empty_record()
         return record
 
-    def request(self, api: str, model: str | None) -> None:
-        """A request arrived; `model` is None when the body named none."""
+    def request(self, api: str, model: str | None, *, batch: bool = False) -> None:
+        """A request arrived (a batch line's is counted under "<api>_batch"); `model` is None when it named none."""
         with self._lock:
-            self._apis[api] = self._apis.get(api, 0) + 1
+            kind = f"{api}_batch" if batch else api
+            self._apis[kind] = self._apis.get(kind, 0) + 1
             if model is None:
                 self._unparsed += 1
             else:
-                self._record(model)["requests"] += 1
+                record = self._record(model)
+                record["requests"] += 1
+                if batch:
+                    record["batch_requests"] += 1
 
     def bump(self, model: str, counter: str, kind: str | None = None) -> None:
         """Add one to a model's counter ("rate_limited_429", or "errors" with `kind`, ...)."""
@@ -90,5 +98,5 @@ class Stats:
         """Zero every counter."""
         with self._lock:
             self._models.clear()
-            self._apis = {"openai": 0, "anthropic": 0}
+            self._apis = dict.fromkeys(_APIS, 0)
             self._unparsed = 0
