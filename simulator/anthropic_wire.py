@@ -27,6 +27,7 @@ _ERROR_TYPE = MappingProxyType({
     "invalid_request": "invalid_request_error",
     "context_length": "invalid_request_error",
     "not_found": "not_found_error",
+    "too_large": "request_too_large",
     "auth": "authentication_error",
     "rate_limit": "rate_limit_error",
     "server": "api_error",

@@ -27,6 +27,7 @@ _ERROR_TYPE = MappingProxyType({
     "invalid_request": "invalid_request_error",
     "context_length": "invalid_request_error",
     "not_found": "invalid_request_error",
+    "too_large": "invalid_request_error",
     "auth": "invalid_request_error",
     "rate_limit": "requests",
     "server": "server_error",

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from cascade.errors import ConfigError
 from cascade.recorded import RecordedSet, load_recorded
 from cascade.simulator.outcomes import SimAnswer, pick, render_answer, text_digest, unit
-from cascade.simulator.schema import Drift, ModelProfile, Rule, parse_document
+from cascade.simulator.schema import BatchProfile, Drift, ModelProfile, Rule, parse_document
 
 #: the answer to a prompt no rule matches (a scenario without a catch-all rule)
 FALLBACK_RULE = Rule(".*", "ok")
@@ -36,6 +36,7 @@ class Scenario:
     source: str = "<scenario>"
     recorded: RecordedSet | None = None    # recorded answers served before any rule (`recorded = "x.jsonl"`)
     drift: tuple[Drift, ...] = ()          # outcome mixes that change from a job index on ([[drift]])
+    batch: BatchProfile = field(default_factory=BatchProfile)   # how the Batch APIs behave ([batch])
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))

@@ -15,7 +15,8 @@ from cascade.simulator.outcomes import OUTCOMES
 ERROR_KINDS = ("429", "500", "timeout")
 _PROFILE_KEYS = ("latency_ms", "error_rate", "retry_after_s", "timeout_s", "rpm", "tpm", "context_window")
 _MODEL_KEYS = ("outcome", *_PROFILE_KEYS)
-_TOP_KEYS = ("seed", "description", "rules", "defaults", "models", "recorded", "drift")
+_TOP_KEYS = ("seed", "description", "rules", "defaults", "models", "recorded", "drift", "batch")
+_BATCH_KEYS = ("delay_s", "error_rate", "expire_next")
 _RULE_KEYS = ("match", "answer", "wrong")
 _DRIFT_KEYS = ("model", "index", "from", "outcome")
 _TOLERANCE = 1e-6
@@ -72,6 +73,15 @@ class ModelProfile:
     rpm: int = 0               # requests per rolling minute; 0 = unlimited
     tpm: int = 0               # prompt + max_tokens per rolling minute; 0 = unlimited
     context_window: int = 0    # prompt tokens; 0 = unlimited
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """How the Batch APIs behave ([batch]); POST /control changes the live copy at run time."""
+
+    delay_s: float = 1.0      # a batch stays in progress this long: short enough for tests, long enough to poll
+    error_rate: float = 0.0   # share of lines answered with a server error; 0 so batches match live calls
+    expire_next: int = 0      # the next this many batches created expire half done; 0 = none do
 
 
 class _Reader:
@@ -198,8 +208,21 @@ def parse_profile(reader: _Reader, value: Any, path: str, base: ModelProfile, *,
     return replace(base, **changes)
 
 
+def parse_batch(reader: _Reader, value: Any) -> BatchProfile:
+    """The [batch] table."""
+    table = reader.table(value, "batch", _BATCH_KEYS)
+    changes: dict[str, Any] = {}
+    if "delay_s" in table:
+        changes["delay_s"] = reader.number(table["delay_s"], "batch.delay_s")
+    if "error_rate" in table:
+        changes["error_rate"] = reader.number(table["error_rate"], "batch.error_rate", 0.0, 1.0)
+    if "expire_next" in table:
+        changes["expire_next"] = reader.integer(table["expire_next"], "batch.expire_next")
+    return replace(BatchProfile(), **changes)
+
+
 def parse_document(source: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated fields of a Scenario (seed, rules, defaults, models) from a parsed TOML document."""
+    """Validated fields of a Scenario (seed, rules, defaults, models, batch, ...) from a parsed TOML document."""
     reader = _Reader(source)
     reader.table(data, "", _TOP_KEYS)
     seed = data.get("seed", 0)
@@ -218,5 +241,6 @@ def parse_document(source: str, data: Mapping[str, Any]) -> dict[str, Any]:
         for name, value in models_table.items()
     }
     drift = parse_drift(reader, data.get("drift", []))
+    batch = parse_batch(reader, data.get("batch", {}))
     return {"seed": seed, "rules": rules, "defaults": defaults, "models": models, "recorded": recorded,
-            "drift": drift}
+            "drift": drift, "batch": batch}

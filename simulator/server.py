@@ -42,6 +42,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(b"")
 
+    def do_DELETE(self) -> None:   # the Batch APIs' file and message-batch deletes
+        self._serve(b"")
+
     def do_POST(self) -> None:
         length = self.headers.get("content-length")
         try:

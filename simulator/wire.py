@@ -9,13 +9,25 @@ from typing import Any
 #: max_tokens assumed when an OpenAI request sets none (for the token budget of rate limits)
 DEFAULT_MAX_TOKENS = 256
 #: HTTP status of each error kind the simulator answers with
-ERROR_STATUS = MappingProxyType(
-    {"invalid_request": 400, "context_length": 400, "auth": 401, "not_found": 404, "rate_limit": 429, "server": 500}
-)
+ERROR_STATUS = MappingProxyType({
+    "invalid_request": 400, "context_length": 400, "auth": 401, "not_found": 404, "too_large": 413,
+    "rate_limit": 429, "server": 500,
+})
 
 
-class BadRequest(Exception):
+class ApiError(Exception):
+    """A refused request: `kind` (a key of ERROR_STATUS) picks its status and each wire's error type."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class BadRequest(ApiError):
     """A request the API would refuse with 400 invalid_request_error."""
+
+    def __init__(self, message: str):
+        super().__init__("invalid_request", message)
 
 
 @dataclass(frozen=True)

@@ -567,7 +567,8 @@ def test_control_switches_an_outage_a_429_storm_and_a_required_key_on_and_off(sc
         def control(**body):
             return httpx2.post(sim.url + "/control", json=body).json()
 
-        assert control(mode="500") == {"mode": "500", "retry_after_s": 1.0, "key_required": False}
+        assert control(mode="500") == {"mode": "500", "retry_after_s": 1.0, "key_required": False,
+                                       "batch_delay_s": 1.0, "batch_error_rate": 0.0, "batch_expire_next": 0}
         with pytest.raises(openai.InternalServerError):
             ask()
         control(mode="429", retry_after_s=3)
