@@ -474,8 +474,9 @@ class Engine:
         if answer is None or pipeline is None:
             return 0
         last = self.settings.tiers[pipeline.ladder[-1]]
-        if answer.tier == last.name:
-            return round(answer.cost_usd * 1e9)
+        if answer.tier == last.name:    # its own call priced live (a batch-mode last tier paid half), its checks
+            return cost_nanos(self.settings.price(last), answer.usage) + sum(round(v.cost_usd * 1e9)
+                                                                             for v in answer.verdicts)
         # one answer's tokens: a tier that sampled n answers in its call produced n times what the last tier would
         n = self._request_n(pipeline, self.settings.tiers[answer.tier]) if (pipeline.name, answer.tier) in self._chains else 1
         usage = Usage(input_tokens=answer.usage.prompt_tokens, output_tokens=round(answer.usage.output_tokens / n))
