@@ -12,7 +12,7 @@ test rows. Progress on stderr, one JSON line on stdout.
 
 `--router` studies the pre-router instead (tuning/router.py): the same splits of the pooled recorded
 sets (their prompts), plus two synthetic sets with prompts, one where a topic word in the prompt shifts
-the row's difficulty and one where the prompt is unrelated to it. Each split fits the default ladder and
+the row's difficulty and one where the prompt is unrelated to it (tiers costing 5, 25 and 100). Each split fits the default ladder and
 thresholds, then the router, on train; reported on test: how often the router is enabled, the cost
 ratio without and with it, and how often the target holds without and with it.
 """
@@ -56,16 +56,15 @@ def recorded_case(datasets: Path, name: str) -> tuple[list[C.TierProfile], list[
 
 
 def synthetic_with_prompts(signal: bool, n: int = 2000, seed: int = 11) -> tuple[list[C.TierProfile], list[str]]:
-    """The synthetic set with a prompt per row: a topic word (40 topics) and a dozen filler words (of 600).
+    """The synthetic set with a prompt per row: a topic word (10 topics) and a dozen filler words (of 600).
     With `signal`, the topic carries most of the row's difficulty; without, the topic is drawn apart from it.
-    The tiers cost 20, 45 and 100 (sampled cheap tiers): a cheap call worth skipping."""
+    The tiers cost 5, 25 and 100: cheap calls worth skipping where they are sure to be wasted."""
     rng = random.Random(seed)
-    shift = [rng.gauss(0, 1.0) for _ in range(40)]
-    topics = [rng.randrange(40) for _ in range(n)]
+    shift = [rng.gauss(0, 1.0) for _ in range(10)]
+    topics = [rng.randrange(10) for _ in range(n)]
     difficulty = [(shift[k] if signal else rng.gauss(0, 1.0)) + rng.gauss(0, 0.7) for k in topics]
     texts = [f"Topic t{k}. " + " ".join(f"w{rng.randrange(600)}" for _ in range(12)) for k in topics]
-    # cheap tiers that cost a real share of the last (sampled answers): where skipping one can pay
-    return synthetic_profiles(n, seed, difficulty, (20, 45, 100)), texts
+    return synthetic_profiles(n, seed, difficulty, (5, 25, 100)), texts
 
 
 def synthetic_profiles(n: int = 2000, seed: int = 7, difficulty: list[float] | None = None,

@@ -58,14 +58,16 @@ def format_report(report: dict[str, Any], title: str) -> str:
 def format_router(router: dict[str, Any]) -> list[str]:
     """The pre-router's lines of a calibration report: enabled or why not, the cuts, the held-back costs."""
     if not router["enabled"]:
-        return [f"  router: not enabled ({router['reason']})"]
+        without = router.get("held_back_cost_ratio_without")
+        cost = "" if without is None else f"; held-back cost ratio {without:.3f} without it"
+        return [f"  router: not enabled ({router['reason']}){cost}"]
     cuts = ", ".join(f"{tier} skipped below P(accepts) {t['cut']:.3f}" for tier, t in router["tiers"].items()
                      if t["cut"] > 0)
-    return [f"  router: enabled; {cuts}",
-            f"  router on held-back training predictions: cost ratio {router['held_back_cost_ratio_with']:.3f} with "
-            f"it, {router['held_back_cost_ratio_without']:.3f} without; accuracy "
-            f"{_percent(router['held_back_accuracy_with'])} with, {_percent(router['held_back_accuracy_without'])} "
-            f"without"]
+    costs = (f"  router on held-back training predictions: cost ratio {router['held_back_cost_ratio_with']:.3f} "
+             f"with it, {router['held_back_cost_ratio_without']:.3f} without; accuracy "
+             f"{_percent(router['held_back_accuracy_with'])} with, "
+             f"{_percent(router['held_back_accuracy_without'])} without")
+    return [f"  router: enabled; {cuts}", costs]
 
 
 def _write(path: Path, data: bytes) -> None:
