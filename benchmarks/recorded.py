@@ -5,8 +5,9 @@
 For each set in the datasets folder (benchmarks/recorded_sets.py finds them, and derives a pipeline
 from the training rows for a set without an example pipeline): copy the example config to a
 temporary directory, `cascade calibrate` on the train split (where the pipeline has a score
-verifier), then `cascade replay` on the test split. One JSON object per set on stdout, then one
-JSON line with every set.
+verifier), then `cascade replay` on the test split. Where calibrate enabled the pre-router, the test
+split is replayed once more without its block (field `router`: with and without). One JSON object
+per set on stdout, then one JSON line with every set.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
                                                                                        **fitted.meta()}))
         # best in hindsight: the same search on the test rows, point target, no per-answer floor (never fitted on)
         hindsight = calibrate(settings, pipeline, test, Target(goal.kind, goal.value, 0.5), use_floor=False,
-                              cross_fit=False).report
+                              cross_fit=False, route=False).report
     free = None
     if named and target:    # label-free: fitted on agreement with the last tier, measured on the labels
-        unlabelled = calibrate(settings, pipeline, train, goal, label_free=True)
+        unlabelled = calibrate(settings, pipeline, train, goal, label_free=True, route=False)
         (config_dir / next(iter(named))).write_bytes(dump_calibration(unlabelled.entries, {"pipeline": name,
                                                                                            **unlabelled.meta()}))
         free_settings = load_settings(config_dir / "cascade.toml", environ={})
@@ -68,6 +69,18 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
     settings = load_settings(config_dir / "cascade.toml", environ={})
     pipeline = settings.pipeline(name)
     report = replay(settings, pipeline, test).report
+    router = None
+    if fitted is not None and fitted.router is not None:    # the same calibration without its router block
+        without = report
+        if fitted.router.enabled:
+            meta = {k: v for k, v in fitted.meta().items() if k != "router"}
+            (config_dir / next(iter(named))).write_bytes(dump_calibration(fitted.entries, {"pipeline": name, **meta}))
+            without = replay(load_settings(config_dir / "cascade.toml", environ={}), pipeline, test).report
+        router = {"enabled": fitted.router.enabled, "cost_ratio_without": _round(without["cost_ratio"]),
+                  "cost_ratio_with": _round(report["cost_ratio"]), "accuracy_without": _round(without["accuracy"]),
+                  "accuracy_with": _round(report["accuracy"]), "target_met_without": _met(target, without),
+                  "routed": {tier: _round(share) for tier, share in report["routed"].items()},
+                  "cuts": fitted.router.cuts, **({} if fitted.router.enabled else {"reason": fitted.router.reason})}
     ratio = report["cost_ratio"]
     best = hindsight["cost_ratio"] if hindsight else None
     return {
@@ -89,6 +102,7 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
         "ratio_to_hindsight": _round(ratio / best) if best else None,
         "escalation": {tier: _round(rate) for tier, rate in report["escalation"].items()},
         "label_free": free,
+        "router": router,
         "oracle_accuracy": _round(report["oracle_accuracy"]),
         "oracle_cost_ratio": _round(report["oracle_cost_ratio"]),
         "seconds": round(time.perf_counter() - started, 1),

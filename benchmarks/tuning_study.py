@@ -9,6 +9,12 @@ unseen set. For each of `reps` random splits (300 train rows, the rest test), ev
 its sub-ladder and thresholds on train (drop=0.01) and is measured on test: whether the target
 holds, the cost ratio to the last tier alone, and its ratio to the best-in-hindsight search on the
 test rows. Progress on stderr, one JSON line on stdout.
+
+`--router` studies the pre-router instead (tuning/router.py): the same splits of the pooled recorded
+sets (their prompts), plus two synthetic sets with prompts, one where a topic word in the prompt shifts
+the row's difficulty and one where the prompt is unrelated to it (tiers costing 5, 25 and 100). Each split fits the default ladder and
+thresholds, then the router, on train; reported on test: how often the router is enabled, the cost
+ratio without and with it, and how often the target holds without and with it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import orjson
 
 from cascade.recorded import RecordedSet, load_recorded
 from cascade.tuning import calibrate as C
+from cascade.tuning import router as R
 from cascade.worker.config import load_settings
+from cascade.worker.routing import prompt_text
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {"default": {}, "cross_fit": {"cross_fit": True}, "confidence_0.8": {"confidence": 0.8},
@@ -33,19 +41,38 @@ TARGET = C.Target("drop", 0.01)
 
 
 def recorded_profiles(datasets: Path, name: str) -> list[C.TierProfile]:
+    return recorded_case(datasets, name)[0]
+
+
+def recorded_case(datasets: Path, name: str) -> tuple[list[C.TierProfile], list[str]]:
+    """The pooled train+test rows of a recorded set: each tier's profile, and each row's prompt."""
     settings = load_settings(REPO / "examples" / "recorded" / "config" / "cascade.toml", environ={},
                              check_verifiers=False)
     pipeline = settings.pipeline("mmlu")
     rows = [r for f in (f"{name}-train.jsonl", f"{name}-test.jsonl") for r in load_recorded(datasets / f).rows]
     recorded = RecordedSet(rows, name)
-    return [C.profile_tier(settings, pipeline, recorded, rows, tier) for tier in pipeline.ladder]
+    return ([C.profile_tier(settings, pipeline, recorded, rows, tier) for tier in pipeline.ladder],
+            [prompt_text(r.system, r.user) for r in rows])
 
 
-def synthetic_profiles(n: int = 2000, seed: int = 7) -> list[C.TierProfile]:
+def synthetic_with_prompts(signal: bool, n: int = 2000, seed: int = 11) -> tuple[list[C.TierProfile], list[str]]:
+    """The synthetic set with a prompt per row: a topic word (10 topics) and a dozen filler words (of 600).
+    With `signal`, the topic carries most of the row's difficulty; without, the topic is drawn apart from it.
+    The tiers cost 5, 25 and 100: cheap calls worth skipping where they are sure to be wasted."""
     rng = random.Random(seed)
-    difficulty = [rng.gauss(0, 1.2) for _ in range(n)]
+    shift = [rng.gauss(0, 1.0) for _ in range(10)]
+    topics = [rng.randrange(10) for _ in range(n)]
+    difficulty = [(shift[k] if signal else rng.gauss(0, 1.0)) + rng.gauss(0, 0.7) for k in topics]
+    texts = [f"Topic t{k}. " + " ".join(f"w{rng.randrange(600)}" for _ in range(12)) for k in topics]
+    return synthetic_profiles(n, seed, difficulty, (5, 25, 100)), texts
+
+
+def synthetic_profiles(n: int = 2000, seed: int = 7, difficulty: list[float] | None = None,
+                       costs: tuple[int, int, int] = (1, 9, 100)) -> list[C.TierProfile]:
+    rng = random.Random(seed)
+    difficulty = difficulty or [rng.gauss(0, 1.2) for _ in range(n)]
     out = []
-    for t, (skill, cost) in enumerate(((-0.5, 1), (0.8, 9), (1.5, 100))):
+    for t, (skill, cost) in enumerate(zip((-0.5, 0.8, 1.5), costs)):
         raw, ok = [], []
         for d in difficulty:
             z = 1.7 * (skill - d)
@@ -85,12 +112,63 @@ def hindsight(test: list[C.TierProfile]) -> float:
     return best.cost / sum(test[-1].cost_full)
 
 
+def measure_router(train: list[C.TierProfile], test: list[C.TierProfile], train_texts: list[str],
+                   test_texts: list[str]) -> dict:
+    """Fit the default ladder, thresholds and router on train; test figures without and with the router."""
+    values = calibrated(train, train)
+    best, _ = C.choose_ladder(train, values, TARGET, keep_last=True)
+    kept_train, kept_test = [train[t] for t in best.kept], [test[t] for t in best.kept]
+    fit = R.fit_router(train_texts, kept_train, [values[t] for t in best.kept], best.thresholds, TARGET, True,
+                       sum(train[-1].cost_full))
+    cal = calibrated(test, train)
+    cal = [cal[t] for t in best.kept]
+    n = len(test_texts)
+    never = [[False] * n for _ in kept_test]
+    skip = never if fit.router is None else [[fit.router.skips(p.name, text) is not None for text in test_texts]
+                                             for p in kept_test]
+    reference, last = test[-1].correct, sum(test[-1].cost_full)
+    out = {"enabled": fit.enabled}
+    for name, matrix in (("without", never), ("with", skip)):
+        correct, cost, _ = R.simulate_routed(kept_test, cal, best.thresholds, True, matrix)
+        out[f"met_{name}"] = sum(correct) >= sum(reference) - TARGET.value * n - 1e-9
+        out[f"cost_ratio_{name}"] = sum(cost) / last
+    return out
+
+
+def router_study(args: argparse.Namespace) -> dict:
+    """The --router study: figures per case over `reps` random splits."""
+    cases = {"synthetic_topic": synthetic_with_prompts(True), "synthetic_no_signal": synthetic_with_prompts(False)}
+    for name in ("mmlu-oai", "medmcqa-oai"):
+        if (args.datasets / f"{name}-train.jsonl").exists():
+            cases[name] = recorded_case(args.datasets, name)
+    summary = {}
+    for case, (profiles, texts) in cases.items():
+        runs = []
+        for rep in range(args.reps):
+            order = list(range(len(texts)))
+            random.Random(rep).shuffle(order)
+            train_rows, test_rows = sorted(order[: args.train_rows]), sorted(order[args.train_rows:])
+            figures = measure_router([part(p, train_rows) for p in profiles], [part(p, test_rows) for p in profiles],
+                                     [texts[i] for i in train_rows], [texts[i] for i in test_rows])
+            runs.append(figures)
+            print(case, rep, figures, file=sys.stderr, flush=True)
+        summary[case] = {"enabled_share": statistics.fmean(float(f["enabled"]) for f in runs),
+                         **{f"{k}_{w}": round(statistics.fmean(float(f[f"{k}_{w}"]) for f in runs), 4)
+                            for k in ("cost_ratio", "met") for w in ("without", "with")}}
+    return {"benchmark": "tuning_study", "study": "router", "reps": args.reps, "train_rows": args.train_rows,
+            "cases": summary}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--reps", type=int, default=4)
     parser.add_argument("--train-rows", type=int, default=300)
+    parser.add_argument("--router", action="store_true", help="study the pre-router instead of the thresholds")
     args = parser.parse_args(argv)
+    if args.router:
+        print(orjson.dumps(router_study(args)).decode())
+        return 0
     cases = {"synthetic": synthetic_profiles()}
     for name in ("mmlu-oai", "medmcqa-oai"):
         if (args.datasets / f"{name}-train.jsonl").exists():

@@ -50,7 +50,24 @@ def format_report(report: dict[str, Any], title: str) -> str:
             lines.append(f"  target {report['target']} not reachable on these rows: every job goes to the last tier")
         if report.get("warning"):
             lines.append(f"  WARNING: {report['warning']}")
+    if report.get("router"):
+        lines += format_router(report["router"])
     return "\n".join(lines)
+
+
+def format_router(router: dict[str, Any]) -> list[str]:
+    """The pre-router's lines of a calibration report: enabled or why not, the cuts, the held-back costs."""
+    if not router["enabled"]:
+        without = router.get("held_back_cost_ratio_without")
+        cost = "" if without is None else f"; held-back cost ratio {without:.3f} without it"
+        return [f"  router: not enabled ({router['reason']}){cost}"]
+    cuts = ", ".join(f"{tier} skipped below P(accepts) {t['cut']:.3f}" for tier, t in router["tiers"].items()
+                     if t["cut"] > 0)
+    costs = (f"  router on held-back training predictions: cost ratio {router['held_back_cost_ratio_with']:.3f} "
+             f"with it, {router['held_back_cost_ratio_without']:.3f} without; accuracy "
+             f"{_percent(router['held_back_accuracy_with'])} with, "
+             f"{_percent(router['held_back_accuracy_without'])} without")
+    return [f"  router: enabled; {cuts}", costs]
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from cascade.worker.counters import LATENCY_BOUNDS_MS
 from cascade.worker.events import StepRecorded
+from cascade.worker.routing import is_routed
 
 log = logging.getLogger("cascade.metrics")
 
@@ -124,7 +125,7 @@ class Metrics:
         """Engine observer: count one recorded step (an attempt, an escalation, a finished job)."""
         pipeline, tier = event.pipeline, event.tier
         attempt = event.attempt
-        if attempt is not None:
+        if attempt is not None and not is_routed(attempt):     # a tier the router skipped made no call
             self.attempts.labels(pipeline, tier, event.outcome).inc()
             if event.outcome == "accepted":
                 self.accepts.labels(pipeline, tier).inc()

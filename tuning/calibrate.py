@@ -26,7 +26,7 @@ import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -44,6 +44,11 @@ from cascade.verifiers.calibration import (
 )
 from cascade.worker.config.schema import Pipeline, Settings
 from cascade.worker.pricing import to_usd
+from cascade.worker.prompts import render
+from cascade.worker.routing import prompt_text
+
+if TYPE_CHECKING:
+    from cascade.tuning.router import RouterFit
 
 #: verifiers whose raw score a calibration file maps to P(correct)
 SCORED = ("logprob", "self_consistency")
@@ -309,6 +314,7 @@ class CalibrationResult:
     entries: dict[str, TierCalibration]
     report: dict[str, Any]
     skipped: list[str] = field(default_factory=list)
+    router: RouterFit | None = None
 
     def meta(self) -> dict[str, Any]:
         """What the calibration file records beside its entries: the skipped tiers (the loader reads them) and
@@ -316,7 +322,8 @@ class CalibrationResult:
         r = self.report
         expected = {**r["expected"], "ladder": r["ladder"], "escalation": r["escalation"],
                     "last_tier_accuracy": r["last_tier_accuracy"], "cost_ratio": r["cost_ratio"]}
-        return {"expected": expected, **({"skip": {r["pipeline"]: self.skipped}} if self.skipped else {})}
+        return {"expected": expected, **({"skip": {r["pipeline"]: self.skipped}} if self.skipped else {}),
+                **({"router": {r["pipeline"]: self.router.block()}} if self.router is not None else {})}
 
 
 def fit_map(p: TierProfile, rows: Iterable[int]) -> CalibrationMap | None:
@@ -345,9 +352,10 @@ def cross_fitted(profiles: list[TierProfile], folds: int = FOLDS) -> list[list[f
 
 def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,
               rows: list[RecordedRow] | None = None, use_floor: bool = True,
-              cross_fit: bool = False, label_free: bool = False) -> CalibrationResult:
-    """Profile every tier, fit isotonic maps, choose a sub-ladder and its thresholds; the report holds the
-    training figures. `use_floor=False` drops the per-answer floor (the best-in-hindsight search)."""
+              cross_fit: bool = False, label_free: bool = False, route: bool = True) -> CalibrationResult:
+    """Profile every tier, fit isotonic maps, choose a sub-ladder and its thresholds, then the pre-router
+    (`route=False`: none); the report holds the training figures. `use_floor=False` drops the per-answer
+    floor (the best-in-hindsight search)."""
     rows = list(rows if rows is not None else recorded.rows)
     if not rows:
         raise ConfigError(f"{recorded.source}: no rows to calibrate on")
@@ -396,10 +404,17 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
         "expected": {"rows": n, "accuracy": sum(correct) / n,
                      "tiers": tier_rates(kept, [cal[t] for t in best.kept], best.thresholds)},
     }
+    router = None
+    if route:
+        from cascade.tuning.router import fit_router  # it builds on this module's simulation
+
+        texts = [prompt_text(*render(pipeline.prompt, {"system": r.system, "user": r.user})) for r in rows]
+        router = fit_router(texts, kept, [cal[t] for t in best.kept], best.thresholds, target, keep_last, last_cost)
+        report["router"] = router.report()
     if len(best.kept) == 1 and len(ladder) > 1:
         report["warning"] = (f"no cascade beats the last tier alone on these rows: every job goes to {ladder[-1]} "
                              f"({', '.join(skipped)} skipped)")
-    return CalibrationResult(entries, report, skipped)
+    return CalibrationResult(entries, report, skipped, router)
 
 
 def _text(output: Any) -> str:

@@ -25,6 +25,7 @@ from cascade.verifiers import build_chain
 from cascade.worker.config.schema import Pipeline, RedisConfig, Settings, Tier
 from cascade.worker.pricing import cost_nanos, to_usd
 from cascade.worker.providers.replay import ReplayProvider
+from cascade.worker.routing import routed_share
 from cascade.worker.runtime import ProviderPool
 from cascade.worker.store import ResultStream
 
@@ -105,6 +106,7 @@ def replay(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
     report["tiers"] = [{k: t[k] for k in ("tier", "model", "attempts", "accepted", "escalated", "escalation_rate",
                                           "final_jobs", "cost_usd", "verify_cost_usd")} for t in summary["tiers"]]
     report["statuses"] = summary["statuses"]
+    report["routed"] = routed_share(records, pipeline.ladder[:-1])    # sent past a tier by the pre-router, no call
     decisions = {r["id"]: (r["status"], r["tier"]) for r in records}
     return ReplayResult(records, report, decisions)
 

@@ -34,6 +34,7 @@ from cascade.worker.messages import JobPayload, JobRef
 from cascade.worker.pricing import cost_nanos, estimate_tokens, reserve_rates, to_usd
 from cascade.worker.prompts import render
 from cascade.worker.retrying import RetryPolicy
+from cascade.worker.routing import load_routers, prompt_text, routed_attempt, routed_counters
 from cascade.worker.runtime import ProviderPool
 from cascade.worker.store import JobStore, Lease, LeaseCode, StoreError, SweepStore, pack_counters
 from cascade.worker.store_retry import StoreRefused, StoreRetry
@@ -113,6 +114,7 @@ class Engine:
                                                f"{pipeline.source}: verifiers.{tier}")
             for pipeline in settings.pipelines.values() for tier in pipeline.ladder
         }
+        self._routers = load_routers(settings.config_dir, settings.pipelines.values())   # pre-routing, if fitted
         self._paid: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self._paid_lock = threading.Lock()
         self._room_checked: dict[str, float] = {}
@@ -185,7 +187,18 @@ class Engine:
                       "recorded (a worker died or Redis refused each time)")
             self._log_dead_letter(step, reason)
             return self._finalize(step, Status.FAILED, None, reason=reason)
-        return self._attempt(step)
+        return self._route_past(step) or self._attempt(step)
+
+    def _route_past(self, step: Step) -> Outcome | None:
+        """Escalate without a call (cost 0) when the pipeline's router predicts this tier would not accept."""
+        router = self._routers.get(step.pipeline.name)
+        if router is None or step.pipeline.next_tier(step.ref.tier_index) is None:
+            return None
+        skip = router.skips(step.tier.name, prompt_text(*render(step.pipeline.prompt, step.payload.job.fields)))
+        if skip is None:
+            return None
+        attempt = routed_attempt(step.tier.name, step.tier.model, *skip)
+        return self._escalate(step, attempt, 0, routed_counters(step.tier.name))
 
     # -- the attempt -----------------------------------------------------------------------
 
