@@ -9,9 +9,7 @@ lost after that is the reconciler's to publish again, never a lost job).
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -31,6 +29,7 @@ from cascade.worker.events import Observer, StepRecorded, notify
 from cascade.worker.leases import LeaseKeeper, ShuttingDown
 from cascade.worker.limiter import Limiter, NoLimiter
 from cascade.worker.messages import JobPayload, JobRef
+from cascade.worker.paid import PaidAnswers
 from cascade.worker.pricing import cost_nanos, estimate_tokens, reserve_rates, to_usd
 from cascade.worker.prompts import render
 from cascade.worker.retrying import RetryPolicy
@@ -43,7 +42,6 @@ from cascade.worker.verifier_calls import VerifierCalls
 
 log = logging.getLogger("cascade.engine")
 
-PAID_CACHE = 10_000         # paid completions kept in memory while their recording fails
 ROOM_POLL_S = 0.2           # how often an escalation waiting for room on the next queue looks again
 ROOM_LOG_S = 30.0           # how often it says so
 
@@ -115,8 +113,7 @@ class Engine:
             for pipeline in settings.pipelines.values() for tier in pipeline.ladder
         }
         self._routers = load_routers(settings.config_dir, settings.pipelines.values())   # pre-routing, if fitted
-        self._paid: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
-        self._paid_lock = threading.Lock()
+        self.paid = PaidAnswers(jobs)
         self._room_checked: dict[str, float] = {}
         self.observers: list[Observer] = []     # told of each recorded step (metrics, shadow sampling)
         self.batching: dict[str, Any] = {}     # batch-mode tier name -> its BatchRunner (worker/batching.py)
@@ -220,7 +217,7 @@ class Engine:
         verify, and decide."""
         tier = step.tier
         request = self.request_for(step)
-        paid = self._paid_answer(step)
+        paid = self.paid.get(_key(step), step.lease.paid)
         if paid is not None:
             return self._conclude(step, request, paid, 0, "", Usage())
         if tier.batched:
@@ -246,7 +243,7 @@ class Engine:
 
         cost = cost_nanos(price, completion.usage, tier.batched)
         step.paid_nanos = cost
-        self._remember_paid(step, completion)
+        self.paid.remember(_key(step), completion)
         attempt = Attempt(tier.name, completion.model or tier.model, completion.text, completion.finish_reason,
                           completion.usage, to_usd(cost), completion.latency_ms)
         attempt = self._verify(step, attempt, completion, request)
@@ -333,7 +330,7 @@ class Engine:
         recorded = self.store(f"record {ref.label}", lambda: self.jobs.record_escalation(
             ref.batch, ref.pipeline, ref.job_id, step.lease.token, tier_index=ref.tier_index,
             next_tier=next_tier.name, cost_nanos=cost, payload=payload, counters=pack_counters(counters)))
-        self._forget_paid(step)
+        self.paid.forget(_key(step))
         if not recorded.counted:
             return Outcome.DUPLICATE
         if recorded.seq:
@@ -380,7 +377,7 @@ class Engine:
         recorded = self.store(f"record {ref.label}", lambda: self.jobs.record_final(
             ref.batch, ref.pipeline, ref.job_id, step.lease.token, tier_index=ref.tier_index if attempt else -1,
             cost_nanos=cost, record=orjson.dumps(record), counters=pack_counters(all_counters), keep=keep))
-        self._forget_paid(step)
+        self.paid.forget(_key(step))
         if not recorded.counted:
             return Outcome.DUPLICATE
         self._notify(step, FINAL_OUTCOME[status], attempt, cost, counters or [], record)
@@ -407,14 +404,7 @@ class Engine:
         Its lease is not renewed any more: the reconciler offers it again later, and the kept answer is used."""
         log.error("job %s: %s; dead-lettered (its paid answer is kept, no call will be paid twice)",
                   step.ref.label, reason)
-        ref = step.ref
-        with self._paid_lock:
-            raw = self._paid.get((ref.batch, ref.job_id, ref.tier_index))
-        if raw is not None:
-            try:            # for a delivery to another worker; this process keeps it in memory as well
-                self.jobs.keep_paid(ref.batch, ref.job_id, raw)
-            except StoreError:
-                pass
+        self.paid.keep(_key(step))      # for a delivery to another worker; this process holds it as well
         self._log_dead_letter(step, reason)
         return Outcome.DEAD_LETTERED
 
@@ -432,37 +422,9 @@ class Engine:
         except StoreError as error:
             log.error("could not dead-letter %s (%s)", orjson.dumps(entry)[:500].decode(), error)
 
-    # -- answers paid for but not yet recorded ----------------------------------------------
-
-    def _paid_answer(self, step: Step) -> Completion | None:
-        """An answer an earlier delivery paid for and could not record (kept in Redis or in this process)."""
-        raw = step.lease.paid
-        if not raw:
-            with self._paid_lock:
-                raw = self._paid.get((step.ref.batch, step.ref.job_id, step.ref.tier_index), b"")
-        return Completion.from_dict(orjson.loads(raw)) if raw else None
-
-    def _remember_paid(self, step: Step, completion: Completion) -> None:
-        """Hold the paid answer in memory until it is recorded (a store failure must not pay for it twice)."""
-        key = (step.ref.batch, step.ref.job_id, step.ref.tier_index)
-        with self._paid_lock:
-            self._paid[key] = orjson.dumps(completion.to_dict())
-            while len(self._paid) > PAID_CACHE:
-                self._paid.popitem(last=False)
-
-    def _forget_paid(self, step: Step) -> None:
-        with self._paid_lock:
-            self._paid.pop((step.ref.batch, step.ref.job_id, step.ref.tier_index), None)
-
     def keep_paid_answers(self) -> None:
-        """Write the answers held in memory to Redis (before a worker stops with recordings still failing)."""
-        with self._paid_lock:
-            items = list(self._paid.items())
-        for (batch, job_id, _), raw in items:
-            try:
-                self.jobs.keep_paid(batch, job_id, raw)
-            except StoreError:
-                log.error("job %s/%s: its paid answer could not be kept: %s", batch, job_id, raw[:200])
+        """Write the paid answers still unrecorded to Redis (the worker stops)."""
+        self.paid.keep_all()
 
     # -- backpressure ------------------------------------------------------------------------
 
@@ -494,6 +456,10 @@ class Engine:
         n = self._request_n(pipeline, self.settings.tiers[answer.tier]) if (pipeline.name, answer.tier) in self._chains else 1
         usage = Usage(input_tokens=answer.usage.prompt_tokens, output_tokens=round(answer.usage.output_tokens / n))
         return cost_nanos(self.settings.price(last), usage)   # the last tier live, whatever its mode
+
+
+def _key(step: Step) -> tuple[str, str, int]:
+    return step.ref.batch, step.ref.job_id, step.ref.tier_index
 
 
 def _payload(ref: JobRef, lease: Lease) -> JobPayload:
