@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml | $(VPY)
 # collected) is a failure too.
 test: $(STAMP)
 	@$(VPY) -m tests.redis_server --ensure-binary
-	@status=0; $(VENV)/bin/pytest -q $(PYTEST_ARGS) || status=$$?; \
+	@status=0; $(VENV)/bin/pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failure" >&2; \
 	elif [ $$status -ne 0 ]; then echo "make test: pytest exited with status $$status" >&2; fi; \
 	exit $$status
