@@ -53,6 +53,12 @@ def batch_env(env: dict[str, str], tiers=TIERS, max_age_s: float = 0.5, poll_s: 
     return out
 
 
+def mixed(env: dict[str, str]) -> dict[str, str]:
+    """`env` with only the cheap tier in batch mode, the later tiers live: a mixed pipeline."""
+    out = {k: v for k, v in env.items() if not k.startswith(("CASCADE_TIER_MID_", "CASCADE_TIER_FRONTIER_"))}
+    return batch_env(out, tiers=("cheap",))
+
+
 @pytest.fixture()
 def cluster(tmp_path, redis_url, sim):
     """(config, env with every tier in batch mode, workers, tmp); the namespace is removed after."""
@@ -125,10 +131,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 def test_a_worker_killed_while_its_provider_batch_runs_applies_it_once_after_restart(cluster, sim):
     config, env, workers, tmp = cluster
     config.write_text(config.read_text().replace("lease_s = 15", "lease_s = 5"))   # the restart waits less
-    env = batch_env(env, tiers=("cheap",))
-    for tier in ("mid", "frontier"):     # live tiers after a batch tier: a mixed pipeline
-        env.pop(f"CASCADE_TIER_{tier.upper()}_MODE")
-    workers.env = env
+    env = workers.env = mixed(env)
     control(sim, batch_delay_s=6.0)
     first = workers.start("cheap")
     for tier in ("mid", "frontier"):
@@ -175,10 +178,7 @@ def test_a_worker_killed_while_its_provider_batch_runs_applies_it_once_after_res
 
 def test_errored_and_expired_lines_alone_are_sent_again(cluster, sim):
     config, env, workers, tmp = cluster
-    env = batch_env(env, tiers=("cheap",))
-    for tier in ("mid", "frontier"):
-        env.pop(f"CASCADE_TIER_{tier.upper()}_MODE")
-    workers.env = env
+    env = workers.env = mixed(env)
     control(sim, batch_delay_s=0.3, batch_error_rate=0.2, batch_expire_next=1)
     for tier in TIERS:
         workers.start(tier)
@@ -214,10 +214,7 @@ def test_cancelling_a_batch_cancels_its_provider_batches(cluster, sim):
 
 def test_a_scheduled_run_of_a_pipeline_with_a_batch_mode_tier_finishes(cluster, sim):
     config, env, workers, tmp = cluster
-    env = batch_env(env, tiers=("cheap",))
-    for tier in ("mid", "frontier"):
-        env.pop(f"CASCADE_TIER_{tier.upper()}_MODE")
-    workers.env = env
+    env = workers.env = mixed(env)
     config.write_text(config.read_text() + """
 [schedules.nightly]
 pipeline = "ticket-triage"

@@ -319,10 +319,3 @@ class BatchRunner:
             self.engine.apply_batched(p.step, p.request, None, f"batch: the line {line.kind} in {p.tries + 1} "
                                                                f"provider batches: {line.error or line.kind}")
         self.store.unpark(ref.batch, ref.tier_index, ref.job_id, record.id)
-
-    # -- reading -------------------------------------------------------------------------------
-
-    def waiting(self) -> int:
-        """Parked jobs not yet sent (tests, status)."""
-        with self._lock:
-            return sum(len(g) for g in self._pending.values())

@@ -20,7 +20,6 @@ from cascade.models import Completion, CompletionRequest
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 ENDED = "ended"
-IN_PROGRESS = "in_progress"
 
 
 def custom_id(job_id: str) -> str:
