@@ -50,8 +50,8 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
         fitted = calibrate(settings, pipeline, train, goal)
         (config_dir / next(iter(named))).write_bytes(dump_calibration(fitted.entries, {"pipeline": name,
                                                                                        **fitted.meta()}))
-        # best in hindsight: the same search on the test rows, point target, no per-answer floor (never fitted on)
-        hindsight = calibrate(settings, pipeline, test, Target(goal.kind, goal.value, 0.5), use_floor=False,
+        # best in hindsight: the same search on the test rows, point target, no tier or answer guard (never fitted on)
+        hindsight = calibrate(settings, pipeline, test, Target(goal.kind, goal.value, 0.5), floor="none",
                               cross_fit=False, route=False).report
     free = None
     if named and target:    # label-free: fitted on agreement with the last tier, measured on the labels

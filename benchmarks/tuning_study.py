@@ -1,14 +1,15 @@
 """Benchmark: which threshold-fitting choices generalise, over repeated 300-row train splits.
 
-    python -m benchmarks.tuning_study [--datasets ../shared/datasets] [--reps 4]
+    python -m benchmarks.tuning_study [--datasets ../shared/datasets] [--reps 8] [--variants a,b] [--cases a,b]
 
 The train and test rows of mmlu-oai and medmcqa-oai (ladder mini -> qwen72 -> gpt4o) are pooled,
-and a synthetic three-tier set (a latent difficulty per row; each tier right with a logistic
-probability of its skill minus the difficulty; its score that probability, noised) stands for an
-unseen set. For each of `reps` random splits (300 train rows, the rest test), every variant fits
-its sub-ladder and thresholds on train (drop=0.01) and is measured on test: whether the target
-holds, the cost ratio to the last tier alone, and its ratio to the best-in-hindsight search on the
-test rows. Progress on stderr, one JSON line on stdout.
+and three synthetic sets stand for unseen ones: a latent difficulty per row; each tier right with
+a logistic probability of its skill minus the difficulty; its score that probability, noised. They
+have three tiers (costs 1, 9, 100), five (3, 5, 7, 30, 100: a model family from 1B to 405B) and two
+(5, 100). For each of `reps` random splits (300 train rows, the rest test), every variant fits its
+sub-ladder and thresholds on train (drop=0.01) and is measured on test: whether the target holds,
+the worst accuracy drop, the cost ratio to the last tier alone, and its ratio to the
+best-in-hindsight search on the test rows. Progress on stderr, one JSON line on stdout.
 
 `--router` studies the pre-router instead (tuning/router.py): the same splits of the pooled recorded
 sets (their prompts), plus two synthetic sets with prompts, one where a topic word in the prompt shifts
@@ -35,8 +36,13 @@ from cascade.worker.config import load_settings
 from cascade.worker.routing import prompt_text
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = {"default": {}, "cross_fit": {"cross_fit": True}, "confidence_0.8": {"confidence": 0.8},
-            "confidence_0.7": {"confidence": 0.7}}
+VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is what `cascade calibrate` does
+    "default": {},
+    "answer_floor": {"floor": "answer"},      # the rule before the reached floor: every answer held to the batch's
+    "confidence_0.7": {"confidence": 0.7},
+    "answer_floor_confidence_0.7": {"floor": "answer", "confidence": 0.7},
+    "cross_fit": {"cross_fit": True},
+}
 TARGET = C.Target("drop", 0.01)
 
 
@@ -68,11 +74,12 @@ def synthetic_with_prompts(signal: bool, n: int = 2000, seed: int = 11) -> tuple
 
 
 def synthetic_profiles(n: int = 2000, seed: int = 7, difficulty: list[float] | None = None,
-                       costs: tuple[int, int, int] = (1, 9, 100)) -> list[C.TierProfile]:
+                       costs: tuple[int, ...] = (1, 9, 100), skills: tuple[float, ...] = (-0.5, 0.8, 1.5)
+                       ) -> list[C.TierProfile]:
     rng = random.Random(seed)
     difficulty = difficulty or [rng.gauss(0, 1.2) for _ in range(n)]
     out = []
-    for t, (skill, cost) in enumerate(zip((-0.5, 0.8, 1.5), costs)):
+    for t, (skill, cost) in enumerate(zip(skills, costs)):
         raw, ok = [], []
         for d in difficulty:
             z = 1.7 * (skill - d)
@@ -96,19 +103,20 @@ def calibrated(profiles: list[C.TierProfile], fitted_on: list[C.TierProfile]) ->
 
 
 def measure(variant: dict, train: list[C.TierProfile], test: list[C.TierProfile]) -> dict:
-    goal = C.Target(TARGET.kind, TARGET.value, variant.get("confidence", 0.9))
+    goal = C.Target(TARGET.kind, TARGET.value, variant.get("confidence", TARGET.confidence))
     values = C.cross_fitted(train) if variant.get("cross_fit") else calibrated(train, train)
-    best, _ = C.choose_ladder(train, values, goal, keep_last=True)
+    best, _ = C.choose_ladder(train, values, goal, keep_last=True, floor=variant.get("floor", "reached"))
     kept, cal = [test[t] for t in best.kept], calibrated(test, train)
     correct, cost, _ = C.simulate(kept, [cal[t] for t in best.kept], best.thresholds, True)
     reference = test[-1].correct
     met = sum(correct) >= sum(reference) - TARGET.value * len(reference) - 1e-9
-    return {"met": met, "cost_ratio": cost / sum(test[-1].cost_full)}
+    return {"met": met, "cost_ratio": cost / sum(test[-1].cost_full),
+            "drop": (sum(reference) - sum(correct)) / len(reference)}
 
 
 def hindsight(test: list[C.TierProfile]) -> float:
     best, _ = C.choose_ladder(test, calibrated(test, test), C.Target(TARGET.kind, TARGET.value, 0.5), True,
-                              use_floor=False)
+                              floor="none")
     return best.cost / sum(test[-1].cost_full)
 
 
@@ -162,18 +170,24 @@ def router_study(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
-    parser.add_argument("--reps", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--train-rows", type=int, default=300)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    parser.add_argument("--cases", default="", help="comma-separated (default: every case)")
     parser.add_argument("--router", action="store_true", help="study the pre-router instead of the thresholds")
     args = parser.parse_args(argv)
     if args.router:
         print(orjson.dumps(router_study(args)).decode())
         return 0
-    cases = {"synthetic": synthetic_profiles()}
+    cases = {"synthetic": synthetic_profiles(),    # and a five-tier ladder like a model family from 1B to 405B
+             "synthetic_5": synthetic_profiles(seed=5, costs=(3, 5, 7, 30, 100), skills=(-1.2, -0.5, 0.3, 1.3, 1.6)),
+             "synthetic_2": synthetic_profiles(seed=2, costs=(5, 100), skills=(0.3, 1.5))}
     for name in ("mmlu-oai", "medmcqa-oai"):
         if (args.datasets / f"{name}-train.jsonl").exists():
             cases[name] = recorded_profiles(args.datasets, name)
-    results: dict[str, dict[str, list[dict]]] = {v: {} for v in VARIANTS}
+    chosen = {v: VARIANTS[v] for v in args.variants.split(",")}
+    results: dict[str, dict[str, list[dict]]] = {v: {} for v in chosen}
+    cases = {k: v for k, v in cases.items() if not args.cases or k in args.cases.split(",")}
     for case, profiles in cases.items():
         n = len(profiles[0].raw)
         for rep in range(args.reps):
@@ -182,14 +196,15 @@ def main(argv: list[str] | None = None) -> int:
             train_rows, test_rows = sorted(order[: args.train_rows]), sorted(order[args.train_rows:])
             train, test = [part(p, train_rows) for p in profiles], [part(p, test_rows) for p in profiles]
             best = hindsight(test)
-            for name, variant in VARIANTS.items():
+            for name, variant in chosen.items():
                 figures = measure(variant, train, test) | {"hindsight": best}
                 results[name].setdefault(case, []).append(figures)
                 print(case, rep, name, figures, file=sys.stderr, flush=True)
     summary = {name: {case: {"target_met_share": statistics.fmean(float(f["met"]) for f in runs),
                              "cost_ratio": round(statistics.fmean(f["cost_ratio"] for f in runs), 4),
                              "ratio_to_hindsight": round(statistics.fmean(f["cost_ratio"] / f["hindsight"]
-                                                                          for f in runs), 3)}
+                                                                          for f in runs), 3),
+                             "max_drop": round(max(f["drop"] for f in runs), 4)}
                       for case, runs in per.items()} for name, per in results.items()}
     print(orjson.dumps({"benchmark": "tuning_study", "reps": args.reps, "variants": summary}).decode())
     return 0

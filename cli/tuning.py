@@ -40,9 +40,10 @@ def format_report(report: dict[str, Any], title: str) -> str:
         lines.append(f"  oracle (stop at the first correct tier): accuracy {_percent(report['oracle_accuracy'])}, "
                      f"cost ratio {report['oracle_cost_ratio']:.3f}")
     if "thresholds" in report:
+        floors = ", ".join(f"{t} {v:.3f}" for t, v in report.get("floors", {}).items())
         lines.append("  thresholds (calibrated P(correct)): "
                      + ", ".join(f"{t} {v:g}" for t, v in report["thresholds"].items())
-                     + f"; no answer accepted below {report['answer_floor']:.3f}")
+                     + (f"; answer floors: {floors}" if floors else ""))
         if report.get("skipped"):
             lines.append(f"  ladder: {' -> '.join(report['ladder'])}")
             lines += [f"  skipped {tier}: {why}" for tier, why in report["skipped"].items()]
@@ -134,7 +135,7 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
               help="drop=X (accuracy at most X below the last tier's), accuracy=X or error=X.")
 @click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=CONFIDENCE_DEFAULT,
               show_default=True,
-              help="How sure the target must be on the training rows (one-sided normal bound).")
+              help="How sure the target must be on the training rows (one-sided normal bounds).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="Calibration file to write (default: the one the pipeline's verifiers name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON line on stdout.")
@@ -214,8 +215,9 @@ def _show(report: dict[str, Any], as_json: bool, title: str) -> None:
 def _fit_from_ledger(settings: Any, pipe: Any, goal: Any, path: Path) -> tuple[dict[str, Any], bytes]:
     """The report and calibration file text fitted on the ledger's shadow pairs (other entries kept)."""
     from cascade.ledger.database import LedgerError, open_ledger
-    from cascade.tuning.calibrate import lower_bound, scored_index
+    from cascade.tuning.calibrate import scored_index
     from cascade.tuning.label_free import fit_shadow_pairs
+    from cascade.tuning.target import lower_bound
     from cascade.verifiers.calibration import dump_calibration, load_calibration
 
     scored = {}

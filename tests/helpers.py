@@ -13,6 +13,13 @@ from cascade.models import Completion, CompletionRequest, TokenLogprob, Usage
 REPO = Path(__file__).resolve().parent.parent
 
 
+def copy_recorded_config(target: Path) -> Path:
+    """A copy of examples/recorded/config at `target`, without a ledger a local run may have left beside it."""
+    shutil.copytree(REPO / "examples" / "recorded" / "config", target,
+                    ignore=shutil.ignore_patterns("cascade-ledger.db*"))
+    return target
+
+
 def copy_config(tmp_path: Path, edit: Callable[[str], str] | None = None, pipelines: Iterable[str] = ()) -> Path:
     """Copy config/ into tmp_path; `edit` rewrites cascade.toml's text; returns the cascade.toml path."""
     target = tmp_path / "config"

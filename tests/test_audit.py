@@ -12,7 +12,7 @@ from cascade.ledger.database import Ledger, ledger_url
 from cascade.ops.audit import AuditError, run_audit
 from cascade.worker.config import load_settings
 from tests.cluster import cascade_env, run_cli
-from tests.helpers import REPO
+from tests.helpers import REPO, copy_recorded_config
 
 DATASETS = REPO.parent / "shared" / "datasets"
 TRAIN = DATASETS / "mmlu-oai-train.jsonl"
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not TRAIN.exists(), reason=f"{DATASETS} is not h
 def fitted(tmp_path_factory):
     """The recorded examples' config with mmlu calibrated afresh on the training split (the dev set), once."""
     config = tmp_path_factory.mktemp("audit") / "config"
-    shutil.copytree(REPO / "examples" / "recorded" / "config", config)
+    copy_recorded_config(config)
     env = cascade_env(None, "http://127.0.0.1:1")
     fit = run_cli(["cascade", "calibrate", "-p", "mmlu", "-r", str(TRAIN), "--json", "--config",
                    str(config / "cascade.toml")], env)
@@ -59,11 +59,11 @@ def test_calibrate_stores_its_figures_and_an_audit_on_the_dev_set_passes(calibra
     # Then every figure is where calibration left it
     assert result.ok and [f.change_points for f in result.figures] == [0.0, 0.0, 0.0, 0.0]
     assert [(f.tier, f.attempts) for f in result.figures] == [("", 285), ("mini", 285), ("qwen72", 154),
-                                                              ("gpt4o", 67)]
+                                                              ("gpt4o", 40)]
     done = run_cli(["cascade", "audit", "-p", "mmlu", "-r", str(TRAIN), "--config", str(config / "cascade.toml")], env)
     out = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode()
-    assert "accuracy                          81.8%    81.8%     +0.0    285" in out
+    assert "accuracy                          84.2%    84.2%     +0.0    285" in out
     assert "no drift beyond 5 points ([alerts] escalation_points)" in out
     assert alerts(config) == []
 
@@ -82,7 +82,7 @@ def test_a_more_lenient_threshold_is_drift_with_exit_status_and_alert_rows(calib
     # Then it says which figures moved, exits 3 and leaves one alert per drifted figure in the ledger
     out = done.stdout.decode()
     assert done.returncode == 3, done.stderr.decode()
-    assert "accuracy                          81.8%    75.4%     -6.3    285  DRIFT" in out
+    assert "accuracy                          84.2%    75.4%     -8.8    285  DRIFT" in out
     assert "mini accept rate                  46.0%    96.5%    +50.5    285  DRIFT" in out
     assert "DRIFT: 3 figure(s) moved more than 5 points" in out
     rows = alerts(config)
@@ -126,7 +126,7 @@ def test_a_scheduled_audit_runs_once_per_date_and_keeps_its_drift_as_alerts(cali
     # Then the audit ran once: its run says so, its drift is three alerts naming the run, the second did nothing
     assert first.returncode == 0, first.stderr.decode()
     assert ("schedule mmlu-audit: run 2026-12-01 audited: audit of 285 rows of " in first.stderr.decode()
-            and "accuracy 75.4% (calibrated 81.8%); 3 figures drifted" in first.stderr.decode())
+            and "accuracy 75.4% (calibrated 84.2%); 3 figures drifted" in first.stderr.decode())
     assert second.returncode == 0 and "already ran (audited: audit of 285 rows" in second.stderr.decode()
     rows = [a for a in alerts(config) if a["kind"] == "audit_drift"]
     assert len(rows) == 3 and {a["details"]["run_date"] for a in rows} == {"2026-12-01"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import orjson
@@ -12,7 +11,7 @@ from click.testing import CliRunner
 
 from cascade.cli.main import cascade
 from cascade.recorded import load_recorded
-from tests.helpers import REPO
+from tests.helpers import copy_recorded_config
 
 PIPELINE = """output = "label"
 labels = ["A", "B", "C", "D"]
@@ -48,7 +47,7 @@ def rows(n: int, mini_right_when_sure: bool = True) -> list[dict]:
 @pytest.fixture
 def config(tmp_path) -> Path:
     target = tmp_path / "config"
-    shutil.copytree(REPO / "examples" / "recorded" / "config", target)
+    copy_recorded_config(target)
     (target / "pipelines" / "mc3.toml").write_text(PIPELINE)
     return target / "cascade.toml"
 

@@ -3,7 +3,6 @@ Redis run the pipeline through the official SDK, and every job ends as `cascade 
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from cascade.simulator import SimServer, load_scenario
 from cascade.tuning.replay import replay
 from cascade.worker.config import load_settings
 from tests.cluster import Workers, cascade_env, delete_namespace, read_jsonl, run_cli
-from tests.helpers import REPO
+from tests.helpers import REPO, copy_recorded_config
 
 DATASETS = REPO.parent / "shared" / "datasets"
 
@@ -26,7 +25,7 @@ def recorded_config(tmp_path: Path) -> tuple[Path, str]:
     """examples/recorded/config with its own namespace and queue names, so tests share a Redis safely."""
     ns = f"t{uuid.uuid4().hex[:10]}"
     target = tmp_path / "config"
-    shutil.copytree(REPO / "examples" / "recorded" / "config", target)
+    copy_recorded_config(target)
     path = target / "cascade.toml"
     text = path.read_text().replace('namespace = "recorded"', f'namespace = "{ns}"')
     for tier in ("mini", "qwen72", "gpt4o", "gpt35", "gpt4", "mixtral", "gpt4turbo"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,11 +15,11 @@ from cascade.errors import Permanent
 from cascade.models import CompletionRequest
 from cascade.recorded import load_recorded
 from cascade.simulator import parse_scenario
-from cascade.tuning.calibrate import Target, TierProfile, choose_thresholds
+from cascade.tuning.calibrate import NEVER, Target, TierProfile, choose_thresholds, simulate
 from cascade.tuning.replay import replay
 from cascade.worker.config import load_settings
 from cascade.worker.providers.replay import ReplayProvider
-from tests.helpers import REPO
+from tests.helpers import copy_recorded_config
 
 PIPELINE = """output = "label"
 labels = ["A", "B", "C", "D"]
@@ -60,7 +59,7 @@ def write(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def config(tmp_path) -> Path:
     target = tmp_path / "config"
-    shutil.copytree(REPO / "examples" / "recorded" / "config", target)
+    copy_recorded_config(target)
     (target / "pipelines" / "mc.toml").write_text(PIPELINE.replace("LOGPROB", "threshold = 0.8"))
     return target / "cascade.toml"
 
@@ -186,6 +185,51 @@ def test_a_middle_tier_lucky_on_train_does_not_buy_the_cheap_tier_its_wrong_answ
     # all would still have met the batch target on these rows thanks to nothing but the middle tier
     assert feasible
     assert thresholds[0] == 0.95 and thresholds[1] <= 0.99
+
+
+def easy_and_hard(easy: list, hard: list) -> list:
+    """200 rows: even rows from `easy`, odd rows from `hard` (each indexed by k = i // 2)."""
+    return [easy[i // 2] if i % 2 == 0 else hard[i // 2] for i in range(200)]
+
+
+def test_a_strong_middle_tier_answers_the_hard_rows_where_the_last_tier_is_weak_too():
+    # Given: the cheap tier is sure and right on the easy half and useless on the hard half. On the hard
+    # half the middle tier is right 75% of the time (P=0.72), the last tier only 60% (80% overall).
+    cheap = profile("cheap", easy_and_hard([0.95] * 100, [0.3] * 100), easy_and_hard([True] * 100, [False] * 100), 1)
+    middle = profile("middle", easy_and_hard([0.99] * 100, [0.72] * 100),
+                     easy_and_hard([True] * 100, [k % 4 != 0 for k in range(100)]), 10)
+    last = profile("last", [0.9] * 200, easy_and_hard([True] * 100, [k % 5 < 3 for k in range(100)]), 100)
+    profiles, target = [cheap, middle, last], Target("drop", 0.05, 0.9)
+    cal = [p.raw for p in profiles]
+    # When thresholds are chosen for "no more than 5 points below the last tier"
+    thresholds, feasible = choose_thresholds(profiles, cal, target, keep_last=True)
+    # Then the middle tier answers the hard half (its 0.72 is above what the target asks of the last tier on
+    # those rows, 0.60 at its 90% upper bound 0.66 less 0.05) and the last tier is never called
+    assert feasible and thresholds == [0.95, 0.72, 0.5]
+    correct, cost, escalated = simulate(profiles, cal, thresholds, keep_last=True)
+    assert cost == 200 * 1 + 100 * 10 and escalated[1] == 0 and sum(correct) == 175
+    # The earlier rule held every answer to the whole batch's 0.80 - 0.05: the hard half went to the last tier
+    before, _ = choose_thresholds(profiles, cal, target, keep_last=True, floor="answer")
+    assert before[1] > 0.72 and simulate(profiles, cal, before, keep_last=True)[1] >= 200 + 100 * 100
+
+
+def test_a_middle_tiers_gain_does_not_pay_for_the_cheap_tiers_losses():
+    # Given: the cheap tier is sure (P=0.95) on the easy half but wrong on 12 of those 100 rows, where the last
+    # tier is right; the middle tier is right everywhere, the last tier only 70% on the hard half
+    cheap = profile("cheap", easy_and_hard([0.95] * 100, [0.3] * 100),
+                    easy_and_hard([k % 25 < 22 for k in range(100)], [False] * 100), 1)
+    middle = profile("middle", [0.99] * 200, [True] * 200, 10)
+    last = profile("last", [0.9] * 200, easy_and_hard([True] * 100, [k % 10 < 7 for k in range(100)]), 100)
+    profiles, target = [cheap, middle, last], Target("drop", 0.05, 0.9)
+    cal = [p.raw for p in profiles]
+    # When thresholds are chosen for "no more than 5 points below the last tier"
+    thresholds, feasible = choose_thresholds(profiles, cal, target, keep_last=True)
+    # Then the cheap tier accepts nothing: on the 100 rows it would answer it is 12 points below the last tier.
+    # Counting the middle tier's 30 won rows, the batch would beat the last tier by 9 points; the earlier
+    # rule counted them and accepted the cheap answers.
+    assert feasible and thresholds[0] == NEVER and thresholds[1] == 0.99
+    before, _ = choose_thresholds(profiles, cal, target, keep_last=True, floor="answer")
+    assert before[0] == 0.95
 
 
 def test_calibrate_writes_the_entry_a_verifier_key_names(config, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 from pathlib import Path
 
 import orjson
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 from cascade.cli.main import cascade
 from cascade.worker.config import load_settings
 from cascade.worker.routing import Router, TierRouter, features, load_routers, prompt_text
-from tests.helpers import REPO
+from tests.helpers import copy_recorded_config
 
 PIPELINE = """output = "label"
 labels = ["A", "B", "C", "D"]
@@ -56,7 +55,7 @@ def rows(n: int, signal: bool) -> list[dict]:
 @pytest.fixture
 def config(tmp_path) -> Path:
     target = tmp_path / "config"
-    shutil.copytree(REPO / "examples" / "recorded" / "config", target)
+    copy_recorded_config(target)
     (target / "pipelines" / "mc2.toml").write_text(PIPELINE)
     return target / "cascade.toml"
 

@@ -4,24 +4,32 @@
    self_consistency) made permissive, so every row shows each tier's raw score, static verdicts,
    cost and correctness.
 2. Fit: isotonic regression of correctness on the raw score, per tier.
-3. Choose: the per-tier thresholds on calibrated P(correct) that minimise the training cost under two
-   guards: the batch's quality target holds with the given confidence (a one-sided normal bound on the
-   paired accuracy), and no answer is accepted whose calibrated P(correct) is below the accuracy the
-   target asks of the batch (the per-answer floor).
+3. Choose: the sub-ladder and per-tier thresholds on calibrated P(correct) that minimise the training
+   cost under three guards:
+   - the batch: the quality target holds with the target's confidence (a one-sided normal bound on
+     the paired accuracy, 90% by default);
+   - each tier: every tier before the last meets the target on the rows whose answer it gives, so no
+     tier's surplus on the training rows pays for another tier's wrong answers;
+   - each answer: none is accepted whose calibrated P(correct) is below the accuracy the target asks
+     of the last tier on the rows that reach its tier (the answer floor). For the first tier those are
+     all rows; for a later tier, the last tier's accuracy on them is taken at its upper bound (at the
+     same confidence), and the floor is never above the first tier's.
 
-The floor is what keeps a fit honest on a small training split: without it, a middle tier that
-happens to beat the last tier on the training rows "pays" for a cheap tier's wrong answers, and
-that credit does not carry over to new rows. On mmlu-oai (285 training rows, where
-qwen2.5-72b beats gpt-4o by 9 points but loses by 2 on the test rows) the pooled bound alone
-accepted 76% of gpt-4o-mini's answers and lost 4.0 points of accuracy on the test split (measured
-when the floor was added, commit c16f5b9).
+The per-tier and per-answer guards are what keep a fit honest on a small training split. Without
+them a middle tier that happens to beat the last tier on the training rows "pays" for a cheap tier's
+wrong answers, and that credit does not carry over to new rows: on mmlu-oai (285 training rows,
+where qwen2.5-72b beats gpt-4o by 9 points but loses by 2 on the test rows) the batch bound alone
+accepted 76% of gpt-4o-mini's answers and lost 4.0 points on the test split (measured when the
+first floor was added, commit c16f5b9). That floor held every tier to the accuracy of the whole
+batch. But the rows a middle tier sees are the hard ones, where the last tier is weaker too, so it
+let a strong middle tier accept only its surest answers. `python -m benchmarks.tuning_study`
+measures the rules side by side (README, "Tuning on your own recorded traffic").
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import statistics
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +42,8 @@ from cascade.errors import ConfigError
 from cascade.recorded import RecordedRow, RecordedSet
 from cascade.tuning.label_free import agreement
 from cascade.tuning.replay import run_pipeline, tier_cost, tier_samples
+from cascade.tuning.target import Target, answer_floor, floors_hold, meets, reached_floor, tiers_hold
 from cascade.verifiers.calibration import (
-    CONFIDENCE_DEFAULT,
     CalibrationMap,
     TierCalibration,
     dump_calibration,
@@ -57,28 +65,7 @@ FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flag
 MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
 MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
 FOLDS = 5                    # cross-fitting: thresholds are chosen on values of maps fitted on the other folds
-
-
-@dataclass(frozen=True)
-class Target:
-    """A quality target: `drop` below the last tier's accuracy, or an absolute `accuracy` / max `error`."""
-
-    kind: str
-    value: float
-    confidence: float = CONFIDENCE_DEFAULT
-
-    @classmethod
-    def parse(cls, text: str, confidence: float = CONFIDENCE_DEFAULT) -> Target:
-        """"drop=0.01" | "accuracy=0.85" | "error=0.15"; ValueError says what is wrong."""
-        kind, sep, value = text.partition("=")
-        if not sep or kind not in ("drop", "accuracy", "error"):
-            raise ValueError(f"expected drop=X, accuracy=X or error=X, got {text!r}")
-        number = float(value)
-        if not 0 <= number <= 1:
-            raise ValueError(f"{kind} must be between 0 and 1, got {number:g}")
-        if not 0.5 <= confidence < 1:
-            raise ValueError(f"confidence must be in [0.5, 1), got {confidence:g}")
-        return cls("accuracy", 1 - number, confidence) if kind == "error" else cls(kind, number, confidence)
+FLOORS = ("reached", "answer", "none")
 
 
 @dataclass
@@ -152,44 +139,41 @@ def _accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) 
     return p.rest_ok[i], p.cost_full[i]
 
 
-def simulate(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
-             keep_last: bool) -> tuple[list[int], int, list[int]]:
-    """Per-row correctness (0/1), total cost and escalations per tier of the cascade at `thresholds`."""
+def run(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
+        keep_last: bool) -> tuple[list[int], int, list[int]]:
+    """Per-row correctness (0/1), total cost, and per row the tier whose answer it ends with."""
     n = len(profiles[0].correct)
-    correct, cost, escalated = [0] * n, 0, [0] * len(profiles)
+    correct, cost, where = [0] * n, 0, [0] * n
     for i in range(n):
         for t, p in enumerate(profiles):
             accepted, spent = _accepts(p, i, cal[t], thresholds[t])
             cost += spent
             if accepted or t == len(profiles) - 1:
                 correct[i] = int(p.correct[i] and (accepted or keep_last))
+                where[i] = t
                 break
-            escalated[t] += 1
+    return correct, cost, where
+
+
+def simulate(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
+             keep_last: bool) -> tuple[list[int], int, list[int]]:
+    """Per-row correctness (0/1), total cost and escalations per tier of the cascade at `thresholds`."""
+    correct, cost, where = run(profiles, cal, thresholds, keep_last)
+    escalated = [sum(1 for w in where if w > t) for t in range(len(profiles))]
     return correct, cost, escalated
 
 
-def lower_bound(values: Sequence[float], confidence: float) -> float:
-    """One-sided lower confidence bound of the mean (normal approximation)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean
-    z = statistics.NormalDist().inv_cdf(confidence)
-    return mean - z * statistics.pstdev(values) / math.sqrt(n)
-
-
-def meets(correct: list[int], reference: list[int], target: Target) -> bool:
-    """Whether the cascade's per-row correctness meets the target (paired against the reference for drop)."""
-    if target.kind == "drop":
-        return lower_bound([c - r for c, r in zip(correct, reference)], target.confidence) >= -target.value
-    return lower_bound(correct, target.confidence) >= target.value
-
-
-def answer_floor(reference: list[int], target: Target) -> float:
-    """The calibrated P(correct) an accepted answer needs: the accuracy the target asks of the batch."""
-    if target.kind == "drop":
-        return sum(reference) / len(reference) - target.value
-    return target.value
+def answer_floors(names: list[str], cal: list[list[float | None]], profiles: list[TierProfile],
+                  thresholds: Sequence[float], reference: list[int], target: Target, keep_last: bool
+                  ) -> dict[str, float]:
+    """Each early tier's answer floor at these thresholds (what the report shows beside the thresholds)."""
+    _, _, where = run(profiles, cal, thresholds, keep_last)
+    overall = answer_floor(reference, target)
+    out = {}
+    for t, name in enumerate(names[:-1]):
+        reached = [r for r, w in zip(reference, where) if w >= t]
+        out[name] = overall if t == 0 or not reached else reached_floor(reached, overall, target)
+    return out
 
 
 def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
@@ -202,19 +186,33 @@ def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
 
 
 def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                      keep_last: bool, use_floor: bool = True) -> tuple[list[float], bool]:
-    """The cheapest thresholds meeting the target on these rows; (all NEVER, False) when none does."""
+                      keep_last: bool, floor: str = "reached") -> tuple[list[float], bool]:
+    """The cheapest thresholds meeting the target on these rows; (all NEVER, False) when none does.
+
+    `floor`: "reached" (the guards of the module docstring), "answer" (every tier's answers held to the
+    floor of the whole batch, the earlier rule) or "none" (the batch target alone: the best-in-hindsight search).
+    """
+    if floor not in FLOORS:
+        raise ValueError(f"floor must be one of {', '.join(FLOORS)}, got {floor!r}")
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
     free = [t for t, p in enumerate(profiles) if p.scored and (t < len(profiles) - 1 or not keep_last)]
-    floor = answer_floor(reference, target) if use_floor else 0.0
-    options = {t: candidates(cal[t], floor) for t in free}
+    overall = answer_floor(reference, target)
+    last = len(profiles) - 1
+    # the first tier is reached by every row, so its floor is the batch's under either rule
+    options = {t: candidates(cal[t], overall if floor == "answer" or (floor == "reached" and t == 0) else 0.0)
+               for t in free}
     base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
     best: tuple[int, int, list[float]] | None = None
 
     def consider(thresholds: list[float]) -> None:
         nonlocal best
-        correct, cost, _ = simulate(profiles, cal, thresholds, keep_last)
-        if meets(correct, reference, target) and (best is None or (cost, -sum(correct)) < best[:2]):
+        correct, cost, where = run(profiles, cal, thresholds, keep_last)
+        if best is not None and (cost, -sum(correct)) >= best[:2]:
+            return
+        if floor == "reached" and not (floors_hold(thresholds, where, reference, target, last)
+                                       and tiers_hold(correct, where, reference, target, last)):
+            return
+        if meets(correct, reference, target):
             best = (cost, -sum(correct), list(thresholds))
 
     if math.prod(len(o) for o in options.values()) <= MAX_COMBINATIONS:
@@ -272,7 +270,7 @@ def sub_ladders(size: int) -> list[tuple[int, ...]]:
 
 
 def choose_ladder(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                  keep_last: bool, use_floor: bool = True) -> tuple[LadderChoice, list[LadderChoice]]:
+                  keep_last: bool, floor: str = "reached") -> tuple[LadderChoice, list[LadderChoice]]:
     """The cheapest sub-ladder meeting the target (the last tier alone is one), and every sub-ladder tried.
 
     A tier that escalates nearly everything still costs its call on every job that reaches it, so a
@@ -282,7 +280,7 @@ def choose_ladder(profiles: list[TierProfile], cal: list[list[float | None]], ta
     tried = []
     for kept in sub_ladders(len(profiles)):
         sub, sub_cal = [profiles[t] for t in kept], [cal[t] for t in kept]
-        thresholds, feasible = choose_thresholds(sub, sub_cal, target, keep_last, use_floor)
+        thresholds, feasible = choose_thresholds(sub, sub_cal, target, keep_last, floor)
         correct, cost, _ = simulate(sub, sub_cal, thresholds, keep_last)
         tried.append(LadderChoice(kept, tuple(thresholds), feasible, cost, sum(correct)))
     feasible = [c for c in tried if c.feasible]
@@ -351,11 +349,11 @@ def cross_fitted(profiles: list[TierProfile], folds: int = FOLDS) -> list[list[f
 
 
 def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,
-              rows: list[RecordedRow] | None = None, use_floor: bool = True,
+              rows: list[RecordedRow] | None = None, floor: str = "reached",
               cross_fit: bool = False, label_free: bool = False, route: bool = True) -> CalibrationResult:
     """Profile every tier, fit isotonic maps, choose a sub-ladder and its thresholds, then the pre-router
-    (`route=False`: none); the report holds the training figures. `use_floor=False` drops the per-answer
-    floor (the best-in-hindsight search)."""
+    (`route=False`: none); the report holds the training figures. `floor="none"` drops the tier and answer
+    guards (the best-in-hindsight search)."""
     rows = list(rows if rows is not None else recorded.rows)
     if not rows:
         raise ConfigError(f"{recorded.source}: no rows to calibrate on")
@@ -376,7 +374,7 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     keep_last = pipeline.on_last_failure == "accept_flagged"
     # cross_fit: choose on out-of-fold values (measured in the module docstring: off by default), report with
     # the map that is written
-    best, tried = choose_ladder(profiles, cross_fitted(profiles) if cross_fit else cal, target, keep_last, use_floor)
+    best, tried = choose_ladder(profiles, cross_fitted(profiles) if cross_fit else cal, target, keep_last, floor)
     kept = [profiles[t] for t in best.kept]
     correct, cost, escalated = simulate(kept, [cal[t] for t in best.kept], best.thresholds, keep_last)
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
@@ -397,6 +395,8 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
         "ladder": [ladder[t] for t in best.kept], "skipped": skip_reasons(ladder, best, tried, last_cost or 1),
         "thresholds": {p.name: thresholds[t] for t, p in enumerate(profiles) if p.name in maps},
         "answer_floor": answer_floor(reference, target),
+        "floors": answer_floors([p.name for p in kept], [cal[t] for t in best.kept], kept, best.thresholds,
+                                reference, target, keep_last),
         "accuracy": sum(correct) / n, "last_tier_accuracy": sum(reference) / n,
         "cost_usd": to_usd(cost), "last_tier_cost_usd": to_usd(last_cost),
         "cost_ratio": cost / last_cost if last_cost else None,

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cascade.tuning.calibrate import Target, TierProfile, _accepts, meets, simulate
+from cascade.tuning.calibrate import TierProfile, _accepts, simulate
+from cascade.tuning.target import Target, meets
 from cascade.worker.routing import Router, TierRouter, features, sigmoid
 
 BUCKETS = 2 ** 18       # ~50k distinct n-grams in a few hundred prompts: 2^16 would merge many, 2^18 few

@@ -1,0 +1,91 @@
+"""A quality target, and the guards that decide whether a cascade meets it on the training rows.
+
+Each guard reads per-row figures of one simulated cascade: `correct` (its answer was right, 0/1),
+`reference` (the last tier's answer to the same job was right) and `where` (which tier's answer the
+job ends with). tuning/calibrate.py explains why there are three, and what they were measured against.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cascade.verifiers.calibration import CONFIDENCE_DEFAULT
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quality target: `drop` below the last tier's accuracy, or an absolute `accuracy` / max `error`."""
+
+    kind: str
+    value: float
+    confidence: float = CONFIDENCE_DEFAULT
+
+    @classmethod
+    def parse(cls, text: str, confidence: float = CONFIDENCE_DEFAULT) -> Target:
+        """"drop=0.01" | "accuracy=0.85" | "error=0.15"; ValueError says what is wrong."""
+        kind, sep, value = text.partition("=")
+        if not sep or kind not in ("drop", "accuracy", "error"):
+            raise ValueError(f"expected drop=X, accuracy=X or error=X, got {text!r}")
+        number = float(value)
+        if not 0 <= number <= 1:
+            raise ValueError(f"{kind} must be between 0 and 1, got {number:g}")
+        if not 0.5 <= confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence:g}")
+        return cls("accuracy", 1 - number, confidence) if kind == "error" else cls(kind, number, confidence)
+
+
+def lower_bound(values: Sequence[float], confidence: float) -> float:
+    """One-sided lower confidence bound of the mean (normal approximation)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean
+    z = statistics.NormalDist().inv_cdf(confidence)
+    return mean - z * statistics.pstdev(values) / math.sqrt(n)
+
+
+def meets(correct: list[int], reference: list[int], target: Target) -> bool:
+    """Whether the cascade's per-row correctness meets the target (paired against the reference for drop)."""
+    if target.kind == "drop":
+        return lower_bound([c - r for c, r in zip(correct, reference)], target.confidence) >= -target.value
+    return lower_bound(correct, target.confidence) >= target.value
+
+
+def tiers_hold(correct: list[int], where: list[int], reference: list[int], target: Target, last: int) -> bool:
+    """Whether every tier before the last meets the target (point estimate) on the rows whose answer it gives,
+    paired against the reference for drop: no tier's gain on the training rows pays for another tier's
+    wrong answers."""
+    groups: dict[int, list[int]] = {}
+    for c, r, w in zip(correct, reference, where):
+        if w < last:
+            groups.setdefault(w, []).append(c - r if target.kind == "drop" else c)
+    limit = -target.value if target.kind == "drop" else target.value
+    return all(sum(values) >= limit * len(values) - 1e-9 for values in groups.values())
+
+
+def reached_floor(reached: list[int], overall: float, target: Target) -> float:
+    """The answer floor of a later tier: what the target asks of the reference on the rows that reach the tier,
+    its accuracy there taken at its upper confidence bound, and never above the floor of the whole batch."""
+    upper = -lower_bound([-r for r in reached], target.confidence)
+    return min(overall, answer_floor(reached, target) - sum(reached) / len(reached) + upper)
+
+
+def floors_hold(thresholds: Sequence[float], where: list[int], reference: list[int], target: Target,
+                last: int) -> bool:
+    """Whether each tier that gives answers has its threshold at or above the floor of the rows that reach it."""
+    overall = answer_floor(reference, target)
+    for t in range(1, last):
+        reached = [r for r, w in zip(reference, where) if w >= t]
+        if t in where and thresholds[t] < reached_floor(reached, overall, target):
+            return False
+    return True
+
+
+def answer_floor(reference: list[int], target: Target) -> float:
+    """The calibrated P(correct) an accepted answer needs: the accuracy the target asks of the batch."""
+    if target.kind == "drop":
+        return sum(reference) / len(reference) - target.value
+    return target.value
