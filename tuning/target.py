@@ -69,8 +69,10 @@ def tiers_hold(correct: list[int], where: list[int], reference: list[int], targe
 def reached_floor(reached: list[int], overall: float, target: Target) -> float:
     """The answer floor of a later tier: what the target asks of the reference on the rows that reach the tier,
     its accuracy there taken at its upper confidence bound, and never above the floor of the whole batch."""
+    if target.kind != "drop":
+        return overall      # an absolute target asks the same of every answer
     upper = -lower_bound([-r for r in reached], target.confidence)
-    return min(overall, answer_floor(reached, target) - sum(reached) / len(reached) + upper)
+    return min(overall, upper - target.value)
 
 
 def floors_hold(thresholds: Sequence[float], where: list[int], reference: list[int], target: Target,
