@@ -42,7 +42,7 @@ from cascade.errors import ConfigError
 from cascade.recorded import RecordedRow, RecordedSet
 from cascade.tuning.label_free import agreement
 from cascade.tuning.replay import run_pipeline, tier_cost, tier_samples
-from cascade.tuning.target import Target, answer_floor, floors_hold, meets, reached_floor, tiers_hold
+from cascade.tuning.target import Target, answer_floor, floors_hold, meets, tier_floors, tiers_hold
 from cascade.verifiers.calibration import (
     CalibrationMap,
     TierCalibration,
@@ -163,17 +163,12 @@ def simulate(profiles: list[TierProfile], cal: list[list[float | None]], thresho
     return correct, cost, escalated
 
 
-def answer_floors(names: list[str], cal: list[list[float | None]], profiles: list[TierProfile],
-                  thresholds: Sequence[float], reference: list[int], target: Target, keep_last: bool
-                  ) -> dict[str, float]:
+def answer_floors(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
+                  reference: list[int], target: Target, keep_last: bool) -> dict[str, float]:
     """Each early tier's answer floor at these thresholds (what the report shows beside the thresholds)."""
     _, _, where = run(profiles, cal, thresholds, keep_last)
-    overall = answer_floor(reference, target)
-    out = {}
-    for t, name in enumerate(names[:-1]):
-        reached = [r for r, w in zip(reference, where) if w >= t]
-        out[name] = overall if t == 0 or not reached else reached_floor(reached, overall, target)
-    return out
+    floors = tier_floors(where, reference, target, len(profiles) - 1)
+    return {p.name: floor for p, floor in zip(profiles, floors)}
 
 
 def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
@@ -395,8 +390,7 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
         "ladder": [ladder[t] for t in best.kept], "skipped": skip_reasons(ladder, best, tried, last_cost or 1),
         "thresholds": {p.name: thresholds[t] for t, p in enumerate(profiles) if p.name in maps},
         "answer_floor": answer_floor(reference, target),
-        "floors": answer_floors([p.name for p in kept], [cal[t] for t in best.kept], kept, best.thresholds,
-                                reference, target, keep_last),
+        "floors": answer_floors(kept, [cal[t] for t in best.kept], best.thresholds, reference, target, keep_last),
         "accuracy": sum(correct) / n, "last_tier_accuracy": sum(reference) / n,
         "cost_usd": to_usd(cost), "last_tier_cost_usd": to_usd(last_cost),
         "cost_ratio": cost / last_cost if last_cost else None,

@@ -75,15 +75,22 @@ def reached_floor(reached: list[int], overall: float, target: Target) -> float:
     return min(overall, upper - target.value)
 
 
-def floors_hold(thresholds: Sequence[float], where: list[int], reference: list[int], target: Target,
-                last: int) -> bool:
-    """Whether each tier that gives answers has its threshold at or above the floor of the rows that reach it."""
+def tier_floors(where: list[int], reference: list[int], target: Target, last: int) -> list[float]:
+    """Each early tier's answer floor, given which tier each row ends with: the whole batch's for the first
+    tier (every row reaches it), and `reached_floor` of the rows that reach each later one."""
     overall = answer_floor(reference, target)
+    out = [overall]
     for t in range(1, last):
         reached = [r for r, w in zip(reference, where) if w >= t]
-        if t in where and thresholds[t] < reached_floor(reached, overall, target):
-            return False
-    return True
+        out.append(reached_floor(reached, overall, target) if reached else overall)
+    return out
+
+
+def floors_hold(thresholds: Sequence[float], where: list[int], reference: list[int], target: Target,
+                last: int) -> bool:
+    """Whether each tier that gives answers has its threshold at or above its answer floor."""
+    floors = tier_floors(where, reference, target, last)
+    return all(thresholds[t] >= floors[t] for t in range(last) if t in where)
 
 
 def answer_floor(reference: list[int], target: Target) -> float:
