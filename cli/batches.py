@@ -133,6 +133,7 @@ def results(batch: str, out: str | None, fmt: str, statuses: tuple[str, ...], fo
     """
     from cascade.ledger.writer import LedgerWriter
     from cascade.producer.collect import Collector, RecordWriter
+    from cascade.producer.submit import StoreWaits
 
     settings = load(config_path, redis_url)
     store = _redis_store(settings)
@@ -148,7 +149,8 @@ def results(batch: str, out: str | None, fmt: str, statuses: tuple[str, ...], fo
         collector = Collector(ledger, batch, RecordWriter(sink, fmt), writer, statuses)
         try:
             if follow:
-                collector.wait(lambda: _finished(store, ledger, batch))
+                waits = StoreWaits(lambda message: click.echo(f"cascade results: {message}", err=True))
+                collector.wait(lambda: _finished(store, ledger, batch), through=waits)
             else:
                 collector.collect()
         except BrokenPipeError:         # `cascade results B | head`: the reader went away; nothing is lost

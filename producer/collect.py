@@ -10,7 +10,7 @@ import csv
 import io
 import time
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import orjson
 
@@ -59,6 +59,14 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+T = TypeVar("T")
+Through = Callable[[str, Callable[[], T]], T]
+
+
+def _direct(what: str, call: Callable[[], T]) -> T:
+    return call()
+
+
 class Collector:
     """Follows one batch: moves its records into the ledger (with `writer`) and writes out the new ones."""
 
@@ -86,11 +94,14 @@ class Collector:
         return n
 
     def wait(self, finished: Callable[[], bool], on_tick: Callable[[], None] | None = None,
-             poll_s: float = 0.2) -> None:
-        """Collect until `finished()` holds (asked before each round, so the last records are not left behind)."""
+             poll_s: float = 0.2, through: Through = _direct) -> None:
+        """Collect until `finished()` holds (asked before each round, so the last records are not left behind).
+
+        Both run `through` a caller's store guard (`StoreWaits`), so a Redis restart is waited out.
+        """
         while True:
-            done = finished()
-            self.collect()
+            done = through("reading the batch", finished)
+            through("collecting results", self.collect)
             if on_tick is not None:
                 on_tick()
             if done:

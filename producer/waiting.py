@@ -55,7 +55,7 @@ class BatchWait:
             if not self.submitter.waits.outages or rows is None:
                 break
             self.submitter.waits.outages = 0
-            self.submitter.open()
+            self.submitter.waits("reopening the batch", self.submitter.open)
             again = self.submitter.run(rows())
             if not again.published:
                 break
@@ -64,7 +64,7 @@ class BatchWait:
         return self.record()
 
     def _wait(self) -> None:
-        self.collector.wait(self.finished, on_tick=self._progress)
+        self.collector.wait(self.finished, on_tick=self._progress, through=self.submitter.waits)
 
     def _progress(self) -> None:
         self.watch.check()

@@ -88,11 +88,6 @@ def test_a_redis_restart_mid_batch_loses_nothing_and_every_worker_survives(tmp_p
         try:
             _, stderr = submit.communicate(timeout=120)
         except subprocess.TimeoutExpired:
-            import os
-            if os.environ.get("CASCADE_DEBUG_SPY"):
-                for p in procs:
-                    subprocess.run(["/work/main/.venv/bin/py-spy", "dump", "--pid", str(p.pid)],
-                                   stdout=open(tmp_path / f"spy-{p.pid}.txt", "w"), stderr=subprocess.STDOUT)
             submit.kill()
             raise AssertionError(f"cascade-submit --wait did not end: {_dump(server.url, ns, 'restart-1')}") from None
         # Then the waiting producer and every worker lived through it, and every job has exactly one result
@@ -105,6 +100,40 @@ def test_a_redis_restart_mid_batch_loses_nothing_and_every_worker_survives(tmp_p
         logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
         assert "Unrecoverable error" not in logs and "CRITICAL" not in logs
     finally:
+        workers.close()
+        server.stop()
+
+
+def test_results_follow_waits_out_a_redis_restart(tmp_path, sim):
+    # Given a private Redis, a batch submitted while no worker runs, and `cascade results --follow` on it
+    server = PrivateRedis(tmp_path / "redis").start()
+    config, _ = cluster_config(tmp_path)
+    rows = write_tickets(tmp_path / "jobs.jsonl", 60)
+    env = cascade_env(server.url, sim.url)
+    workers = Workers(config, env, tmp_path)
+    follow = None
+    try:
+        submitted = run_cli(["cascade-submit", str(tmp_path / "jobs.jsonl"), "-p", "ticket-triage", "--batch-id",
+                             "follow-1", "--config", str(config)], env)
+        assert submitted.returncode == 0, submitted.stderr.decode()
+        out = tmp_path / "results.jsonl"
+        follow = subprocess.Popen([str(BIN / "cascade"), "results", "follow-1", "--follow", "--out", str(out),
+                                   "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        # When Redis shuts down under it, comes back two seconds later, and then the workers run the batch
+        server.shutdown()
+        time.sleep(2)
+        server.start()
+        for tier in ("cheap", "mid", "frontier"):
+            workers.start(tier)
+        _, stderr = follow.communicate(timeout=120)
+        # Then it said it was waiting, waited, and wrote every record once
+        assert follow.returncode == 0, stderr.decode()[-3000:]
+        assert "cascade results: Redis unreachable while reading the batch" in stderr.decode()
+        assert sorted(r["id"] for r in read_jsonl(out)) == sorted(r["id"] for r in rows)
+    finally:
+        if follow is not None and follow.poll() is None:
+            follow.kill()
         workers.close()
         server.stop()
 
