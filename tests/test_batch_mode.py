@@ -237,3 +237,44 @@ cron = "0 2 * * *"
     records = read_jsonl(out)
     assert {r["id"]: (r["status"], r["tier"]) for r in records} == predicted_decisions(config, rows)
     assert batch_stats(sim)["requests"] == 40 + batch_stats(sim)["errored_lines"]    # the cheap tier, as batches
+
+
+def test_a_redis_restart_while_provider_batches_run_loses_nothing_and_sends_nothing_twice(tmp_path, sim):
+    # Given a private Redis with AOF, a mixed pipeline's workers, and 200 jobs parked in provider batches
+    from tests.redis_server import PrivateRedis
+
+    server = PrivateRedis(tmp_path / "redis").start()
+    config, _ = cluster_config(tmp_path)
+    env = mixed(batch_env(cascade_env(server.url, sim.url)))
+    sim.reset_stats()
+    control(sim, batch_delay_s=4.0, batch_error_rate=0.0, batch_expire_next=0)
+    workers = Workers(config, env, tmp_path)
+    producer = None
+    try:
+        procs = [workers.start(tier) for tier in TIERS]
+        rows = write_tickets(tmp_path / "restart.jsonl", 200)
+        out = tmp_path / "restart-results.jsonl"
+        producer = subprocess.Popen([str(BIN / "cascade-submit"), str(tmp_path / "restart.jsonl"), "--pipeline",
+                                     "ticket-triage", "--batch-id", "bm-restart", "--wait", "--out", str(out),
+                                     "--config", str(config), "--no-progress"], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        wait_for(lambda: batch_stats(sim)["requests"] >= 200, 30, "the cheap tier's provider batches")
+        # When Redis shuts down while the provider works, and comes back two seconds later
+        server.shutdown()
+        time.sleep(2)
+        server.start()
+        _, stderr = producer.communicate(timeout=180)
+        # Then the producer and every worker lived through it, every job has one result, and no line went twice
+        assert producer.returncode == 0, stderr.decode()[-3000:]
+        assert all(p.poll() is None for p in procs), "a worker died"
+        records = read_jsonl(out)
+        assert sorted(r["id"] for r in records) == sorted(r["id"] for r in rows)
+        assert {r["id"]: (r["status"], r["tier"]) for r in records} == predicted_decisions(config, rows)
+        stats = batch_stats(sim)
+        assert stats["duplicate_submissions"] == 0
+        assert stats["requests"] == 200 + stats["errored_lines"]
+    finally:
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+        workers.close()
+        server.stop()

@@ -120,10 +120,12 @@ def batch_runner(settings: Settings, engine: Any, client: Any, providers: Any, t
     """The provider-batch runner of a batch-mode tier, registered with the engine (not started)."""
     from cascade.worker.batching import BatchRunner
     from cascade.worker.store.provider_batches import ProviderBatchStore
+    from cascade.worker.store_retry import WaitedOut
 
     tier = settings.tiers[tier_name]
-    runner = BatchRunner(engine, tier, providers.get(tier_name).batch_api(),
-                         ProviderBatchStore(client, settings.redis.namespace), worker_id,
+    # waited out: a record saved after the provider created its batch must not be lost to a Redis restart
+    store = WaitedOut(ProviderBatchStore(client, settings.redis.namespace), engine.store)
+    runner = BatchRunner(engine, tier, providers.get(tier_name).batch_api(), store, worker_id,
                          max_tries=max(1, settings.engine.max_retries))
     engine.batching[tier_name] = runner
     return runner

@@ -12,7 +12,10 @@ provider batch, up to `max_retries` times; a cancelled Cascade batch cancels its
 A worker that restarts loses nothing: its leases lapse, the reconciler publishes the jobs again, and
 the worker that takes one finds the record that holds its request, so the job waits for that provider
 batch rather than being submitted again. A record whose owner died before the provider answered is
-looked up at the provider (`find`) before its jobs may be submitted anew.
+looked up at the provider (`find`) before its jobs may be submitted anew. A Redis restart is waited
+out: every store call of the runner goes through the engine's StoreRetry (worker/backends.py wraps the
+store), so what the runner holds in memory and what Redis says never part; a record the provider's
+answer left unsaved is saved once Redis is back.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from cascade.errors import Permanent, ProviderError
 from cascade.models import CompletionRequest
+from cascade.worker.leases import ShuttingDown
 from cascade.worker.messages import JobRef
 from cascade.worker.providers.batch_api import BatchAPI, BatchLine, LineResult, custom_id
 from cascade.worker.store import LeaseCode, StoreError
@@ -120,6 +124,8 @@ class BatchRunner:
                 if time.monotonic() - self._last_poll >= self.tier.batch_poll_s:
                     self._last_poll = time.monotonic()
                     self.poll()
+            except ShuttingDown:        # a store call was waiting for Redis: stop() gives the parked jobs back
+                return
             except StoreError as error:
                 log.warning("tier %s: provider batches wait for Redis (%s)", self.tier.name, error)
             except Exception:           # never let the thread die: parked jobs would wait for a restart

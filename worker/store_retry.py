@@ -62,3 +62,20 @@ class StoreRetry:
                 return result
             self.sleep(wait)
             wait = min(LONGEST_WAIT_S, wait * 2)
+
+
+class WaitedOut:
+    """A store whose every method call goes through a StoreRetry: for threads whose memory and Redis must not
+    part (the provider-batch runner), so a call that fails mid-way is tried again rather than abandoned.
+    Only for stores whose calls are idempotent."""
+
+    def __init__(self, store: object, retry: StoreRetry):
+        self._store = store
+        self._retry = retry
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._store, name)
+        if not callable(method):
+            return method
+        what = f"{type(self._store).__name__}.{name}"
+        return lambda *args, **kwargs: self._retry(what, lambda: method(*args, **kwargs))
