@@ -104,7 +104,8 @@ def run_command(obj: dict, name: str, run_date: str | None, config_path: str | N
     """Run one schedule now (or backfill a past date); prints the batch id on stdout.
 
     A run that exists already is not submitted again; a failed one (say its input was missing) is run
-    again. Exit status: 0 submitted or already ran, 1 the run failed (its reason is printed and kept).
+    again. Exit status: 0 submitted or already ran, 1 the run failed or waits for Redis (the reason is
+    printed and kept).
 
     Example: cascade schedules run nightly-tickets --date 2026-12-01
     """
@@ -134,6 +135,9 @@ def run_command(obj: dict, name: str, run_date: str | None, config_path: str | N
     if outcome.outcome == "failed":     # its reason and what to check were logged above
         raise click.ClickException(f"run {outcome.key} of schedule {name} failed (kept in the ledger with an "
                                    "alert; `cascade schedules` lists it)")
+    if outcome.outcome == "waiting":    # the reason was logged above
+        raise click.ClickException(f"run {outcome.key} of schedule {name} is not submitted yet: Redis does not "
+                                   "answer; `cascade beat` submits it once Redis is back, or run this again")
     click.echo(outcome.message, err=True)
     if outcome.outcome in ("submitted", "resumed"):
         click.echo(f"follow it with: cascade status {outcome.batch} / cascade results {outcome.batch} --follow",

@@ -4,8 +4,10 @@ A run is keyed by its schedule and run date (YYYY-MM-DD in the schedule's time z
 schedule, the epoch second its slot starts). The ledger's `schedule_runs` row is claimed before anything is
 submitted, so a retried tick, a restarted beat or a second beat find the run and submit nothing. A run
 left `submitting` by a process that died is resumed: submission is idempotent by batch id (rows already
-registered are skipped). A run that cannot start (missing input, Redis down) is `failed` with its reason,
-an alert row and a WARNING; a failed run is run again only on request (`cascade schedules run`).
+registered are skipped). A run that cannot start (missing input, a refused submission) is `failed` with its
+reason, an alert row and a WARNING; a failed run is run again only on request (`cascade schedules run`).
+Redis unreachable is a passing fault, not a reason to fail the night's run: the run stays `submitting`
+with the reason, beat's periodic check tries it again, and only after `REDIS_PATIENCE_S` is it failed.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from cascade.ledger.database import Ledger, open_ledger
 from cascade.ops.cron import Every, ZonedCrontab, parse_cron, previous_run, zone
 from cascade.worker.config.schema import Schedule, Settings
 from cascade.worker.store import StoreError
+from cascade.worker.store_retry import PASSING
 
 log = logging.getLogger("cascade.schedules")
 
 HEARTBEAT_S = 5.0             # a submitting run's row is touched this often
 STALE_SUBMITTING_S = 30.0     # a submitting row untouched this long was left by a process that died: resume it
 SUBMITTING, SUBMITTED, FAILED, EXPORTED = "submitting", "submitted", "failed", "exported"
+REDIS_PATIENCE_S = 3600.0     # how long a scheduled run waits for an unreachable Redis before it is failed
+WAITING_FOR_REDIS = "waiting for Redis"
 AUDITED = "audited"         # a kind = "audit" run: the audit ran (its drift, if any, is an audit_drift alert)
 
 
@@ -50,7 +55,7 @@ class RunPlan:
 @dataclass(frozen=True)
 class RunOutcome:
     """What `run_schedule` did: submitted | resumed | audited (a kind = "audit" run) | already (ran before) |
-    busy (another process submits it now) | failed."""
+    busy (another process submits it now) | waiting (for Redis: tried again later) | failed."""
 
     schedule: str
     key: str
@@ -163,8 +168,11 @@ def run_schedule(settings: Settings, name: str, run_date: str, ledger: Ledger | 
         if row["state"] == SUBMITTING:
             if time.time() - row["updated_at"] < STALE_SUBMITTING_S:
                 return RunOutcome(name, run.key, run.batch, "busy", SUBMITTING)
-            log.warning("schedule %s: run %s was left submitting (its process died); resuming batch %s",
-                        name, run.key, run.batch)
+            if row["reason"].startswith(WAITING_FOR_REDIS):
+                log.info("schedule %s: run %s: trying Redis again", name, run.key)
+            else:
+                log.warning("schedule %s: run %s was left submitting (its process died); resuming batch %s",
+                            name, run.key, run.batch)
             return _submit(settings, ledger, run, "resumed")
         if row["state"] == FAILED and retry_failed:
             ledger.update_schedule_run(name, run.key, SUBMITTING, "")
@@ -188,6 +196,8 @@ def _submit(settings: Settings, ledger: Ledger, run: RunPlan, outcome: str) -> R
                     "set [redis] url or CASCADE_REDIS_URL for `cascade beat`")
     try:
         result = _submit_file(settings, ledger, run)
+    except PASSING as error:
+        return _wait_for_redis(ledger, run, error)
     except (CascadeError, StoreError, RedisError, OSError) as error:
         return fail(ledger, run, f"could not submit: {error}",
                     f"fix the cause, then run `cascade schedules run {name} --date {run.key}`")
@@ -202,6 +212,21 @@ def _submit(settings: Settings, ledger: Ledger, run: RunPlan, outcome: str) -> R
     ledger.update_schedule_run(name, run.key, SUBMITTED, reason)
     log.info("schedule %s: run %s: batch %s %s: %s", name, run.key, run.batch, outcome, reason)
     return RunOutcome(name, run.key, run.batch, outcome, SUBMITTED, reason, result.published)
+
+
+def _wait_for_redis(ledger: Ledger, run: RunPlan, error: Exception) -> RunOutcome:
+    """Redis did not answer: keep the run `submitting` (beat's check tries again), or fail it after the patience."""
+    name = run.schedule.name
+    row = next((r for r in ledger.schedule_runs(name) if r["run_date"] == run.key), None)
+    waited = time.time() - (row["started_at"] if row else time.time())
+    if waited >= REDIS_PATIENCE_S:
+        return fail(ledger, run, f"Redis unreachable for {waited / 60:.0f} min ({error})",
+                    f"start Redis or fix [redis] url, then run `cascade schedules run {name} --date {run.key}`")
+    reason = (f"{WAITING_FOR_REDIS} ({error}); `cascade beat` tries again every {STALE_SUBMITTING_S:.0f} s, for "
+              f"up to {REDIS_PATIENCE_S / 60:.0f} min")
+    ledger.update_schedule_run(name, run.key, SUBMITTING, reason)
+    log.warning("schedule %s: run %s: %s", name, run.key, reason)
+    return RunOutcome(name, run.key, run.batch, "waiting", SUBMITTING, reason)
 
 
 def _audit(settings: Settings, ledger: Ledger, run: RunPlan) -> RunOutcome:

@@ -234,6 +234,74 @@ budget_usd = 2.5
         delete_namespace(redis_url, ns)
 
 
+def test_a_run_due_while_redis_is_down_waits_and_beat_submits_it_once_redis_is_back(tmp_path, monkeypatch):
+    # Given a nightly schedule whose input is there, and a Redis that is down when the run is due
+    from tests.redis_server import PrivateRedis
+
+    server = PrivateRedis(tmp_path / "redis").start()
+    server.shutdown()
+    config, ns = cluster_config(tmp_path)
+    with_schedules(config, """
+[schedules.nightly]
+pipeline = "ticket-triage"
+input = "in/tickets-{date}.jsonl"
+cron = "0 2 * * *"
+""")
+    (tmp_path / "config" / "in").mkdir()
+    write_tickets(tmp_path / "config" / "in" / "tickets-2026-11-30.jsonl", 20)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = {**cascade_env(server.url, "http://127.0.0.1:1"), "CASCADE_LEDGER_URL": url}
+    ledger = Ledger(ledger_url(url, tmp_path))
+    beat = None
+    try:
+        # When the run starts
+        down = run_cli(["cascade", "schedules", "--config", str(config), "run", "nightly", "--date", "2026-11-30"],
+                       env, timeout=60)
+        # Then it is not failed: it waits, says why, and nothing is an alert
+        assert down.returncode == 1
+        assert "schedule nightly: run 2026-11-30: waiting for Redis (Error 111 connecting to " in down.stderr.decode()
+        assert ("Error: run 2026-11-30 of schedule nightly is not submitted yet: Redis does not answer; `cascade beat` "
+                "submits it once Redis is back, or run this again\n") in down.stderr.decode()
+        [run] = ledger.schedule_runs("nightly")
+        assert run["state"] == "submitting" and run["reason"].startswith("waiting for Redis (")
+        assert ledger.alerts() == []
+        # And a run that has waited longer than the patience is failed, with an alert that says what to check
+        from cascade.ops import schedules
+
+        write_tickets(tmp_path / "config" / "in" / "tickets-2026-11-29.jsonl", 5)
+        monkeypatch.setattr(schedules, "REDIS_PATIENCE_S", 0.0)
+        runner = CliRunner(env={"CASCADE_REDIS_URL": server.url, "CASCADE_LEDGER_URL": url})
+        late = runner.invoke(cascade, ["schedules", "--config", str(config), "run", "nightly", "--date", "2026-11-29"])
+        assert late.exit_code == 1
+        [alert] = ledger.alerts()
+        assert alert["message"].startswith("scheduled run nightly 2026-11-29 (batch nightly-2026-11-29) failed: "
+                                           "Redis unreachable for 0 min (Error 111 connecting to ")
+        assert alert["check"] == "start Redis or fix [redis] url, then run `cascade schedules run nightly --date " \
+                                 "2026-11-29`"
+        monkeypatch.undo()
+        # When Redis is back, and beat's check finds the run (its row 30 s old)
+        server.start()
+        with ledger.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE schedule_runs SET updated_at = updated_at - 60")
+        beat = start_beat(config, env, tmp_path / "beat.log")
+        deadline = time.monotonic() + 30
+        # (beat also catches up today's run, whose input is missing: that one fails, as it should)
+        while {r["run_date"]: r["state"] for r in ledger.schedule_runs("nightly")}["2026-11-30"] != "submitted":
+            assert time.monotonic() < deadline, (tmp_path / "beat.log").read_text()[-3000:]
+            time.sleep(0.2)
+        # Then beat submitted it, once, under its batch id
+        client = redis.Redis.from_url(server.url)
+        assert client.hget(f"{ns}:batch:nightly-2026-11-30", "total") == b"20"
+        assert queued(client, ns) == 20
+        assert "schedule nightly: run 2026-11-30: trying Redis again" in (tmp_path / "beat.log").read_text()
+    finally:
+        if beat is not None:
+            beat.terminate()
+            beat.wait(timeout=30)
+        ledger.close()
+        server.stop()
+
+
 def queued(client: redis.Redis, ns: str) -> int:
     """Messages on the cheap tier's queue (kombu keeps one list per priority)."""
     return sum(client.llen(key) for key in client.scan_iter(f"{ns}.tier.cheap*"))
