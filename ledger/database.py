@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy import bindparam, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from cascade.errors import ConfigError
 from cascade.ledger.schema import alerts, batches, results, schedule_runs, shadow_pairs, tier_figures
@@ -31,7 +31,13 @@ DEFAULT_FILE = "cascade-ledger.db"     # beside cascade.toml when [ledger] url i
 
 
 class LedgerError(Exception):
-    """The ledger database cannot be reached or refused a write; the message never holds a password."""
+    """The ledger database cannot be reached or refused a write; the message never holds a password.
+    `passing`: the database could not be reached (restarting, a dropped connection, SQLite busy), so the
+    same call may go through later; otherwise it refused the call (a schema or constraint error)."""
+
+    def __init__(self, message: str, passing: bool = False):
+        super().__init__(message)
+        self.passing = passing
 
 
 def redact_url(url: str) -> str:
@@ -106,7 +112,7 @@ class Ledger:
                     config.attributes["connection"] = conn
                     command.upgrade(config, "head")
             except SQLAlchemyError as e:
-                raise LedgerError(f"ledger {redact_url(self.url)}: cannot migrate: {_short(e)}") from None
+                raise _error(f"ledger {redact_url(self.url)}: cannot migrate: {_short(e)}", e) from None
             self._migrated = True
 
     @contextmanager
@@ -147,7 +153,7 @@ class Ledger:
                                                         results.c.retry_round < bindparam("r")), retried)
                 return len(conn.execute(insert, rows).all())
         except SQLAlchemyError as e:
-            raise LedgerError(f"ledger {redact_url(self.url)}: cannot write results: {_short(e)}") from None
+            raise _error(f"ledger {redact_url(self.url)}: cannot write results: {_short(e)}", e) from None
 
     def upsert_batch(self, row: dict[str, Any], figures: Sequence[dict[str, Any]] = ()) -> None:
         """Create or update a batch row (and, once it is finished, its per-tier figures)."""
@@ -161,7 +167,7 @@ class Ledger:
                     conn.execute(tier_figures.delete().where(tier_figures.c.batch_id == row["id"]))
                     conn.execute(tier_figures.insert(), list(figures))
         except SQLAlchemyError as e:
-            raise LedgerError(f"ledger {redact_url(self.url)}: cannot write batch {row['id']}: {_short(e)}") from None
+            raise _error(f"ledger {redact_url(self.url)}: cannot write batch {row['id']}: {_short(e)}", e) from None
 
     def _insert(self, table):
         if self.dialect == "postgresql":
@@ -220,7 +226,7 @@ class Ledger:
                 result = conn.execute(statement, list(rows)) if rows is not None else conn.execute(statement)
                 return len(result.all()) if result.returns_rows else result.rowcount
         except SQLAlchemyError as e:
-            raise LedgerError(f"ledger {redact_url(self.url)}: cannot write {what}: {_short(e)}") from None
+            raise _error(f"ledger {redact_url(self.url)}: cannot write {what}: {_short(e)}", e) from None
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -275,7 +281,7 @@ class Ledger:
                 for row in conn.execution_options(stream_results=True).execute(query).mappings():
                     yield dict(row)
         except SQLAlchemyError as e:
-            raise LedgerError(f"ledger {redact_url(self.url)}: {_short(e)}") from None
+            raise _error(f"ledger {redact_url(self.url)}: {_short(e)}", e) from None
 
     def tier_figures(self, batch_id: str) -> list[dict[str, Any]]:
         """The per-tier figures of a finished batch, in ladder order."""
@@ -287,7 +293,7 @@ class Ledger:
             with self.engine.connect() as conn:
                 return [dict(row) for row in conn.execute(query).mappings()]
         except SQLAlchemyError as e:
-            raise LedgerError(f"ledger {redact_url(self.url)}: {_short(e)}") from None
+            raise _error(f"ledger {redact_url(self.url)}: {_short(e)}", e) from None
 
     def _one(self, query) -> dict[str, Any] | None:
         rows = self._all(query.limit(1))
@@ -298,7 +304,7 @@ class Ledger:
             with self.engine.connect() as conn:
                 return conn.execute(query).scalar()
         except SQLAlchemyError as e:
-            raise LedgerError(f"ledger {redact_url(self.url)}: {_short(e)}") from None
+            raise _error(f"ledger {redact_url(self.url)}: {_short(e)}", e) from None
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -329,6 +335,12 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=FULL")       # a commit is on disk before its records are acked in Redis
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _error(message: str, error: SQLAlchemyError) -> LedgerError:
+    """A LedgerError for `error`: passing when the database was not reached (it may answer later)."""
+    unreached = isinstance(error, (OperationalError, InterfaceError)) or getattr(error, "connection_invalidated", False)
+    return LedgerError(message, passing=bool(unreached))
 
 
 def _short(error: SQLAlchemyError) -> str:

@@ -6,12 +6,14 @@ small thread pool here. One process to run, nothing more to deploy, and the tick
 own loop. The ledger is beat's memory: a restarted beat starts each entry from its latest run in the
 ledger (so a tick missed while beat was down runs once when it is back) and every run is claimed there
 first (so nothing is submitted twice). Every MAINTAIN_S the beat also resumes runs left `submitting` by a
-process that died and writes the export of runs whose batch has finished.
+process that died and writes the export of runs whose batch has finished. A due run whose ledger does not
+answer (the database restarting) is tried again every LEDGER_RETRY_S, for up to LEDGER_PATIENCE_S.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +22,8 @@ from typing import Any
 
 from celery.beat import Scheduler
 
-from cascade.ledger.database import Ledger
-from cascade.ops.schedules import key_time, maintain, run_key, run_schedule, timing
+from cascade.ledger.database import Ledger, LedgerError
+from cascade.ops.schedules import RunOutcome, key_time, maintain, run_key, run_schedule, timing
 from cascade.worker.config.schema import Settings
 
 log = logging.getLogger("cascade.beat")
@@ -29,6 +31,8 @@ log = logging.getLogger("cascade.beat")
 SCHEDULE_TASK = "cascade.schedule"   # the entries' task name; never sent as a message
 MAINTAIN_S = 2.0                     # how often stale runs are resumed and finished batches exported
 RUN_THREADS = 4                      # schedules submitting at once; beat's loop never waits for one
+LEDGER_RETRY_S = 5.0                 # a due run whose ledger does not answer is tried again this often...
+LEDGER_PATIENCE_S = 3600.0           # ...for this long
 
 
 class ScheduleScheduler(Scheduler):
@@ -42,6 +46,8 @@ class ScheduleScheduler(Scheduler):
         self._running: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._maintained = 0.0
+        self._stopping = threading.Event()
+        self._said_maintain = -math.inf
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
@@ -81,14 +87,36 @@ class ScheduleScheduler(Scheduler):
 
     def _run(self, name: str, key: str) -> None:
         try:
-            outcome = run_schedule(self.settings, name, key, self.ledger)
-            if outcome.outcome in ("already", "busy"):      # submitted and failed runs were logged already
+            outcome = self._patiently(name, key)
+            if outcome is not None and outcome.outcome in ("already", "busy"):  # the others were logged already
                 log.info("%s", outcome.message)
-        except Exception:       # a ledger outage: the next tick or `cascade schedules run` tries again
+        except Exception:       # a bug: `cascade schedules run` runs it by hand
             log.exception("schedule %s: run %s could not start", name, key)
         finally:
             with self._lock:
                 self._running.discard((name, key))
+
+    def _patiently(self, name: str, key: str) -> RunOutcome | None:
+        """`run_schedule`, tried again while the ledger does not answer (a tick is due once: a restarting
+        database must not cost the night's run); None when beat stops or the patience ran out first."""
+        since, said = time.monotonic(), -math.inf
+        while True:
+            try:
+                return run_schedule(self.settings, name, key, self.ledger)
+            except LedgerError as error:
+                if not error.passing:
+                    raise
+                waited = time.monotonic() - since
+                if waited >= LEDGER_PATIENCE_S:
+                    log.error("schedule %s: run %s not started: the ledger did not answer for %.0f min (%s); run it "
+                              "with `cascade schedules run %s --date %s`", name, key, waited / 60, error, name, key)
+                    return None
+                if time.monotonic() - said >= 60:      # said once a minute
+                    said = time.monotonic()
+                    log.warning("schedule %s: run %s waits for the ledger (%s); trying again every %.0f s", name,
+                                key, error, LEDGER_RETRY_S)
+            if self._stopping.wait(LEDGER_RETRY_S):
+                return None
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Beat's tick, plus the periodic resume and export check."""
@@ -108,6 +136,10 @@ class ScheduleScheduler(Scheduler):
     def _maintain(self) -> None:
         try:
             maintain(self.settings, self.ledger)
+        except LedgerError as error:
+            if time.monotonic() - self._said_maintain >= 60:      # a database restarting: said once a minute
+                self._said_maintain = time.monotonic()
+                log.warning("beat: resume/export check: %s; trying again every %.0f s", error, MAINTAIN_S)
         except Exception:
             log.exception("beat: resume/export check failed; trying again in %.0f s", MAINTAIN_S)
         finally:
@@ -116,6 +148,7 @@ class ScheduleScheduler(Scheduler):
 
     def close(self) -> None:
         """Let submissions in progress finish (a killed one is resumed later), then close beat's connections."""
+        self._stopping.set()        # a run waiting for the ledger gives up: the next beat catches it up
         self._pool.shutdown(wait=True, cancel_futures=True)
         super().close()
 

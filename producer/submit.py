@@ -12,6 +12,7 @@ from typing import TypeVar
 from redis.exceptions import ResponseError
 
 from cascade.errors import InputError
+from cascade.ledger.database import LedgerError
 from cascade.models import Job
 from cascade.producer.reader import RawRow, to_job
 from cascade.worker.backends import Backend
@@ -43,7 +44,8 @@ class SubmitResult:
 
 class StoreWaits:
     """Store calls of the producer, waited out while Redis restarts or refuses writes for memory (the
-    ledger drains it); `outages` counts the waits, so the caller can check that nothing was lost."""
+    ledger drains it), or the ledger database restarts; `outages` counts the Redis waits, so the caller
+    can check that nothing was lost."""
 
     def __init__(self, say: Callable[[str], None], sleep: Callable[[float], None] = time.sleep):
         self.say = say
@@ -51,21 +53,24 @@ class StoreWaits:
         self.outages = 0
 
     def __call__(self, what: str, call: Callable[[], T]) -> T:
-        """`call()`, retried while Redis is unreachable or out of memory."""
-        wait, since = 0.2, None
+        """`call()`, retried while Redis is unreachable or out of memory, or the ledger unreachable."""
+        wait, since, where = 0.2, None, ""
         while True:
             try:
                 result = call()
-            except (*PASSING, ResponseError) as error:
-                if isinstance(error, ResponseError) and not isinstance(error, PASSING) and "OOM" not in str(error):
+            except (*PASSING, ResponseError, LedgerError) as error:
+                if isinstance(error, LedgerError):
+                    if not error.passing:
+                        raise
+                elif isinstance(error, ResponseError) and not isinstance(error, PASSING) and "OOM" not in str(error):
                     raise
                 if since is None:
-                    since = time.monotonic()
-                    self.outages += 1
-                    self.say(f"Redis unreachable while {what} ({error}); waiting for it")
+                    since, where = time.monotonic(), "the ledger" if isinstance(error, LedgerError) else "Redis"
+                    self.outages += where == "Redis"
+                    self.say(f"{where} unreachable while {what} ({error}); waiting for it")
             else:
                 if since is not None:
-                    self.say(f"Redis answers again after {time.monotonic() - since:.1f} s")
+                    self.say(f"{where} answers again after {time.monotonic() - since:.1f} s")
                 return result
             self.sleep(wait)
             wait = min(5.0, wait * 2)

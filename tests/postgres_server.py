@@ -85,9 +85,17 @@ class PrivatePostgres:
             shutil.chown(self.dir, "postgres")
         self._run = lambda *args: subprocess.run([*as_postgres, *map(str, args)], check=True, capture_output=True)
         self._run(self.bin / "initdb", "-D", self.dir / "data", "-U", "postgres", "--auth=trust")
+        self.start()
+        atexit.register(self.stop)
+
+    def start(self) -> None:
+        """Start the server (again, after `shutdown`) on its port and folder; wait until it answers."""
         self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-l", self.dir / "log", "-w", "-o",
                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
-        atexit.register(self.stop)
+
+    def shutdown(self) -> None:
+        """Stop the server as a restart does (its data kept): clients are disconnected."""
+        self._run(self.bin / "pg_ctl", "-D", self.dir / "data", "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         """Stop the server and remove its folder (safe to call twice)."""

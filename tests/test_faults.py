@@ -119,7 +119,11 @@ def test_results_follow_waits_out_a_redis_restart(tmp_path, sim):
         out = tmp_path / "results.jsonl"
         follow = subprocess.Popen([str(BIN / "cascade"), "results", "follow-1", "--follow", "--out", str(out),
                                    "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while not out.exists():     # it opens the file once it found the batch: from then on it follows
+            assert time.monotonic() < deadline and follow.poll() is None, "cascade results did not start"
+            time.sleep(0.05)
+        time.sleep(0.5)
         # When Redis shuts down under it, comes back two seconds later, and then the workers run the batch
         server.shutdown()
         time.sleep(2)

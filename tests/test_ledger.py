@@ -208,6 +208,48 @@ def test_records_waiting_in_redis_survive_its_restart(tmp_path, sim):
         server.stop()
 
 
+def test_a_postgresql_restart_under_a_waiting_producer_is_waited_out(tmp_path, redis_url, sim):
+    # Given a ledger on a private PostgreSQL, workers, and a 300-job batch waited on by cascade-submit
+    from tests.postgres_server import PrivatePostgres
+
+    database = PrivatePostgres()
+    config, ns = cluster_config(tmp_path)
+    env = {**cascade_env(redis_url, sim.url), "CASCADE_LEDGER_URL": database.url}
+    rows = write_tickets(tmp_path / "jobs.jsonl", 300)
+    workers = Workers(config, env, tmp_path)
+    submit = None
+    try:
+        for tier in ("cheap", "mid", "frontier"):
+            workers.start(tier)
+        out = tmp_path / "results.jsonl"
+        submit = subprocess.Popen([str(BIN / "cascade-submit"), str(tmp_path / "jobs.jsonl"), "-p", "ticket-triage",
+                                   "--batch-id", "pg-restart", "--wait", "--out", str(out), "--config", str(config),
+                                   "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        client = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 60
+        while int(client.hget(f"{ns}:batch:pg-restart", "done") or 0) < 50:
+            assert time.monotonic() < deadline and submit.poll() is None, "the batch made no progress"
+            time.sleep(0.05)
+        # When the database stops mid-batch and comes back three seconds later
+        database.shutdown()
+        time.sleep(3)
+        database.start()
+        _, stderr = submit.communicate(timeout=120)
+        # Then the producer said it waited, and wrote every record once
+        assert submit.returncode == 0, stderr.decode()[-3000:]
+        assert "cascade-submit: the ledger unreachable while " in stderr.decode()
+        assert "cascade-submit: the ledger answers again after " in stderr.decode()
+        records = read_jsonl(out)
+        assert sorted(r["id"] for r in records) == sorted(r["id"] for r in rows)
+        assert Ledger(database.url).result_count("pg-restart") == 300
+    finally:
+        if submit is not None and submit.poll() is None:
+            submit.kill()
+        workers.close()
+        delete_namespace(redis_url, ns)
+        database.stop()
+
+
 def test_batches_status_and_stats_by_tag_read_the_ledger(tmp_path, sim):
     # Given two finished embedded batches of a pipeline that tags its results by team
     config = copy_config(tmp_path)

@@ -302,6 +302,62 @@ cron = "0 2 * * *"
         server.stop()
 
 
+def test_ticks_due_while_the_ledger_database_restarts_are_run_once_it_is_back(tmp_path, redis_url):
+    # Given a real beat with a 2 s schedule whose ledger is a private PostgreSQL
+    from tests.postgres_server import PrivatePostgres
+
+    database = PrivatePostgres()
+    config, ns = cluster_config(tmp_path)
+    with_schedules(config, """
+[schedules.tick]
+pipeline = "ticket-triage"
+input = "in/tickets-{date}.jsonl"
+every_s = 2
+""")
+    (tmp_path / "config" / "in").mkdir()
+    today = datetime.now(UTC).date()
+    for day in (today, today + timedelta(days=1)):
+        write_tickets(tmp_path / "config" / "in" / f"tickets-{day.isoformat()}.jsonl", 3)
+    env = {**cascade_env(redis_url, "http://127.0.0.1:1"), "CASCADE_LEDGER_URL": database.url}
+    ledger = Ledger(database.url)
+    beat = None
+    try:
+        ledger.migrate()
+        beat = start_beat(config, env, tmp_path / "beat.log")
+
+        def keys() -> list[int]:
+            return sorted(int(r["run_date"]) for r in ledger.schedule_runs("tick"))
+
+        deadline = time.monotonic() + 30
+        while len(keys()) < 2:
+            assert time.monotonic() < deadline, (tmp_path / "beat.log").read_text()[-3000:]
+            time.sleep(0.2)
+        # When the database stops for six seconds (three ticks), then runs for a few more
+        database.shutdown()
+        stopped = time.time()
+        time.sleep(6)
+        database.start()
+        deadline = time.monotonic() + 60
+        while not keys() or keys()[-1] < stopped + 12:
+            assert time.monotonic() < deadline, (tmp_path / "beat.log").read_text()[-3000:]
+            time.sleep(0.2)
+        # Then no tick was lost: every 2 s slot has its run, each submitted once, and beat said why it waited
+        slots = keys()
+        assert slots == list(range(slots[0], slots[-1] + 1, 2))
+        assert all(r["state"] == "submitted" for r in ledger.schedule_runs("tick")), ledger.schedule_runs("tick")
+        client = redis.Redis.from_url(redis_url)
+        assert all(client.hget(f"{ns}:batch:tick-{key}", "runs") == b"1" for key in slots)
+        text = (tmp_path / "beat.log").read_text()
+        assert "waits for the ledger" in text and "Traceback" not in text
+    finally:
+        if beat is not None:
+            beat.terminate()
+            beat.wait(timeout=30)
+        ledger.close()
+        delete_namespace(redis_url, ns)
+        database.stop()
+
+
 def queued(client: redis.Redis, ns: str) -> int:
     """Messages on the cheap tier's queue (kombu keeps one list per priority)."""
     return sum(client.llen(key) for key in client.scan_iter(f"{ns}.tier.cheap*"))
