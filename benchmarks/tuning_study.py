@@ -30,8 +30,10 @@ from pathlib import Path
 import orjson
 
 from cascade.recorded import RecordedSet, load_recorded
-from cascade.tuning import calibrate as C
+from cascade.tuning import profile as P
 from cascade.tuning import router as R
+from cascade.tuning import search as S
+from cascade.tuning import target as T
 from cascade.worker.config import load_settings
 from cascade.worker.routing import prompt_text
 
@@ -43,25 +45,25 @@ VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is 
     "answer_floor_confidence_0.7": {"floor": "answer", "confidence": 0.7},
     "cross_fit": {"cross_fit": True},
 }
-TARGET = C.Target("drop", 0.01)
+TARGET = T.Target("drop", 0.01)
 
 
-def recorded_profiles(datasets: Path, name: str) -> list[C.TierProfile]:
+def recorded_profiles(datasets: Path, name: str) -> list[P.TierProfile]:
     return recorded_case(datasets, name)[0]
 
 
-def recorded_case(datasets: Path, name: str) -> tuple[list[C.TierProfile], list[str]]:
+def recorded_case(datasets: Path, name: str) -> tuple[list[P.TierProfile], list[str]]:
     """The pooled train+test rows of a recorded set: each tier's profile, and each row's prompt."""
     settings = load_settings(REPO / "examples" / "recorded" / "config" / "cascade.toml", environ={},
                              check_verifiers=False)
     pipeline = settings.pipeline("mmlu")
     rows = [r for f in (f"{name}-train.jsonl", f"{name}-test.jsonl") for r in load_recorded(datasets / f).rows]
     recorded = RecordedSet(rows, name)
-    return ([C.profile_tier(settings, pipeline, recorded, rows, tier) for tier in pipeline.ladder],
+    return ([P.profile_tier(settings, pipeline, recorded, rows, tier) for tier in pipeline.ladder],
             [prompt_text(r.system, r.user) for r in rows])
 
 
-def synthetic_with_prompts(signal: bool, n: int = 2000, seed: int = 11) -> tuple[list[C.TierProfile], list[str]]:
+def synthetic_with_prompts(signal: bool, n: int = 2000, seed: int = 11) -> tuple[list[P.TierProfile], list[str]]:
     """The synthetic set with a prompt per row: a topic word (10 topics) and a dozen filler words (of 600).
     With `signal`, the topic carries most of the row's difficulty; without, the topic is drawn apart from it.
     The tiers cost 5, 25 and 100: cheap calls worth skipping where they are sure to be wasted."""
@@ -75,7 +77,7 @@ def synthetic_with_prompts(signal: bool, n: int = 2000, seed: int = 11) -> tuple
 
 def synthetic_profiles(n: int = 2000, seed: int = 7, difficulty: list[float] | None = None,
                        costs: tuple[int, ...] = (1, 9, 100), skills: tuple[float, ...] = (-0.5, 0.8, 1.5)
-                       ) -> list[C.TierProfile]:
+                       ) -> list[P.TierProfile]:
     rng = random.Random(seed)
     difficulty = difficulty or [rng.gauss(0, 1.2) for _ in range(n)]
     out = []
@@ -85,46 +87,46 @@ def synthetic_profiles(n: int = 2000, seed: int = 7, difficulty: list[float] | N
             z = 1.7 * (skill - d)
             ok.append(rng.random() < 1 / (1 + math.exp(-z)))
             raw.append(1 / (1 + math.exp(-(z + rng.gauss(0, 0.8) + (0.6 if ok[-1] else -0.6)))))
-        out.append(C.TierProfile(f"t{t}", True, [True] * n, raw, [True] * n, [cost] * n, [cost] * n, ok, f"t{t}"))
+        out.append(P.TierProfile(f"t{t}", True, [True] * n, raw, [True] * n, [cost] * n, [cost] * n, ok, f"t{t}"))
     return out
 
 
-def part(p: C.TierProfile, rows: list[int]) -> C.TierProfile:
+def part(p: P.TierProfile, rows: list[int]) -> P.TierProfile:
     def pick(values: list) -> list:
         return [values[i] for i in rows]
 
-    return C.TierProfile(p.name, p.scored, pick(p.static_ok), pick(p.raw), pick(p.rest_ok), pick(p.cost_full),
+    return P.TierProfile(p.name, p.scored, pick(p.static_ok), pick(p.raw), pick(p.rest_ok), pick(p.cost_full),
                          pick(p.cost_fail), pick(p.correct), p.key)
 
 
-def calibrated(profiles: list[C.TierProfile], fitted_on: list[C.TierProfile]) -> list[list[float | None]]:
-    maps = [C.fit_map(p, range(len(p.raw))) for p in fitted_on]
+def calibrated(profiles: list[P.TierProfile], fitted_on: list[P.TierProfile]) -> list[list[float | None]]:
+    maps = [P.fit_map(p, range(len(p.raw))) for p in fitted_on]
     return [[m(r) if m is not None and r is not None else None for r in p.raw] for p, m in zip(profiles, maps)]
 
 
-def measure(variant: dict, train: list[C.TierProfile], test: list[C.TierProfile]) -> dict:
-    goal = C.Target(TARGET.kind, TARGET.value, variant.get("confidence", TARGET.confidence))
-    values = C.cross_fitted(train) if variant.get("cross_fit") else calibrated(train, train)
-    best, _ = C.choose_ladder(train, values, goal, keep_last=True, floor=variant.get("floor", "reached"))
+def measure(variant: dict, train: list[P.TierProfile], test: list[P.TierProfile]) -> dict:
+    goal = T.Target(TARGET.kind, TARGET.value, variant.get("confidence", TARGET.confidence))
+    values = P.cross_fitted(train) if variant.get("cross_fit") else calibrated(train, train)
+    best, _ = S.choose_ladder(train, values, goal, keep_last=True, floor=variant.get("floor", "reached"))
     kept, cal = [test[t] for t in best.kept], calibrated(test, train)
-    correct, cost, _ = C.simulate(kept, [cal[t] for t in best.kept], best.thresholds, True)
+    correct, cost, _ = S.simulate(kept, [cal[t] for t in best.kept], best.thresholds, True)
     reference = test[-1].correct
     met = sum(correct) >= sum(reference) - TARGET.value * len(reference) - 1e-9
     return {"met": met, "cost_ratio": cost / sum(test[-1].cost_full),
             "drop": (sum(reference) - sum(correct)) / len(reference)}
 
 
-def hindsight(test: list[C.TierProfile]) -> float:
-    best, _ = C.choose_ladder(test, calibrated(test, test), C.Target(TARGET.kind, TARGET.value, 0.5), True,
+def hindsight(test: list[P.TierProfile]) -> float:
+    best, _ = S.choose_ladder(test, calibrated(test, test), T.Target(TARGET.kind, TARGET.value, 0.5), True,
                               floor="none")
     return best.cost / sum(test[-1].cost_full)
 
 
-def measure_router(train: list[C.TierProfile], test: list[C.TierProfile], train_texts: list[str],
+def measure_router(train: list[P.TierProfile], test: list[P.TierProfile], train_texts: list[str],
                    test_texts: list[str]) -> dict:
     """Fit the default ladder, thresholds and router on train; test figures without and with the router."""
     values = calibrated(train, train)
-    best, _ = C.choose_ladder(train, values, TARGET, keep_last=True)
+    best, _ = S.choose_ladder(train, values, TARGET, keep_last=True)
     kept_train, kept_test = [train[t] for t in best.kept], [test[t] for t in best.kept]
     fit = R.fit_router(train_texts, kept_train, [values[t] for t in best.kept], best.thresholds, TARGET, True,
                        sum(train[-1].cost_full))

@@ -215,8 +215,8 @@ def _show(report: dict[str, Any], as_json: bool, title: str) -> None:
 def _fit_from_ledger(settings: Any, pipe: Any, goal: Any, path: Path) -> tuple[dict[str, Any], bytes]:
     """The report and calibration file text fitted on the ledger's shadow pairs (other entries kept)."""
     from cascade.ledger.database import LedgerError, open_ledger
-    from cascade.tuning.calibrate import scored_index
     from cascade.tuning.label_free import fit_shadow_pairs
+    from cascade.tuning.profile import scored_index
     from cascade.tuning.target import lower_bound
     from cascade.verifiers.calibration import dump_calibration, load_calibration
 

@@ -15,8 +15,10 @@ from cascade.errors import Permanent
 from cascade.models import CompletionRequest
 from cascade.recorded import load_recorded
 from cascade.simulator import parse_scenario
-from cascade.tuning.calibrate import NEVER, Target, TierProfile, choose_thresholds, simulate
+from cascade.tuning.profile import TierProfile
 from cascade.tuning.replay import replay
+from cascade.tuning.search import NEVER, choose_thresholds, simulate
+from cascade.tuning.target import Target
 from cascade.worker.config import load_settings
 from cascade.worker.providers.replay import ReplayProvider
 from tests.helpers import copy_recorded_config

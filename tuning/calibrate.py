@@ -24,14 +24,14 @@ first floor was added, commit c16f5b9). That floor held every tier to the accura
 batch. But the rows a middle tier sees are the hard ones, where the last tier is weaker too, so it
 let a strong middle tier accept only its surest answers. `python -m benchmarks.tuning_study`
 measures the rules side by side (README, "Tuning on your own recorded traffic").
+
+Step 1 is tuning/profile.py, step 3 tuning/search.py with the guards in tuning/target.py; this module
+runs them and writes what they found.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import tomllib
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,15 +41,11 @@ import orjson
 from cascade.errors import ConfigError
 from cascade.recorded import RecordedRow, RecordedSet
 from cascade.tuning.label_free import agreement
-from cascade.tuning.replay import run_pipeline, tier_cost, tier_samples
-from cascade.tuning.target import Target, answer_floor, floors_hold, meets, tier_floors, tiers_hold
-from cascade.verifiers.calibration import (
-    CalibrationMap,
-    TierCalibration,
-    dump_calibration,
-    fit_isotonic,
-    load_calibration,
-)
+from cascade.tuning.profile import SCORED, cross_fitted, fit_map, profile_tier
+from cascade.tuning.replay import tier_cost, tier_samples
+from cascade.tuning.search import NEVER, answer_floors, choose_ladder, simulate, skip_reasons, tier_rates
+from cascade.tuning.target import Target, answer_floor
+from cascade.verifiers.calibration import CalibrationMap, TierCalibration, dump_calibration, load_calibration
 from cascade.worker.config.schema import Pipeline, Settings
 from cascade.worker.pricing import to_usd
 from cascade.worker.prompts import render
@@ -57,247 +53,6 @@ from cascade.worker.routing import prompt_text
 
 if TYPE_CHECKING:
     from cascade.tuning.router import RouterFit
-
-#: verifiers whose raw score a calibration file maps to P(correct)
-SCORED = ("logprob", "self_consistency")
-NEVER = 1.01                 # a threshold above every probability: this tier escalates everything
-FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
-MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
-MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
-FOLDS = 5                    # cross-fitting: thresholds are chosen on values of maps fitted on the other folds
-FLOORS = ("reached", "answer", "none")
-
-
-@dataclass
-class TierProfile:
-    """One tier on every row, as if every job had reached it."""
-
-    name: str
-    scored: bool                                   # the chain has a score verifier to calibrate
-    static_ok: list[bool] = field(default_factory=list)   # every verdict before the score passed
-    raw: list[float | None] = field(default_factory=list)  # the raw score (None: it failed outright)
-    rest_ok: list[bool] = field(default_factory=list)     # every verdict after the score passed
-    cost_full: list[int] = field(default_factory=list)    # nano-USD when the score passes
-    cost_fail: list[int] = field(default_factory=list)    # nano-USD when the score fails (later checks skipped)
-    correct: list[bool] = field(default_factory=list)
-    key: str = ""                                  # the calibration entry its verifier reads (`key`, else the tier)
-    outputs: list[Any] = field(default_factory=list)      # the answer it returns (None: none)
-
-
-def scored_index(specs: Sequence[dict[str, Any]]) -> int | None:
-    """Position of the first score verifier in a chain's specs, or None."""
-    return next((i for i, s in enumerate(specs) if s.get("name") in SCORED), None)
-
-
-def profile_tier(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, rows: list[RecordedRow],
-                 tier: str) -> TierProfile:
-    """Replay one tier alone with its score verifier accepting everything, and read each row's figures."""
-    specs = list(pipeline.verifier_specs(tier))
-    index = scored_index(specs)
-    name = specs[index]["name"] if index is not None else None
-    if index is not None:
-        specs[index] = {k: v for k, v in specs[index].items() if k not in ("calibration", "key")} | {"threshold": 0.0}
-    alone = pipeline.model_copy(update={"ladder": (tier,), "verifiers": {tier: tuple(specs)},
-                                        "on_last_failure": "accept_flagged"})
-    records, _ = run_pipeline(settings, alone, recorded, rows)
-    key = (pipeline.verifier_specs(tier)[index].get("key") or tier) if index is not None else tier
-    profile = TierProfile(tier, index is not None, key=key)
-    model = settings.tiers[tier].model
-    for row, record in zip(rows, records):
-        served = recorded.find((row.system, row.user)) or row
-        attempt = record["attempts"][-1]
-        verdicts = attempt.get("verdicts", [])
-        at = next((i for i, v in enumerate(verdicts) if v["verifier"] == name), None)
-        spent = [round(v.get("cost_usd", 0.0) * 1e9) for v in verdicts]
-        total = round(attempt["cost_usd"] * 1e9)
-        call = total - sum(spent)
-        if at is None:   # no score verifier, or the chain stopped before it
-            profile.static_ok.append(index is None and all(v["passed"] for v in verdicts) and "error" not in attempt)
-            profile.raw.append(None)
-            profile.rest_ok.append(True)
-            profile.cost_fail.append(total)
-        else:
-            profile.static_ok.append(all(v["passed"] for v in verdicts[:at]))
-            profile.raw.append(verdicts[at].get("score") if verdicts[at]["passed"] else None)
-            profile.rest_ok.append(all(v["passed"] for v in verdicts[at + 1:]))
-            profile.cost_fail.append(call + sum(spent[: at + 1]))
-        profile.cost_full.append(total)
-        profile.outputs.append(record["output"])
-        response = served.responses[model]
-        profile.correct.append(bool(record["output"] is not None and response.answer_correct(record["output"],
-                                                                                              served.gold)))
-    return profile
-
-
-def _accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) -> tuple[bool, int]:
-    """Whether tier profile `p` accepts row i at `threshold`, and what the attempt cost."""
-    if not p.static_ok[i]:
-        return False, p.cost_full[i]
-    if p.scored:
-        if cal[i] is None or cal[i] < threshold:
-            return False, p.cost_fail[i]
-    return p.rest_ok[i], p.cost_full[i]
-
-
-def run(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
-        keep_last: bool) -> tuple[list[int], int, list[int]]:
-    """Per-row correctness (0/1), total cost, and per row the tier whose answer it ends with."""
-    n = len(profiles[0].correct)
-    correct, cost, where = [0] * n, 0, [0] * n
-    for i in range(n):
-        for t, p in enumerate(profiles):
-            accepted, spent = _accepts(p, i, cal[t], thresholds[t])
-            cost += spent
-            if accepted or t == len(profiles) - 1:
-                correct[i] = int(p.correct[i] and (accepted or keep_last))
-                where[i] = t
-                break
-    return correct, cost, where
-
-
-def simulate(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
-             keep_last: bool) -> tuple[list[int], int, list[int]]:
-    """Per-row correctness (0/1), total cost and escalations per tier of the cascade at `thresholds`."""
-    correct, cost, where = run(profiles, cal, thresholds, keep_last)
-    escalated = [sum(1 for w in where if w > t) for t in range(len(profiles))]
-    return correct, cost, escalated
-
-
-def answer_floors(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
-                  reference: list[int], target: Target, keep_last: bool) -> dict[str, float]:
-    """Each early tier's answer floor at these thresholds (what the report shows beside the thresholds)."""
-    _, _, where = run(profiles, cal, thresholds, keep_last)
-    floors = tier_floors(where, reference, target, len(profiles) - 1)
-    return {p.name: floor for p, floor in zip(profiles, floors)}
-
-
-def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
-    """Thresholds worth trying: the distinct calibrated values at or above `floor` (thinned to quantiles), NEVER."""
-    distinct = sorted({v for v in values if v is not None and v >= floor})
-    if len(distinct) > MAX_CANDIDATES:
-        step = (len(distinct) - 1) / (MAX_CANDIDATES - 1)
-        distinct = sorted({distinct[round(k * step)] for k in range(MAX_CANDIDATES)})
-    return distinct + [NEVER]
-
-
-def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                      keep_last: bool, floor: str = "reached") -> tuple[list[float], bool]:
-    """The cheapest thresholds meeting the target on these rows; (all NEVER, False) when none does.
-
-    `floor`: "reached" (the guards of the module docstring), "answer" (every tier's answers held to the
-    floor of the whole batch, the earlier rule) or "none" (the batch target alone: the best-in-hindsight search).
-    """
-    if floor not in FLOORS:
-        raise ValueError(f"floor must be one of {', '.join(FLOORS)}, got {floor!r}")
-    reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
-    free = [t for t, p in enumerate(profiles) if p.scored and (t < len(profiles) - 1 or not keep_last)]
-    overall = answer_floor(reference, target)
-    last = len(profiles) - 1
-    # the first tier is reached by every row, so its floor is the batch's under either rule
-    options = {t: candidates(cal[t], overall if floor == "answer" or (floor == "reached" and t == 0) else 0.0)
-               for t in free}
-    base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
-    best: tuple[int, int, list[float]] | None = None
-
-    def consider(thresholds: list[float]) -> None:
-        nonlocal best
-        correct, cost, where = run(profiles, cal, thresholds, keep_last)
-        if best is not None and (cost, -sum(correct)) >= best[:2]:
-            return
-        if floor == "reached" and not (floors_hold(thresholds, where, reference, target, last)
-                                       and tiers_hold(correct, where, reference, target, last)):
-            return
-        if meets(correct, reference, target):
-            best = (cost, -sum(correct), list(thresholds))
-
-    if math.prod(len(o) for o in options.values()) <= MAX_COMBINATIONS:
-        for combo in itertools.product(*options.values()):
-            consider([dict(zip(free, combo)).get(t, base[t]) for t in range(len(profiles))])
-    else:
-        current = list(base)
-        consider(current)
-        for _ in range(5):
-            before = list(current)
-            for t in free:
-                for value in options[t]:
-                    consider(current[:t] + [value] + current[t + 1:])
-                if best is not None:
-                    current = list(best[2])
-            if current == before:
-                break
-    return (best[2], True) if best is not None else (base, False)
-
-
-def tier_rates(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float]
-               ) -> dict[str, dict[str, float]]:
-    """Per tier of the cascade at `thresholds`: the share of jobs that reach it, and its accept and escalation
-    rates (of the jobs reaching it); what `cascade audit` later compares a replay with."""
-    n = len(profiles[0].correct)
-    reached, accepted = [0] * len(profiles), [0] * len(profiles)
-    for i in range(n):
-        for t, p in enumerate(profiles):
-            reached[t] += 1
-            ok, _ = _accepts(p, i, cal[t], thresholds[t])
-            accepted[t] += ok
-            if ok:
-                break
-    last = len(profiles) - 1
-    return {p.name: {"reached": reached[t] / n, "accept_rate": accepted[t] / reached[t] if reached[t] else 0.0,
-                     "escalation_rate": (reached[t] - accepted[t]) / reached[t] if reached[t] and t < last else 0.0}
-            for t, p in enumerate(profiles)}
-
-
-@dataclass(frozen=True)
-class LadderChoice:
-    """A sub-ladder (positions in the full ladder, the last always kept), its thresholds and training figures."""
-
-    kept: tuple[int, ...]
-    thresholds: tuple[float, ...]      # per kept tier
-    feasible: bool
-    cost: int
-    correct: int
-
-
-def sub_ladders(size: int) -> list[tuple[int, ...]]:
-    """Every ladder that keeps the last of `size` tiers, from the last tier alone to all of them."""
-    last = size - 1
-    return [combo + (last,) for r in range(size) for combo in itertools.combinations(range(last), r)]
-
-
-def choose_ladder(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                  keep_last: bool, floor: str = "reached") -> tuple[LadderChoice, list[LadderChoice]]:
-    """The cheapest sub-ladder meeting the target (the last tier alone is one), and every sub-ladder tried.
-
-    A tier that escalates nearly everything still costs its call on every job that reaches it, so a
-    ladder without it can be cheaper at the same accuracy; trying every sub-ladder finds that. When
-    none meets the target, the last tier alone is the answer (marked infeasible).
-    """
-    tried = []
-    for kept in sub_ladders(len(profiles)):
-        sub, sub_cal = [profiles[t] for t in kept], [cal[t] for t in kept]
-        thresholds, feasible = choose_thresholds(sub, sub_cal, target, keep_last, floor)
-        correct, cost, _ = simulate(sub, sub_cal, thresholds, keep_last)
-        tried.append(LadderChoice(kept, tuple(thresholds), feasible, cost, sum(correct)))
-    feasible = [c for c in tried if c.feasible]
-    if not feasible:
-        return tried[0], tried
-    return min(feasible, key=lambda c: (c.cost, -c.correct, -len(c.kept))), tried
-
-
-def skip_reasons(names: Sequence[str], best: LadderChoice, tried: list[LadderChoice], total: int) -> dict[str, str]:
-    """Why each tier outside the chosen ladder is skipped, in words and training figures."""
-    out = {}
-    for t, name in enumerate(names[:-1]):
-        if t in best.kept:
-            continue
-        with_it = [c for c in tried if c.feasible and t in c.kept]
-        if not with_it:
-            out[name] = "no ladder with it meets the target on the training rows"
-        else:
-            cheapest = min(with_it, key=lambda c: c.cost)
-            out[name] = (f"cheaper without it: the best ladder with it costs {cheapest.cost / total:.3f} of the last "
-                         f"tier alone on the training rows, the chosen one {best.cost / total:.3f}")
-    return out
 
 
 @dataclass
@@ -317,30 +72,6 @@ class CalibrationResult:
                     "last_tier_accuracy": r["last_tier_accuracy"], "cost_ratio": r["cost_ratio"]}
         return {"expected": expected, **({"skip": {r["pipeline"]: self.skipped}} if self.skipped else {}),
                 **({"router": {r["pipeline"]: self.router.block()}} if self.router is not None else {})}
-
-
-def fit_map(p: TierProfile, rows: Iterable[int]) -> CalibrationMap | None:
-    """The isotonic map of a scored tier fitted on these rows (those its static checks passed), or None."""
-    pairs = [(p.raw[i], p.correct[i]) for i in rows if p.static_ok[i] and p.raw[i] is not None]
-    return fit_isotonic([r for r, _ in pairs], [c for _, c in pairs]) if p.scored and pairs else None
-
-
-def cross_fitted(profiles: list[TierProfile], folds: int = FOLDS) -> list[list[float | None]]:
-    """Each row's calibrated value from a map fitted on the other folds (rows i % folds), per tier.
-
-    Choosing thresholds on the values of a map fitted on the same rows rewards the map's own noise:
-    a threshold falls just above a lucky bucket. Out-of-fold values carry the noise a new row will.
-    """
-    n = len(profiles[0].raw)
-    out: list[list[float | None]] = [[None] * n for _ in profiles]
-    for fold in range(min(folds, n)):
-        held = range(fold, n, folds)
-        rest = [i for i in range(n) if i % folds != fold]
-        for t, p in enumerate(profiles):
-            fitted = fit_map(p, rest)
-            for i in held:
-                out[t][i] = fitted(p.raw[i]) if fitted is not None and p.raw[i] is not None else None
-    return out
 
 
 def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,

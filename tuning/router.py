@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cascade.tuning.calibrate import TierProfile, _accepts, simulate
+from cascade.tuning.profile import TierProfile
+from cascade.tuning.search import simulate, tier_accepts
 from cascade.tuning.target import Target, meets
 from cascade.worker.routing import Router, TierRouter, features, sigmoid
 
@@ -187,7 +188,7 @@ def simulate_routed(profiles: list[TierProfile], cal: list[list[float | None]], 
             if t < last and skip[t][i]:
                 skipped[i] += 1
                 continue
-            accepted, spent = _accepts(p, i, cal[t], thresholds[t])
+            accepted, spent = tier_accepts(p, i, cal[t], thresholds[t])
             cost[i] += spent
             if accepted or t == last:
                 correct[i] = int(p.correct[i] and (accepted or keep_last))
@@ -277,7 +278,7 @@ def fit_router(texts: Sequence[str], profiles: list[TierProfile], cal: list[list
     n = len(rows)
     fits = {}
     for t, p in enumerate(profiles[:-1]):
-        accepts = [int(_accepts(p, i, cal[t], thresholds[t])[0]) for i in range(n)]
+        accepts = [int(tier_accepts(p, i, cal[t], thresholds[t])[0]) for i in range(n)]
         fits[p.name] = fit_tier(p.name, rows, accepts)
     useful = [t for t, name in enumerate(names[:-1]) if fits[name].signal]
     if not useful:

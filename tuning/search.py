@@ -1,0 +1,189 @@
+"""The search: a cascade simulated on tier profiles, and the cheapest sub-ladder and thresholds that meet
+a target under the guards of tuning/target.py (tuning/calibrate.py says why there are three)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cascade.tuning.profile import TierProfile
+from cascade.tuning.target import Target, answer_floor, floors_hold, meets, tier_floors, tiers_hold
+
+NEVER = 1.01                 # a threshold above every probability: this tier escalates everything
+FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
+MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
+MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
+FLOORS = ("reached", "answer", "none")
+
+
+def tier_accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) -> tuple[bool, int]:
+    """Whether tier profile `p` accepts row i at `threshold`, and what the attempt cost."""
+    if not p.static_ok[i]:
+        return False, p.cost_full[i]
+    if p.scored:
+        if cal[i] is None or cal[i] < threshold:
+            return False, p.cost_fail[i]
+    return p.rest_ok[i], p.cost_full[i]
+
+
+def run(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
+        keep_last: bool) -> tuple[list[int], int, list[int]]:
+    """Per-row correctness (0/1), total cost, and per row the tier whose answer it ends with."""
+    n = len(profiles[0].correct)
+    correct, cost, where = [0] * n, 0, [0] * n
+    for i in range(n):
+        for t, p in enumerate(profiles):
+            accepted, spent = tier_accepts(p, i, cal[t], thresholds[t])
+            cost += spent
+            if accepted or t == len(profiles) - 1:
+                correct[i] = int(p.correct[i] and (accepted or keep_last))
+                where[i] = t
+                break
+    return correct, cost, where
+
+
+def simulate(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
+             keep_last: bool) -> tuple[list[int], int, list[int]]:
+    """Per-row correctness (0/1), total cost and escalations per tier of the cascade at `thresholds`."""
+    correct, cost, where = run(profiles, cal, thresholds, keep_last)
+    escalated = [sum(1 for w in where if w > t) for t in range(len(profiles))]
+    return correct, cost, escalated
+
+
+def answer_floors(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
+                  reference: list[int], target: Target, keep_last: bool) -> dict[str, float]:
+    """Each early tier's answer floor at these thresholds (what the report shows beside the thresholds)."""
+    _, _, where = run(profiles, cal, thresholds, keep_last)
+    floors = tier_floors(where, reference, target, len(profiles) - 1)
+    return {p.name: floor for p, floor in zip(profiles, floors)}
+
+
+def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
+    """Thresholds worth trying: the distinct calibrated values at or above `floor` (thinned to quantiles), NEVER."""
+    distinct = sorted({v for v in values if v is not None and v >= floor})
+    if len(distinct) > MAX_CANDIDATES:
+        step = (len(distinct) - 1) / (MAX_CANDIDATES - 1)
+        distinct = sorted({distinct[round(k * step)] for k in range(MAX_CANDIDATES)})
+    return distinct + [NEVER]
+
+
+def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
+                      keep_last: bool, floor: str = "reached") -> tuple[list[float], bool]:
+    """The cheapest thresholds meeting the target on these rows; (all NEVER, False) when none does.
+
+    `floor`: "reached" (the guards of the module docstring), "answer" (every tier's answers held to the
+    floor of the whole batch, the earlier rule) or "none" (the batch target alone: the best-in-hindsight search).
+    """
+    if floor not in FLOORS:
+        raise ValueError(f"floor must be one of {', '.join(FLOORS)}, got {floor!r}")
+    reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
+    free = [t for t, p in enumerate(profiles) if p.scored and (t < len(profiles) - 1 or not keep_last)]
+    overall = answer_floor(reference, target)
+    last = len(profiles) - 1
+    # the first tier is reached by every row, so its floor is the batch's under either rule
+    options = {t: candidates(cal[t], overall if floor == "answer" or (floor == "reached" and t == 0) else 0.0)
+               for t in free}
+    base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
+    best: tuple[int, int, list[float]] | None = None
+
+    def consider(thresholds: list[float]) -> None:
+        nonlocal best
+        correct, cost, where = run(profiles, cal, thresholds, keep_last)
+        if best is not None and (cost, -sum(correct)) >= best[:2]:
+            return
+        if floor == "reached" and not (floors_hold(thresholds, where, reference, target, last)
+                                       and tiers_hold(correct, where, reference, target, last)):
+            return
+        if meets(correct, reference, target):
+            best = (cost, -sum(correct), list(thresholds))
+
+    if math.prod(len(o) for o in options.values()) <= MAX_COMBINATIONS:
+        for combo in itertools.product(*options.values()):
+            consider([dict(zip(free, combo)).get(t, base[t]) for t in range(len(profiles))])
+    else:
+        current = list(base)
+        consider(current)
+        for _ in range(5):
+            before = list(current)
+            for t in free:
+                for value in options[t]:
+                    consider(current[:t] + [value] + current[t + 1:])
+                if best is not None:
+                    current = list(best[2])
+            if current == before:
+                break
+    return (best[2], True) if best is not None else (base, False)
+
+
+def tier_rates(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float]
+               ) -> dict[str, dict[str, float]]:
+    """Per tier of the cascade at `thresholds`: the share of jobs that reach it, and its accept and escalation
+    rates (of the jobs reaching it); what `cascade audit` later compares a replay with."""
+    n = len(profiles[0].correct)
+    reached, accepted = [0] * len(profiles), [0] * len(profiles)
+    for i in range(n):
+        for t, p in enumerate(profiles):
+            reached[t] += 1
+            ok, _ = tier_accepts(p, i, cal[t], thresholds[t])
+            accepted[t] += ok
+            if ok:
+                break
+    last = len(profiles) - 1
+    return {p.name: {"reached": reached[t] / n, "accept_rate": accepted[t] / reached[t] if reached[t] else 0.0,
+                     "escalation_rate": (reached[t] - accepted[t]) / reached[t] if reached[t] and t < last else 0.0}
+            for t, p in enumerate(profiles)}
+
+
+@dataclass(frozen=True)
+class LadderChoice:
+    """A sub-ladder (positions in the full ladder, the last always kept), its thresholds and training figures."""
+
+    kept: tuple[int, ...]
+    thresholds: tuple[float, ...]      # per kept tier
+    feasible: bool
+    cost: int
+    correct: int
+
+
+def sub_ladders(size: int) -> list[tuple[int, ...]]:
+    """Every ladder that keeps the last of `size` tiers, from the last tier alone to all of them."""
+    last = size - 1
+    return [combo + (last,) for r in range(size) for combo in itertools.combinations(range(last), r)]
+
+
+def choose_ladder(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
+                  keep_last: bool, floor: str = "reached") -> tuple[LadderChoice, list[LadderChoice]]:
+    """The cheapest sub-ladder meeting the target (the last tier alone is one), and every sub-ladder tried.
+
+    A tier that escalates nearly everything still costs its call on every job that reaches it, so a
+    ladder without it can be cheaper at the same accuracy; trying every sub-ladder finds that. When
+    none meets the target, the last tier alone is the answer (marked infeasible).
+    """
+    tried = []
+    for kept in sub_ladders(len(profiles)):
+        sub, sub_cal = [profiles[t] for t in kept], [cal[t] for t in kept]
+        thresholds, feasible = choose_thresholds(sub, sub_cal, target, keep_last, floor)
+        correct, cost, _ = simulate(sub, sub_cal, thresholds, keep_last)
+        tried.append(LadderChoice(kept, tuple(thresholds), feasible, cost, sum(correct)))
+    feasible = [c for c in tried if c.feasible]
+    if not feasible:
+        return tried[0], tried
+    return min(feasible, key=lambda c: (c.cost, -c.correct, -len(c.kept))), tried
+
+
+def skip_reasons(names: Sequence[str], best: LadderChoice, tried: list[LadderChoice], total: int) -> dict[str, str]:
+    """Why each tier outside the chosen ladder is skipped, in words and training figures."""
+    out = {}
+    for t, name in enumerate(names[:-1]):
+        if t in best.kept:
+            continue
+        with_it = [c for c in tried if c.feasible and t in c.kept]
+        if not with_it:
+            out[name] = "no ladder with it meets the target on the training rows"
+        else:
+            cheapest = min(with_it, key=lambda c: c.cost)
+            out[name] = (f"cheaper without it: the best ladder with it costs {cheapest.cost / total:.3f} of the last "
+                         f"tier alone on the training rows, the chosen one {best.cost / total:.3f}")
+    return out
