@@ -1,6 +1,7 @@
 """Benchmark: which threshold-fitting choices generalise, over repeated 300-row train splits.
 
     python -m benchmarks.tuning_study [--datasets ../shared/datasets] [--reps 8] [--variants a,b] [--cases a,b]
+    python -m benchmarks.tuning_study --own-split      # the recorded sets' own train/test split, once
 
 The train and test rows of mmlu-oai and medmcqa-oai (ladder mini -> qwen72 -> gpt4o) are pooled,
 and three synthetic sets stand for unseen ones: a latent difficulty per row; each tier right with
@@ -44,6 +45,9 @@ VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is 
     "confidence_0.7": {"confidence": 0.7},
     "answer_floor_confidence_0.7": {"floor": "answer", "confidence": 0.7},
     "cross_fit": {"cross_fit": True},
+    "tiers": {"floor": "tiers"},              # each tier held to the target on its own rows, no answer floor
+    "tiers_bound": {"floor": "tiers_bound"},  # the same at the target's confidence
+    "no_floor": {"floor": "none"},            # the batch bound alone
 }
 TARGET = T.Target("drop", 0.01)
 
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--cases", default="", help="comma-separated (default: every case)")
     parser.add_argument("--router", action="store_true", help="study the pre-router instead of the thresholds")
+    parser.add_argument("--own-split", action="store_true",
+                        help="the recorded sets' own train/test split (once), instead of random splits")
     args = parser.parse_args(argv)
     if args.router:
         print(orjson.dumps(router_study(args)).decode())
@@ -184,18 +190,24 @@ def main(argv: list[str] | None = None) -> int:
     cases = {"synthetic": synthetic_profiles(),    # and a five-tier ladder like a model family from 1B to 405B
              "synthetic_5": synthetic_profiles(seed=5, costs=(3, 5, 7, 30, 100), skills=(-1.2, -0.5, 0.3, 1.3, 1.6)),
              "synthetic_2": synthetic_profiles(seed=2, costs=(5, 100), skills=(0.3, 1.5))}
+    own: dict[str, int] = {}    # a recorded set's training rows, first in its pooled rows
     for name in ("mmlu-oai", "medmcqa-oai"):
         if (args.datasets / f"{name}-train.jsonl").exists():
             cases[name] = recorded_profiles(args.datasets, name)
+            own[name] = len(load_recorded(args.datasets / f"{name}-train.jsonl").rows)
+    if args.own_split:
+        cases = {k: v for k, v in cases.items() if k in own}
     chosen = {v: VARIANTS[v] for v in args.variants.split(",")}
     results: dict[str, dict[str, list[dict]]] = {v: {} for v in chosen}
     cases = {k: v for k, v in cases.items() if not args.cases or k in args.cases.split(",")}
     for case, profiles in cases.items():
         n = len(profiles[0].raw)
-        for rep in range(args.reps):
+        for rep in range(1 if args.own_split else args.reps):
             order = list(range(n))
-            random.Random(rep).shuffle(order)
-            train_rows, test_rows = sorted(order[: args.train_rows]), sorted(order[args.train_rows:])
+            if not args.own_split:
+                random.Random(rep).shuffle(order)
+            cut = own[case] if args.own_split else args.train_rows
+            train_rows, test_rows = sorted(order[:cut]), sorted(order[cut:])
             train, test = [part(p, train_rows) for p in profiles], [part(p, test_rows) for p in profiles]
             best = hindsight(test)
             for name, variant in chosen.items():
@@ -208,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                           for f in runs), 3),
                              "max_drop": round(max(f["drop"] for f in runs), 4)}
                       for case, runs in per.items()} for name, per in results.items()}
-    print(orjson.dumps({"benchmark": "tuning_study", "reps": args.reps, "variants": summary}).decode())
+    reps = 1 if args.own_split else args.reps
+    print(orjson.dumps({"benchmark": "tuning_study", "reps": reps, "own_split": args.own_split,
+                        "variants": summary}).decode())
     return 0
 
 

@@ -207,11 +207,14 @@ class Ledger:
                "started_at": now, "updated_at": now}
         return self._write(insert, [row], f"schedule run {schedule} {run_date}") == 1
 
-    def update_schedule_run(self, schedule: str, run_date: str, state: str, reason: str = "") -> None:
-        """Set a scheduled run's state (submitted | failed) and why."""
+    def update_schedule_run(self, schedule: str, run_date: str, state: str, reason: str = "",
+                            restart: bool = False) -> None:
+        """Set a scheduled run's state (submitted | failed) and why; `restart`: it starts again now."""
+        now = time.time()
+        values = {"state": state, "reason": reason, "updated_at": now} | ({"started_at": now} if restart else {})
         statement = (schedule_runs.update()
                      .where(schedule_runs.c.schedule == schedule, schedule_runs.c.run_date == run_date)
-                     .values(state=state, reason=reason, updated_at=time.time()))
+                     .values(**values))
         self._write(statement, None, f"schedule run {schedule} {run_date}")
 
     def schedule_runs(self, schedule: str | None = None) -> list[dict[str, Any]]:

@@ -175,7 +175,7 @@ def run_schedule(settings: Settings, name: str, run_date: str, ledger: Ledger | 
                             name, run.key, run.batch)
             return _submit(settings, ledger, run, "resumed")
         if row["state"] == FAILED and retry_failed:
-            ledger.update_schedule_run(name, run.key, SUBMITTING, "")
+            ledger.update_schedule_run(name, run.key, SUBMITTING, "", restart=True)   # its wait for Redis starts now
             return _submit(settings, ledger, run, "submitted")
         return RunOutcome(name, run.key, row["batch_id"], "already", row["state"], row["reason"])
     finally:

@@ -253,3 +253,17 @@ def test_calibrate_writes_the_entry_a_verifier_key_names(config, tmp_path):
     pipeline.write_text(PIPELINE.replace("LOGPROB", 'calibration = "calibration/k.json", key = "both"'))
     shared = runner.invoke(cascade, ["calibrate", "-p", "mc", "-r", str(recorded), "--config", str(config)])
     assert shared.exit_code == 1 and "tiers share a calibration `key`" in shared.output
+
+
+def test_the_studied_tier_rule_at_its_bound_refuses_a_tier_that_passes_only_on_the_point_estimate():
+    # Given: the cheap tier is sure (P=0.95) on 40 of 200 rows and wrong on 2 of them, where the last tier
+    # (right everywhere) is not: 5 points below it on its own rows, exactly the target
+    cheap = profile("cheap", [0.95] * 40 + [0.3] * 160, [i >= 2 for i in range(40)] + [False] * 160, 1)
+    last = profile("last", [0.9] * 200, [True] * 200, 100)
+    profiles, target = [cheap, last], Target("drop", 0.05, 0.9)
+    cal = [p.raw for p in profiles]
+    # When the study's two tier-only rules choose
+    point, _ = choose_thresholds(profiles, cal, target, keep_last=True, floor="tiers")
+    bounded, _ = choose_thresholds(profiles, cal, target, keep_last=True, floor="tiers_bound")
+    # Then the point rule accepts those answers, and the bounded one does not: 40 rows cannot show 5 points
+    assert point[0] == 0.95 and bounded[0] == NEVER

@@ -15,7 +15,7 @@ NEVER = 1.01                 # a threshold above every probability: this tier es
 FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
 MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
 MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
-FLOORS = ("reached", "answer", "none")
+FLOORS = ("reached", "answer", "none", "tiers", "tiers_bound")   # the first is the rule; the rest are measured
 
 
 def tier_accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) -> tuple[bool, int]:
@@ -75,6 +75,8 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
 
     `floor`: "reached" (the guards of the module docstring), "answer" (every tier's answers held to the
     floor of the whole batch, the earlier rule) or "none" (the batch target alone: the best-in-hindsight search).
+    "tiers" and "tiers_bound" hold each tier to the target on its own rows (point estimate, or at the
+    target's confidence) and drop the answer floors: rules benchmarks/tuning_study.py measured and rejected.
     """
     if floor not in FLOORS:
         raise ValueError(f"floor must be one of {', '.join(FLOORS)}, got {floor!r}")
@@ -95,6 +97,9 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
             return
         if floor == "reached" and not (floors_hold(thresholds, where, reference, target, last)
                                        and tiers_hold(correct, where, reference, target, last)):
+            return
+        if floor.startswith("tiers") and not tiers_hold(correct, where, reference, target, last,
+                                                        bounded=floor == "tiers_bound"):
             return
         if meets(correct, reference, target):
             best = (cost, -sum(correct), list(thresholds))

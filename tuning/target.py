@@ -54,15 +54,18 @@ def meets(correct: list[int], reference: list[int], target: Target) -> bool:
     return lower_bound(correct, target.confidence) >= target.value
 
 
-def tiers_hold(correct: list[int], where: list[int], reference: list[int], target: Target, last: int) -> bool:
-    """Whether every tier before the last meets the target (point estimate) on the rows whose answer it gives,
-    paired against the reference for drop: no tier's gain on the training rows pays for another tier's
-    wrong answers."""
+def tiers_hold(correct: list[int], where: list[int], reference: list[int], target: Target, last: int,
+               bounded: bool = False) -> bool:
+    """Whether every tier before the last meets the target (point estimate; `bounded`: at the target's
+    confidence) on the rows whose answer it gives, paired against the reference for drop: no tier's gain on
+    the training rows pays for another tier's wrong answers."""
     groups: dict[int, list[int]] = {}
     for c, r, w in zip(correct, reference, where):
         if w < last:
             groups.setdefault(w, []).append(c - r if target.kind == "drop" else c)
     limit = -target.value if target.kind == "drop" else target.value
+    if bounded:
+        return all(lower_bound(values, target.confidence) >= limit - 1e-9 for values in groups.values())
     return all(sum(values) >= limit * len(values) - 1e-9 for values in groups.values())
 
 
