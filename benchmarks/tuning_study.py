@@ -2,6 +2,7 @@
 
     python -m benchmarks.tuning_study [--datasets ../shared/datasets] [--reps 8] [--variants a,b] [--cases a,b]
     python -m benchmarks.tuning_study --own-split      # the recorded sets' own train/test split, once
+    python -m benchmarks.tuning_study --own-split --buckets   # where the fit's accuracy margin goes
 
 The train and test rows of mmlu-oai and medmcqa-oai (ladder mini -> qwen72 -> gpt4o) are pooled,
 and three synthetic sets stand for unseen ones: a latent difficulty per row; each tier right with
@@ -126,6 +127,32 @@ def hindsight(test: list[P.TierProfile]) -> float:
     return best.cost / sum(test[-1].cost_full)
 
 
+def buckets(train: list[P.TierProfile], test: list[P.TierProfile]) -> dict[str, list[dict]]:
+    """Where the fitted cascade's accuracy margin goes: per early tier of the default fit, the jobs that reach
+    it grouped by the value its train-fitted map gives them, with its accuracy and the last tier's on those
+    jobs, on train and on test, and whether the fit accepts the group."""
+    best, _ = S.choose_ladder(train, calibrated(train, train), TARGET, keep_last=True)
+    out: dict[str, list[dict]] = {}
+    for split, profiles in (("train", train), ("test", test)):
+        kept = [profiles[t] for t in best.kept]
+        cal = [calibrated(profiles, train)[t] for t in best.kept]
+        _, _, where = S.run(kept, cal, best.thresholds, True)
+        for k, p in enumerate(kept[:-1]):
+            groups: dict[float, list[int]] = {}
+            for i, w in enumerate(where):
+                if w >= k and cal[k][i] is not None:
+                    groups.setdefault(round(cal[k][i], 2), []).append(i)
+            rows = out.setdefault(p.name, [])
+            for value, members in sorted(groups.items()):
+                entry = next((r for r in rows if r["value"] == value), None)
+                if entry is None:
+                    entry = {"value": value, "accepted": value >= round(best.thresholds[k], 2)}
+                    rows.append(entry)
+                entry[split] = {"jobs": len(members), "accuracy": round(statistics.fmean(p.correct[i] for i in members), 3),
+                                "last_tier": round(statistics.fmean(kept[-1].correct[i] for i in members), 3)}
+    return {name: sorted(rows, key=lambda r: r["value"]) for name, rows in out.items()}
+
+
 def measure_router(train: list[P.TierProfile], test: list[P.TierProfile], train_texts: list[str],
                    test_texts: list[str]) -> dict:
     """Fit the default ladder, thresholds and router on train; test figures without and with the router."""
@@ -183,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--router", action="store_true", help="study the pre-router instead of the thresholds")
     parser.add_argument("--own-split", action="store_true",
                         help="the recorded sets' own train/test split (once), instead of random splits")
+    parser.add_argument("--buckets", action="store_true",
+                        help="per early tier of the default fit: accuracy by calibrated value, train and test (first split)")
     args = parser.parse_args(argv)
     if args.router:
         print(orjson.dumps(router_study(args)).decode())
@@ -200,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {v: VARIANTS[v] for v in args.variants.split(",")}
     results: dict[str, dict[str, list[dict]]] = {v: {} for v in chosen}
     cases = {k: v for k, v in cases.items() if not args.cases or k in args.cases.split(",")}
+    found: dict[str, dict] = {}
     for case, profiles in cases.items():
         n = len(profiles[0].raw)
         for rep in range(1 if args.own_split else args.reps):
@@ -209,11 +239,19 @@ def main(argv: list[str] | None = None) -> int:
             cut = own[case] if args.own_split else args.train_rows
             train_rows, test_rows = sorted(order[:cut]), sorted(order[cut:])
             train, test = [part(p, train_rows) for p in profiles], [part(p, test_rows) for p in profiles]
+            if args.buckets:
+                found[case] = buckets(train, test)
+                _print_buckets(case, found[case])
+                break
             best = hindsight(test)
             for name, variant in chosen.items():
                 figures = measure(variant, train, test) | {"hindsight": best}
                 results[name].setdefault(case, []).append(figures)
                 print(case, rep, name, figures, file=sys.stderr, flush=True)
+    if args.buckets:
+        print(orjson.dumps({"benchmark": "tuning_study", "study": "buckets", "own_split": args.own_split,
+                            "cases": found}).decode())
+        return 0
     summary = {name: {case: {"target_met_share": statistics.fmean(float(f["met"]) for f in runs),
                              "cost_ratio": round(statistics.fmean(f["cost_ratio"] for f in runs), 4),
                              "ratio_to_hindsight": round(statistics.fmean(f["cost_ratio"] / f["hindsight"]
@@ -224,6 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     print(orjson.dumps({"benchmark": "tuning_study", "reps": reps, "own_split": args.own_split,
                         "variants": summary}).decode())
     return 0
+
+
+def _print_buckets(case: str, tiers: dict[str, list[dict]]) -> None:
+    for name, rows in tiers.items():
+        print(f"{case}: {name}, jobs reaching it, by calibrated value (tier / last tier accuracy)", file=sys.stderr)
+        for r in rows:
+            cells = [f"{s} {r[s]['jobs']:4d} jobs {r[s]['accuracy']:.3f} / {r[s]['last_tier']:.3f}" if s in r
+                     else f"{s} {'-':>29}" for s in ("train", "test")]
+            print(f"  {r['value']:.2f} {'accepted' if r['accepted'] else 'escalated':9}  " + "   ".join(cells),
+                  file=sys.stderr)
 
 
 if __name__ == "__main__":

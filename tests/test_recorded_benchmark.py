@@ -42,6 +42,10 @@ def test_an_unseen_set_gets_a_derived_pipeline_fitted_on_train_only(tmp_path, ca
     for s in (quiz, dates):
         assert 0 < s["accuracy"] <= 1 and 0 < s["cost_ratio"] <= 1 and 0 < s["oracle_cost_ratio"] < 1
         assert set(s["escalation"]) == set(s["kept"][:-1]) and s["ratio_to_hindsight"] is not None
+        # the cheapest thresholds as accurate on test as the fitted cascade: never dearer than the last tier
+        assert 0 < s["same_accuracy_hindsight_cost_ratio"] <= 1
+        same = s["same_accuracy_hindsight_cost_ratio"]
+        assert s["ratio_to_same_accuracy_hindsight"] == pytest.approx(s["cost_ratio"] / same, abs=1e-3)
 
 
 def _set(rows):
