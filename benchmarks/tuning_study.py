@@ -3,6 +3,7 @@
     python -m benchmarks.tuning_study [--datasets ../shared/datasets] [--reps 8] [--variants a,b] [--cases a,b]
     python -m benchmarks.tuning_study --own-split      # the recorded sets' own train/test split, once
     python -m benchmarks.tuning_study --own-split --buckets   # where the fit's accuracy margin goes
+    python -m benchmarks.tuning_study --variants default --same-accuracy   # and each fit's cost at its own accuracy
 
 The train and test rows of mmlu-oai and medmcqa-oai (ladder mini -> qwen72 -> gpt4o) are pooled,
 and three synthetic sets stand for unseen ones: a latent difficulty per row; each tier right with
@@ -42,6 +43,7 @@ from cascade.worker.routing import prompt_text
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is what `cascade calibrate` does
     "default": {},
+    "reached": {"floor": "reached"},          # the rule before: no group let through below its answer floor
     "answer_floor": {"floor": "answer"},      # the rule before the reached floor: every answer held to the batch's
     "confidence_0.7": {"confidence": 0.7},
     "answer_floor_confidence_0.7": {"floor": "answer", "confidence": 0.7},
@@ -109,16 +111,21 @@ def calibrated(profiles: list[P.TierProfile], fitted_on: list[P.TierProfile]) ->
     return [[m(r) if m is not None and r is not None else None for r in p.raw] for p, m in zip(profiles, maps)]
 
 
-def measure(variant: dict, train: list[P.TierProfile], test: list[P.TierProfile]) -> dict:
+def measure(variant: dict, train: list[P.TierProfile], test: list[P.TierProfile], same_accuracy: bool = False
+            ) -> dict:
     goal = T.Target(TARGET.kind, TARGET.value, variant.get("confidence", TARGET.confidence))
     values = P.cross_fitted(train) if variant.get("cross_fit") else calibrated(train, train)
-    best, _ = S.choose_ladder(train, values, goal, keep_last=True, floor=variant.get("floor", "reached"))
+    best, _ = S.choose_ladder(train, values, goal, keep_last=True, floor=variant.get("floor", S.FLOORS[0]))
     kept, cal = [test[t] for t in best.kept], calibrated(test, train)
     correct, cost, _ = S.simulate(kept, [cal[t] for t in best.kept], best.thresholds, True)
-    reference = test[-1].correct
+    reference, last = test[-1].correct, sum(test[-1].cost_full)
     met = sum(correct) >= sum(reference) - TARGET.value * len(reference) - 1e-9
-    return {"met": met, "cost_ratio": cost / sum(test[-1].cost_full),
-            "drop": (sum(reference) - sum(correct)) / len(reference)}
+    out = {"met": met, "cost_ratio": cost / last, "drop": (sum(reference) - sum(correct)) / len(reference)}
+    if same_accuracy:   # the cheapest thresholds on test as accurate there as this fit (the fit itself is one)
+        goal = T.Target("accuracy", sum(correct) / len(correct) - 1e-9, 0.5)
+        same, _ = S.choose_ladder(test, calibrated(test, test), goal, True, floor="none")
+        out["same_accuracy"] = min(same.cost, cost) / last if same.feasible else cost / last
+    return out
 
 
 def hindsight(test: list[P.TierProfile]) -> float:
@@ -210,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--router", action="store_true", help="study the pre-router instead of the thresholds")
     parser.add_argument("--own-split", action="store_true",
                         help="the recorded sets' own train/test split (once), instead of random splits")
+    parser.add_argument("--same-accuracy", action="store_true",
+                        help="also the cheapest thresholds on test as accurate as each fit (slower)")
     parser.add_argument("--buckets", action="store_true",
                         help="per early tier of the default fit: accuracy by calibrated value, train and test (first split)")
     args = parser.parse_args(argv)
@@ -245,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             best = hindsight(test)
             for name, variant in chosen.items():
-                figures = measure(variant, train, test) | {"hindsight": best}
+                figures = measure(variant, train, test, args.same_accuracy) | {"hindsight": best}
                 results[name].setdefault(case, []).append(figures)
                 print(case, rep, name, figures, file=sys.stderr, flush=True)
     if args.buckets:
@@ -256,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                              "cost_ratio": round(statistics.fmean(f["cost_ratio"] for f in runs), 4),
                              "ratio_to_hindsight": round(statistics.fmean(f["cost_ratio"] / f["hindsight"]
                                                                           for f in runs), 3),
-                             "max_drop": round(max(f["drop"] for f in runs), 4)}
+                             "max_drop": round(max(f["drop"] for f in runs), 4),
+                             **({"ratio_to_same_accuracy_hindsight": round(statistics.fmean(
+                                 f["cost_ratio"] / f["same_accuracy"] for f in runs), 3)} if args.same_accuracy else {})}
                       for case, runs in per.items()} for name, per in results.items()}
     reps = 1 if args.own_split else args.reps
     print(orjson.dumps({"benchmark": "tuning_study", "reps": reps, "own_split": args.own_split,

@@ -41,7 +41,8 @@ class Progress:
     def __init__(self, enabled: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=0, unit="job", file=sys.stderr, disable=not enabled, dynamic_ncols=True,
+        # delay: no "0/0 jobs" bar before the first rows are counted
+        self.bar = tqdm(total=0, unit="job", file=sys.stderr, disable=not enabled, dynamic_ncols=True, delay=0.5,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} jobs [{elapsed}<{remaining}, {rate_fmt}]")
 
     def update(self, record: BatchRecord) -> None:

@@ -44,6 +44,9 @@ def format_report(report: dict[str, Any], title: str) -> str:
         lines.append("  thresholds (calibrated P(correct)): "
                      + ", ".join(f"{t} {v:g}" for t, v in report["thresholds"].items())
                      + (f"; answer floors: {floors}" if floors else ""))
+        for tier, groups in report.get("below_floors", {}).items():
+            lines.append(f"  {tier} answers below its floor where the last tier is no better: " + ", ".join(
+                f"{g['value']:.3f} (last tier {g['last_tier_accuracy']:.3f} on {g['rows']} rows)" for g in groups))
         if report.get("skipped"):
             lines.append(f"  ladder: {' -> '.join(report['ladder'])}")
             lines += [f"  skipped {tier}: {why}" for tier, why in report["skipped"].items()]

@@ -59,11 +59,11 @@ def test_calibrate_stores_its_figures_and_an_audit_on_the_dev_set_passes(calibra
     # Then every figure is where calibration left it
     assert result.ok and [f.change_points for f in result.figures] == [0.0, 0.0, 0.0, 0.0]
     assert [(f.tier, f.attempts) for f in result.figures] == [("", 285), ("mini", 285), ("qwen72", 154),
-                                                              ("gpt4o", 40)]
+                                                              ("gpt4o", 14)]
     done = run_cli(["cascade", "audit", "-p", "mmlu", "-r", str(TRAIN), "--config", str(config / "cascade.toml")], env)
     out = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode()
-    assert "accuracy                          84.2%    84.2%     +0.0    285" in out
+    assert "accuracy                          86.3%    86.3%     +0.0    285" in out
     assert "no drift beyond 5 points ([alerts] escalation_points)" in out
     assert alerts(config) == []
 
@@ -82,7 +82,7 @@ def test_a_more_lenient_threshold_is_drift_with_exit_status_and_alert_rows(calib
     # Then it says which figures moved, exits 3 and leaves one alert per drifted figure in the ledger
     out = done.stdout.decode()
     assert done.returncode == 3, done.stderr.decode()
-    assert "accuracy                          84.2%    75.4%     -8.8    285  DRIFT" in out
+    assert "accuracy                          86.3%    75.4%    -10.9    285  DRIFT" in out
     assert "mini accept rate                  46.0%    96.5%    +50.5    285  DRIFT" in out
     assert "DRIFT: 3 figure(s) moved more than 5 points" in out
     rows = alerts(config)
@@ -126,7 +126,7 @@ def test_a_scheduled_audit_runs_once_per_date_and_keeps_its_drift_as_alerts(cali
     # Then the audit ran once: its run says so, its drift is three alerts naming the run, the second did nothing
     assert first.returncode == 0, first.stderr.decode()
     assert ("schedule mmlu-audit: run 2026-12-01 audited: audit of 285 rows of " in first.stderr.decode()
-            and "accuracy 75.4% (calibrated 84.2%); 3 figures drifted" in first.stderr.decode())
+            and "accuracy 75.4% (calibrated 86.3%); 3 figures drifted" in first.stderr.decode())
     assert second.returncode == 0 and "already ran (audited: audit of 285 rows" in second.stderr.decode()
     rows = [a for a in alerts(config) if a["kind"] == "audit_drift"]
     assert len(rows) == 3 and {a["details"]["run_date"] for a in rows} == {"2026-12-01"}

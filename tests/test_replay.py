@@ -18,7 +18,7 @@ from cascade.simulator import parse_scenario
 from cascade.tuning.profile import TierProfile
 from cascade.tuning.replay import replay
 from cascade.tuning.search import NEVER, choose_thresholds, simulate
-from cascade.tuning.target import Target
+from cascade.tuning.target import Target, meets
 from cascade.worker.config import load_settings
 from cascade.worker.providers.replay import ReplayProvider
 from tests.helpers import copy_recorded_config
@@ -267,3 +267,28 @@ def test_the_studied_tier_rule_at_its_bound_refuses_a_tier_that_passes_only_on_t
     bounded, _ = choose_thresholds(profiles, cal, target, keep_last=True, floor="tiers_bound")
     # Then the point rule accepts those answers, and the bounded one does not: 40 rows cannot show 5 points
     assert point[0] == 0.95 and bounded[0] == NEVER
+
+
+def test_an_unsure_middle_group_answers_where_its_own_rows_show_the_last_tier_no_better():
+    # Given: 300 rows. The cheap tier is sure and right on the easy half (P=0.95, 2 wrong) and useless on the
+    # hard half. There the middle tier has two groups of 75: sure (P=0.9, 90% right) and unsure (P=0.6, 60%
+    # right). The last tier is right on every easy row, on 91% of the sure group and on 49% of the unsure one.
+    hard = range(150)
+    cheap = profile("cheap", [0.95] * 150 + [0.2] * 150, [i % 100 != 0 for i in range(150)] + [False] * 150, 1)
+    middle = profile("middle", [0.99] * 150 + [0.9 if k < 75 else 0.6 for k in hard],
+                     [True] * 150 + [k % 10 != 0 if k < 75 else k % 5 < 3 for k in hard], 10)
+    last = profile("last", [0.9] * 300, [True] * 150 + [k % 12 != 0 if k < 75 else k % 2 == 0 for k in hard], 100)
+    profiles, target = [cheap, middle, last], Target("drop", 0.02, 0.9)
+    cal = [p.raw for p in profiles]
+    # When thresholds are chosen for "no more than 2 points below the last tier", by the rule and by the one
+    # it relaxes (every answer at or above the last tier's accuracy on all the rows reaching the middle tier)
+    grouped, feasible = choose_thresholds(profiles, cal, target, keep_last=True)
+    reached, _ = choose_thresholds(profiles, cal, target, keep_last=True, floor="reached")
+    # Then the unsure group is answered by the middle tier: the last tier is right on 37 of its 75 rows, at
+    # most 0.57 at the bound, and 0.6 clears that less the drop. Held to the 0.70 the last tier has on all 150
+    # hard rows (0.75 at the bound), it goes to the last tier; without the unsure group's 8 won rows the batch
+    # bound no longer admits the cheap tier's 2 losses either, so the middle tier answers the easy half too.
+    assert feasible and grouped == [0.95, 0.6, 0.5] and reached == [NEVER, 0.9, 0.5]
+    correct, cost, _ = simulate(profiles, cal, grouped, keep_last=True)
+    assert cost == 300 * 1 + 150 * 10 and meets(correct, last.correct, target)
+    assert simulate(profiles, cal, reached, keep_last=True)[1] == 300 * 1 + 300 * 10 + 75 * 100

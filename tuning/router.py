@@ -32,7 +32,7 @@ from typing import Any
 
 from cascade.tuning.profile import TierProfile
 from cascade.tuning.search import simulate, tier_accepts
-from cascade.tuning.target import Target, meets
+from cascade.tuning.target import Target, meets, wilson_upper
 from cascade.worker.routing import Router, TierRouter, features, sigmoid
 
 BUCKETS = 2 ** 18       # ~50k distinct n-grams in a few hundred prompts: 2^16 would merge many, 2^18 few
@@ -202,18 +202,6 @@ def cut_candidates(predictions: Sequence[float]) -> list[float]:
     n = len(ordered)
     cuts = {ordered[min(n - 1, round(k * n / MAX_CUTS))] for k in range(1, MAX_CUTS)}
     return [0.0] + sorted(c for c in cuts if c > ordered[0])
-
-
-def wilson_upper(k: int, m: int, confidence: float) -> float:
-    """One-sided upper confidence bound of a proportion k/m (Wilson score); sound at k = 0, where a normal
-    bound with the sample deviation claims certainty."""
-    if m == 0:
-        return 1.0
-    z = statistics.NormalDist().inv_cdf(confidence)
-    p = k / m
-    centre = p + z * z / (2 * m)
-    spread = z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
-    return min(1.0, (centre + spread) / (1 + z * z / m))
 
 
 def pessimistic_saving(base: Sequence[int], routed: Sequence[int], skipped: Sequence[int], worst: Sequence[int],

@@ -9,13 +9,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cascade.tuning.profile import TierProfile
-from cascade.tuning.target import Target, answer_floor, floors_hold, meets, tier_floors, tiers_hold
+from cascade.tuning.target import (
+    Target,
+    answer_floor,
+    below_floors,
+    floors_hold,
+    grouped_floors_hold,
+    meets,
+    tier_floors,
+    tiers_hold,
+)
 
 NEVER = 1.01                 # a threshold above every probability: this tier escalates everything
 FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
 MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
 MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
-FLOORS = ("reached", "answer", "none", "tiers", "tiers_bound")   # the first is the rule; the rest are measured
+FLOORS = ("grouped", "reached", "answer", "none", "tiers", "tiers_bound")   # the first is the rule; the rest are measured
 
 
 def tier_accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) -> tuple[bool, int]:
@@ -60,6 +69,18 @@ def answer_floors(profiles: list[TierProfile], cal: list[list[float | None]], th
     return {p.name: floor for p, floor in zip(profiles, floors)}
 
 
+def let_through(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
+                reference: list[int], target: Target, keep_last: bool) -> dict[str, list[dict[str, float]]]:
+    """Per early tier, the groups it answers below its answer floor at these thresholds: the calibrated value,
+    how many of the group's rows reach the tier, and the last tier's accuracy on them (what the report shows)."""
+    _, _, where = run(profiles, cal, thresholds, keep_last)
+    out: dict[str, list[dict[str, float]]] = {}
+    for (t, value), refs in sorted(below_floors(thresholds, where, reference, cal, target, len(profiles) - 1).items()):
+        out.setdefault(profiles[t].name, []).append({"value": value, "rows": len(refs),
+                                                     "last_tier_accuracy": sum(refs) / len(refs)})
+    return out
+
+
 def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
     """Thresholds worth trying: the distinct calibrated values at or above `floor` (thinned to quantiles), NEVER."""
     distinct = sorted({v for v in values if v is not None and v >= floor})
@@ -70,13 +91,14 @@ def candidates(values: list[float | None], floor: float = 0.0) -> list[float]:
 
 
 def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                      keep_last: bool, floor: str = "reached") -> tuple[list[float], bool]:
+                      keep_last: bool, floor: str = "grouped") -> tuple[list[float], bool]:
     """The cheapest thresholds meeting the target on these rows; (all NEVER, False) when none does.
 
-    `floor`: "reached" (the guards of the module docstring), "answer" (every tier's answers held to the
-    floor of the whole batch, the earlier rule) or "none" (the batch target alone: the best-in-hindsight search).
-    "tiers" and "tiers_bound" hold each tier to the target on its own rows (point estimate, or at the
-    target's confidence) and drop the answer floors: rules benchmarks/tuning_study.py measured and rejected.
+    `floor`: "grouped" (the guards of tuning/calibrate.py), "reached" (the same without the groups let
+    through below a floor, the rule before), "answer" (every tier's answers held to the floor of the whole
+    batch, the rule before that) or "none" (the batch target alone: the best-in-hindsight search). "tiers"
+    and "tiers_bound" hold each tier to the target on its own rows (point estimate, or at the target's
+    confidence) and drop the answer floors: rules benchmarks/tuning_study.py measured and rejected.
     """
     if floor not in FLOORS:
         raise ValueError(f"floor must be one of {', '.join(FLOORS)}, got {floor!r}")
@@ -84,9 +106,12 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
     free = [t for t, p in enumerate(profiles) if p.scored and (t < len(profiles) - 1 or not keep_last)]
     overall = answer_floor(reference, target)
     last = len(profiles) - 1
-    # the first tier is reached by every row, so its floor is the batch's under either rule
+    # the first tier is reached by every row, so its floor is the batch's under every rule that has floors
     options = {t: candidates(cal[t], overall if floor == "answer" or (floor == "reached" and t == 0) else 0.0)
                for t in free}
+    if floor == "grouped" and 0 in options:   # the grid above the floor as "reached" has it, and the values below
+        below = [v for v in cal[0] if v is not None and v < overall]
+        options[0] = sorted(set(candidates(cal[0], overall)) | set(candidates(below)))
     base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
     best: tuple[int, int, list[float]] | None = None
 
@@ -96,6 +121,9 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
         if best is not None and (cost, -sum(correct)) >= best[:2]:
             return
         if floor == "reached" and not (floors_hold(thresholds, where, reference, target, last)
+                                       and tiers_hold(correct, where, reference, target, last)):
+            return
+        if floor == "grouped" and not (grouped_floors_hold(thresholds, where, reference, cal, target, last)
                                        and tiers_hold(correct, where, reference, target, last)):
             return
         if floor.startswith("tiers") and not tiers_hold(correct, where, reference, target, last,
@@ -159,7 +187,7 @@ def sub_ladders(size: int) -> list[tuple[int, ...]]:
 
 
 def choose_ladder(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                  keep_last: bool, floor: str = "reached") -> tuple[LadderChoice, list[LadderChoice]]:
+                  keep_last: bool, floor: str = "grouped") -> tuple[LadderChoice, list[LadderChoice]]:
     """The cheapest sub-ladder meeting the target (the last tier alone is one), and every sub-ladder tried.
 
     A tier that escalates nearly everything still costs its call on every job that reaches it, so a

@@ -47,6 +47,18 @@ def lower_bound(values: Sequence[float], confidence: float) -> float:
     return mean - z * statistics.pstdev(values) / math.sqrt(n)
 
 
+def wilson_upper(k: int, m: int, confidence: float) -> float:
+    """One-sided upper confidence bound of a proportion k/m (Wilson score); sound at k = 0, where a normal
+    bound with the sample deviation claims certainty."""
+    if m == 0:
+        return 1.0
+    z = statistics.NormalDist().inv_cdf(confidence)
+    p = k / m
+    centre = p + z * z / (2 * m)
+    spread = z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
+    return min(1.0, (centre + spread) / (1 + z * z / m))
+
+
 def meets(correct: list[int], reference: list[int], target: Target) -> bool:
     """Whether the cascade's per-row correctness meets the target (paired against the reference for drop)."""
     if target.kind == "drop":
@@ -94,6 +106,41 @@ def floors_hold(thresholds: Sequence[float], where: list[int], reference: list[i
     """Whether each tier that gives answers has its threshold at or above its answer floor."""
     floors = tier_floors(where, reference, target, last)
     return all(thresholds[t] >= floors[t] for t in range(last) if t in where)
+
+
+def below_floors(thresholds: Sequence[float], where: list[int], reference: list[int],
+                 values: Sequence[Sequence[float | None]], target: Target, last: int) -> dict[tuple[int, float], list[int]]:
+    """The accepted groups below their tier's answer floor: (tier, calibrated value) -> the reference's
+    correctness on the group's rows that reach the tier (a drop target only; an absolute one has none)."""
+    if target.kind != "drop":
+        return {}
+    floors = tier_floors(where, reference, target, last)
+    below: dict[tuple[int, float], list[int]] = {}
+    for t in range(last):
+        for i, w in enumerate(where):
+            v = values[t][i]
+            if w >= t and v is not None and thresholds[t] <= v < floors[t]:
+                below.setdefault((t, round(v, 4)), []).append(reference[i])
+    return below
+
+
+def group_confidence(target: Target, groups: int) -> float:
+    """Each group let through below its floor is a claim of its own; together they hold at the target's
+    confidence (Bonferroni)."""
+    return 1 - (1 - target.confidence) / max(1, groups)
+
+
+def grouped_floors_hold(thresholds: Sequence[float], where: list[int], reference: list[int],
+                        values: Sequence[Sequence[float | None]], target: Target, last: int) -> bool:
+    """The answer guard: every accepted group of a tier's calibrated value is at or above its tier's answer
+    floor, or at or above the last tier's accuracy on the group's own rows (those reaching the tier) at its
+    upper bound (Wilson: a few rows the last tier got wrong prove little), less the drop. Where a tier is unsure the jobs are often hard for the last tier too, and
+    the group's rows say how hard; where they do not, the floor of all the reached rows holds."""
+    if target.kind != "drop":
+        return floors_hold(thresholds, where, reference, target, last)
+    below = below_floors(thresholds, where, reference, values, target, last)
+    confidence = group_confidence(target, len(below))
+    return all(v >= wilson_upper(sum(refs), len(refs), confidence) - target.value for (_, v), refs in below.items())
 
 
 def answer_floor(reference: list[int], target: Target) -> float:
