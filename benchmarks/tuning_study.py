@@ -46,6 +46,7 @@ VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is 
     "reached": {"floor": "reached"},          # the rule before: no group let through below its answer floor
     "answer_floor": {"floor": "answer"},      # the rule before the reached floor: every answer held to the batch's
     "confidence_0.7": {"confidence": 0.7},
+    "confidence_0.5": {"confidence": 0.5},    # the batch at its point estimate: what the 90% bound costs
     "answer_floor_confidence_0.7": {"floor": "answer", "confidence": 0.7},
     "cross_fit": {"cross_fit": True},
     "tiers": {"floor": "tiers"},              # each tier held to the target on its own rows, no answer floor
@@ -155,7 +156,8 @@ def buckets(train: list[P.TierProfile], test: list[P.TierProfile]) -> dict[str, 
                 if entry is None:
                     entry = {"value": value, "accepted": value >= round(best.thresholds[k], 2)}
                     rows.append(entry)
-                entry[split] = {"jobs": len(members), "accuracy": round(statistics.fmean(p.correct[i] for i in members), 3),
+                entry[split] = {"jobs": len(members),
+                                "accuracy": round(statistics.fmean(p.correct[i] for i in members), 3),
                                 "last_tier": round(statistics.fmean(kept[-1].correct[i] for i in members), 3)}
     return {name: sorted(rows, key=lambda r: r["value"]) for name, rows in out.items()}
 
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--same-accuracy", action="store_true",
                         help="also the cheapest thresholds on test as accurate as each fit (slower)")
     parser.add_argument("--buckets", action="store_true",
-                        help="per early tier of the default fit: accuracy by calibrated value, train and test (first split)")
+                        help="per early tier of the default fit: accuracy by calibrated value, train and test "
+                             "(first split)")
     args = parser.parse_args(argv)
     if args.router:
         print(orjson.dumps(router_study(args)).decode())
@@ -267,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                           for f in runs), 3),
                              "max_drop": round(max(f["drop"] for f in runs), 4),
                              **({"ratio_to_same_accuracy_hindsight": round(statistics.fmean(
-                                 f["cost_ratio"] / f["same_accuracy"] for f in runs), 3)} if args.same_accuracy else {})}
+                                 f["cost_ratio"] / f["same_accuracy"] for f in runs), 3)}
+                                if args.same_accuracy else {})}
                       for case, runs in per.items()} for name, per in results.items()}
     reps = 1 if args.own_split else args.reps
     print(orjson.dumps({"benchmark": "tuning_study", "reps": reps, "own_split": args.own_split,

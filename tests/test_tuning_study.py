@@ -23,7 +23,8 @@ def test_buckets_group_every_job_reaching_a_tier_by_its_calibrated_value(tmp_pat
     # and the top group's figures are what its rows say (every job reaches the first tier)
     cal = tuning_study.calibrated(train, train)[0]
     top = [i for i, v in enumerate(cal) if round(v, 2) == rows[-1]["value"]]
-    assert rows[-1]["train"] == {"jobs": len(top), "accuracy": round(sum(train[0].correct[i] for i in top) / len(top), 3),
+    assert rows[-1]["train"] == {"jobs": len(top),
+                                 "accuracy": round(sum(train[0].correct[i] for i in top) / len(top), 3),
                                  "last_tier": round(sum(train[1].correct[i] for i in top) / len(top), 3)}
 
     # When: the benchmark is asked for them on that case alone (no recorded sets in the folder)

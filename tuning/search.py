@@ -24,7 +24,7 @@ NEVER = 1.01                 # a threshold above every probability: this tier es
 FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
 MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
 MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
-FLOORS = ("grouped", "reached", "answer", "none", "tiers", "tiers_bound")   # the first is the rule; the rest are measured
+FLOORS = ("grouped", "reached", "answer", "none", "tiers", "tiers_bound")   # the first is the rule; the rest measured
 
 
 def tier_accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) -> tuple[bool, int]:
@@ -120,12 +120,11 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
         correct, cost, where = run(profiles, cal, thresholds, keep_last)
         if best is not None and (cost, -sum(correct)) >= best[:2]:
             return
-        if floor == "reached" and not (floors_hold(thresholds, where, reference, target, last)
-                                       and tiers_hold(correct, where, reference, target, last)):
-            return
-        if floor == "grouped" and not (grouped_floors_hold(thresholds, where, reference, cal, target, last)
-                                       and tiers_hold(correct, where, reference, target, last)):
-            return
+        if floor in ("grouped", "reached"):
+            answers = (grouped_floors_hold(thresholds, where, reference, cal, target, last) if floor == "grouped"
+                       else floors_hold(thresholds, where, reference, target, last))
+            if not (answers and tiers_hold(correct, where, reference, target, last)):
+                return
         if floor.startswith("tiers") and not tiers_hold(correct, where, reference, target, last,
                                                         bounded=floor == "tiers_bound"):
             return

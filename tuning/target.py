@@ -109,7 +109,8 @@ def floors_hold(thresholds: Sequence[float], where: list[int], reference: list[i
 
 
 def below_floors(thresholds: Sequence[float], where: list[int], reference: list[int],
-                 values: Sequence[Sequence[float | None]], target: Target, last: int) -> dict[tuple[int, float], list[int]]:
+                 values: Sequence[Sequence[float | None]], target: Target, last: int
+                 ) -> dict[tuple[int, float], list[int]]:
     """The accepted groups below their tier's answer floor: (tier, calibrated value) -> the reference's
     correctness on the group's rows that reach the tier (a drop target only; an absolute one has none)."""
     if target.kind != "drop":
@@ -134,8 +135,9 @@ def grouped_floors_hold(thresholds: Sequence[float], where: list[int], reference
                         values: Sequence[Sequence[float | None]], target: Target, last: int) -> bool:
     """The answer guard: every accepted group of a tier's calibrated value is at or above its tier's answer
     floor, or at or above the last tier's accuracy on the group's own rows (those reaching the tier) at its
-    upper bound (Wilson: a few rows the last tier got wrong prove little), less the drop. Where a tier is unsure the jobs are often hard for the last tier too, and
-    the group's rows say how hard; where they do not, the floor of all the reached rows holds."""
+    upper bound, less the drop (Wilson: a few rows the last tier got wrong prove little). Where a tier is
+    unsure the jobs are often hard for the last tier too, and the group's rows say how hard; where they do
+    not, the floor of all the reached rows holds."""
     if target.kind != "drop":
         return floors_hold(thresholds, where, reference, target, last)
     below = below_floors(thresholds, where, reference, values, target, last)
