@@ -143,7 +143,8 @@ def buckets(train: list[P.TierProfile], test: list[P.TierProfile]) -> dict[str, 
     out: dict[str, list[dict]] = {}
     for split, profiles in (("train", train), ("test", test)):
         kept = [profiles[t] for t in best.kept]
-        cal = [calibrated(profiles, train)[t] for t in best.kept]
+        values = calibrated(profiles, train)
+        cal = [values[t] for t in best.kept]
         _, _, where = S.run(kept, cal, best.thresholds, True)
         for k, p in enumerate(kept[:-1]):
             groups: dict[float, list[int]] = {}
