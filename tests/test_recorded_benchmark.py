@@ -77,3 +77,27 @@ def test_refusal_markers_only_where_they_mark_wrong_answers():
     hedging = [(None, {"m": ("I'm not sure, maybe Rome", 1, False)}), (None, {"m": ("Paris", 1, True)})] * 5
     assert not _refusals_mark_errors(_set(honest), ["m"])
     assert _refusals_mark_errors(_set(hedging), ["m"])
+
+
+def test_the_synthetic_family_is_written_as_recorded_rows_and_derives_a_five_tier_ladder(tmp_path, capsys):
+    from benchmarks import synthetic_set
+    from benchmarks.recorded_sets import derive_pipeline
+    from cascade.recorded import load_recorded
+    from cascade.worker.config import load_settings
+    from tests.helpers import copy_recorded_config
+
+    # When: the study's five-tier set is written to a folder
+    assert synthetic_set.main([str(tmp_path / "sets")]) == 0
+    written = orjson.loads(capsys.readouterr().out.splitlines()[-1])["written"]
+    # Then: 300 training and 1,700 test rows that the recorded reader takes, each answer right where it is gold
+    assert sorted(written.values()) == [300, 1700]
+    train = load_recorded(tmp_path / "sets" / "family-train.jsonl")
+    assert len(train.rows) == 300 and tuple(train.models) == synthetic_set.MODELS
+    for r in train.rows[:50]:
+        assert all(a.correct == (a.text == r.gold) and a.logprob <= 0 for a in r.responses.values())
+    # and the benchmark's derivation keeps every model, cheapest first, each with its logprob signal
+    config = copy_recorded_config(tmp_path / "config")
+    name, scored = derive_pipeline("family", train, config)
+    pipeline = load_settings(config / "cascade.toml", environ={}, check_verifiers=False).pipeline(name)
+    assert scored and pipeline.ladder == tuple(f"m-{m}" for m in synthetic_set.MODELS)
+    assert 'name = "logprob"' in (config / "pipelines" / f"{name}.toml").read_text()

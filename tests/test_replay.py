@@ -189,6 +189,24 @@ def test_a_middle_tier_lucky_on_train_does_not_buy_the_cheap_tier_its_wrong_answ
     assert thresholds[0] == 0.95 and thresholds[1] <= 0.99
 
 
+def test_a_lone_cheap_tier_spends_the_batch_budget_not_a_share_of_it():
+    # Given: 400 training rows. The cheap tier is sure (P=0.95) on 200 and wrong on 12 of them, where the last
+    # tier is right: 6 points below it on its own rows. The last tier is right on 380 rows (0.95).
+    cheap = profile("cheap", [0.95] * 200 + [0.3] * 200, [i % 50 >= 3 for i in range(200)] + [False] * 200, 1)
+    last = profile("last", [0.9] * 400, [True] * 200 + [i % 10 != 0 for i in range(200)], 100)
+    profiles, target = [cheap, last], Target("drop", 0.05, 0.9)
+    cal = [p.raw for p in profiles]
+    # When thresholds are chosen for "no more than 5 points below the last tier", by the rule and by the one
+    # before it, which held the tier to the target on its own rows even with no other tier to pay for it
+    thresholds, feasible = choose_thresholds(profiles, cal, target, keep_last=True)
+    before, _ = choose_thresholds(profiles, cal, target, keep_last=True, floor="reached")
+    # Then the sure answers are accepted: the batch is 3 points below the last tier, 4.1 at the 90% bound
+    assert feasible and thresholds == [0.95, 0.5] and before == [NEVER, 0.5]
+    correct, cost, _ = simulate(profiles, cal, thresholds, keep_last=True)
+    assert cost == 400 * 1 + 200 * 100 and sum(last.correct) - sum(correct) == 12
+    assert meets(correct, last.correct, target)
+
+
 def easy_and_hard(easy: list, hard: list) -> list:
     """200 rows: even rows from `easy`, odd rows from `hard` (each indexed by k = i // 2)."""
     return [easy[i // 2] if i % 2 == 0 else hard[i // 2] for i in range(200)]

@@ -9,7 +9,8 @@
    - the batch: the quality target holds with the target's confidence (a one-sided normal bound on
      the paired accuracy, 90% by default);
    - each tier: every tier before the last meets the target on the rows whose answer it gives, so no
-     tier's surplus on the training rows pays for another tier's wrong answers;
+     tier's surplus on the training rows pays for another tier's wrong answers (where only one of them
+     gives answers, nothing can pay for it, and the batch guard is the whole claim);
    - each answer: none is accepted whose calibrated P(correct) is below the accuracy the target asks
      of the last tier on the rows that reach its tier (the answer floor). For the first tier those are
      all rows; for a later tier, the last tier's accuracy on them is taken at its upper bound (at the

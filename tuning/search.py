@@ -123,7 +123,8 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
         if floor in ("grouped", "reached"):
             answers = (grouped_floors_hold(thresholds, where, reference, cal, target, last) if floor == "grouped"
                        else floors_hold(thresholds, where, reference, target, last))
-            if not (answers and tiers_hold(correct, where, reference, target, last)):
+            if not (answers and tiers_hold(correct, where, reference, target, last,
+                                                   lone=floor != "grouped")):
                 return
         if floor.startswith("tiers") and not tiers_hold(correct, where, reference, target, last,
                                                         bounded=floor == "tiers_bound"):
