@@ -85,6 +85,9 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
                   "accuracy_with": _round(report["accuracy"]), "target_met_without": _met(target, without),
                   "routed": {tier: _round(share) for tier, share in report["routed"].items()},
                   "cuts": fitted.router.cuts, **({} if fitted.router.enabled else {"reason": fitted.router.reason})}
+    left_out = (fitted.report.get("left_out", []) if fitted else []) + report.get("left_out", [])
+    for note in left_out:
+        _warn(note)
     ratio = report["cost_ratio"]
     best = hindsight["cost_ratio"] if hindsight else None
     same = None     # the cheapest thresholds on test as accurate there as the fitted cascade (never fitted on)
@@ -99,6 +102,7 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
         "kept": list(pipeline.ladder),
         "skipped": fitted.report["skipped"] if fitted else {},
         "train_rows": len(train.rows),
+        "left_out": left_out,
         "test_rows": report["jobs"],
         "target": target if fitted else None,
         "thresholds": fitted.report["thresholds"] if fitted else None,

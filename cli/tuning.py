@@ -117,6 +117,8 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
         result = replay(settings, pipe, data, _rows(data, split))
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
+    for note in result.report.get("left_out", []):
+        _warn(note)
     if out:
         _write(Path(out), b"".join(orjson.dumps(r) + b"\n" for r in result.records))
     if as_json:
@@ -187,6 +189,8 @@ def calibrate_command(pipeline: str | None, recorded: str | None, split: str | N
         result = calibrate(settings, pipe, data, goal, _rows(data, split), label_free=label_free)
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
+    for note in result.report.get("left_out", []):
+        _warn(note)
     if not result.entries:
         raise click.ClickException(f"pipeline {pipeline} has no logprob or self_consistency verifier to calibrate")
     meta = {"method": "isotonic", **{k: result.report[k] for k in ("pipeline", "target", "confidence", "rows")},

@@ -139,6 +139,29 @@ def test_recorded_readers_take_non_finite_logprobs_and_skip_a_bad_row_by_line(co
     assert f"Warning: {path}: line 4: skipped" in replayed.stderr
 
 
+def test_rows_without_a_tiers_response_are_left_out_and_named(config, tmp_path):
+    # Given: 60 rows, 8 of them with no gpt-4o response recorded (r3, r11, ..., r59)
+    data = rows(60)
+    for i in range(3, 60, 8):
+        del data[i]["responses"]["gpt-4o"]
+    path = write(tmp_path / "rec.jsonl", data)
+    # When: calibrate and replay run on it
+    fit = run("calibrate", "-p", "mc3", "-r", str(path), "--config", str(config), "--json")
+    replayed = run("replay", "-p", "mc3", "-r", str(path), "--config", str(config), "--json")
+    # Then: both run on the 52 complete rows and say which rows they left out, and why
+    note = f"Warning: {path}: 8 rows have no response of gpt-4o and are left out (first: id r3)"
+    assert fit.exit_code == 0 and replayed.exit_code == 0, fit.output + replayed.output
+    assert orjson.loads(fit.stdout)["rows"] == 52 and orjson.loads(replayed.stdout)["jobs"] == 52
+    assert note in fit.stderr and note in replayed.stderr
+    # and a recording where every model answered some rows but no row has all three is refused in one line
+    no_qwen = {**data[0], "responses": {m: a for m, a in data[0]["responses"].items() if m != "qwen2.5-72b-instruct"}}
+    broken = write(tmp_path / "broken.jsonl", [data[3], no_qwen])
+    refused = run("replay", "-p", "mc3", "-r", str(broken), "--config", str(config))
+    assert refused.exit_code == 1
+    assert refused.output.startswith(f"Error: {broken}: no row has a response of every tier's model; {broken}: "
+                                     "1 row has no response of gpt-4o")
+
+
 def unlabelled(data: list[dict]) -> list[dict]:
     return [{**r, "responses": {m: {k: v for k, v in a.items() if k != "correct"} for m, a in r["responses"].items()}}
             for r in data]

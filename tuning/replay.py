@@ -67,6 +67,26 @@ def check_replayable(settings: Settings, pipeline: Pipeline, recorded: RecordedS
                               f"{recorded.source} (recorded: {', '.join(models)})")
 
 
+def complete_rows(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
+                  rows: Iterable[RecordedRow]) -> tuple[list[RecordedRow], list[str]]:
+    """The rows whose recording (the row the replay provider answers from) has a response of every model of
+    the full ladder, and one note per model that some rows lack: they are left out, since nothing says what
+    that model would have answered. ConfigError when no row is left."""
+    kept, lacking = [], {}
+    for row in rows:
+        served = recorded.find((row.system, row.user)) or row
+        missing = [m for m in (settings.tiers[t].model for t in pipeline.full_ladder) if m not in served.responses]
+        for model in missing:
+            lacking.setdefault(model, []).append(row.id)
+        if not missing:
+            kept.append(row)
+    notes = [f"{recorded.source}: {len(ids)} {'row has' if len(ids) == 1 else 'rows have'} no response of {model} "
+             f"and {'is' if len(ids) == 1 else 'are'} left out (first: id {ids[0]})" for model, ids in lacking.items()]
+    if lacking and not kept:
+        raise ConfigError(f"{recorded.source}: no row has a response of every tier's model; " + "; ".join(notes))
+    return kept, notes
+
+
 def run_pipeline(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
                  rows: Iterable[RecordedRow] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The engine's result records for `rows` (default: every recorded row) in row order, and the batch counters."""
@@ -99,7 +119,8 @@ def run_pipeline(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
 def replay(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
            rows: Iterable[RecordedRow] | None = None) -> ReplayResult:
     """Run the pipeline over the recording and report accuracy, cost and escalation against the references."""
-    chosen = list(rows if rows is not None else recorded.rows)
+    check_replayable(settings, pipeline, recorded)
+    chosen, notes = complete_rows(settings, pipeline, recorded, rows if rows is not None else recorded.rows)
     records, counters = run_pipeline(settings, pipeline, recorded, chosen)
     summary = summarize(counters, settings, pipeline)
     report = evaluate(settings, pipeline, recorded, chosen, records)
@@ -107,6 +128,8 @@ def replay(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
                                           "final_jobs", "cost_usd", "verify_cost_usd")} for t in summary["tiers"]]
     report["statuses"] = summary["statuses"]
     report["routed"] = routed_share(records, pipeline.ladder[:-1])    # sent past a tier by the pre-router, no call
+    if notes:
+        report["left_out"] = notes
     decisions = {r["id"]: (r["status"], r["tier"]) for r in records}
     return ReplayResult(records, report, decisions)
 
