@@ -24,7 +24,8 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.recorded_sets import RecordedBenchmark, derive_pipeline, discover
+from benchmarks.recorded_sets import RecordedBenchmark, derive_pipeline, discover, static_ladder
+from cascade.errors import CascadeError, ConfigError
 from cascade.recorded import load_recorded
 from cascade.tuning.calibrate import Target, calibrate, calibration_paths, write_placeholders
 from cascade.tuning.replay import replay
@@ -38,9 +39,17 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
     """Fit on train (when there is something to fit), replay test; the set's JSON summary."""
     started = time.perf_counter()
     train = load_recorded(datasets / bench.train, "train" if bench.split_field else None, on_bad_row=_warn)
+    test = load_recorded(datasets / bench.test, "test" if bench.split_field else None, on_bad_row=_warn)
+    if not train.rows or not test.rows:
+        raise ConfigError(f"{bench.name}: no {'training' if not train.rows else 'test'} rows read "
+                          f"from {train.source if not train.rows else test.source}")
     name, target = bench.pipeline, bench.target
+    chosen_for = None     # the target a derived pipeline without a signal chose its sub-ladder for
     if name is None:
         name, scored = derive_pipeline(bench.name, train, config_dir)
+        if not scored and target:   # static checks only: the cheapest sub-ladder they keep within the target
+            name, _ = derive_pipeline(bench.name, train, config_dir, static_ladder(config_dir, name, train, target))
+            chosen_for = target
         target = target if scored else None
     pipeline_file = config_dir / "pipelines" / f"{name}.toml"
     settings = load_settings(config_dir / "cascade.toml", environ={}, check_verifiers=False)
@@ -48,7 +57,6 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
     full = (settings, pipeline)      # before the fit: every tier of the ladder, for the searches in hindsight
     fitted = hindsight = None
     named = calibration_paths(pipeline_file)
-    test = load_recorded(datasets / bench.test, "test" if bench.split_field else None, on_bad_row=_warn)
     if named and target:
         goal = Target.parse(target, confidence)
         fitted = calibrate(settings, pipeline, train, goal)
@@ -104,11 +112,11 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
         "train_rows": len(train.rows),
         "left_out": left_out,
         "test_rows": report["jobs"],
-        "target": target if fitted else None,
+        "target": target if fitted else chosen_for,
         "thresholds": fitted.report["thresholds"] if fitted else None,
         "accuracy": _round(report["accuracy"]),
         "last_tier_accuracy": _round(report["last_tier_accuracy"]),
-        "target_met": _met(target, report) if fitted else None,
+        "target_met": _met(target, report) if fitted else _met(chosen_for, report) if chosen_for else None,
         "cost_ratio": _round(ratio),
         "hindsight_cost_ratio": _round(best),
         "hindsight_ladder": hindsight["ladder"] if hindsight else None,
@@ -149,20 +157,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=CONFIDENCE_DEFAULT, help="confidence of the fitted target")
     parser.add_argument("--set", dest="sets", action="append", help="only this set (repeatable)")
     args = parser.parse_args(argv)
-    results = []
+    results, failed = [], {}
     with tempfile.TemporaryDirectory(prefix="cascade-recorded-") as tmp:
         config_dir = Path(tmp) / "config"
         shutil.copytree(args.config, config_dir)
         for bench in discover(args.datasets):
             if args.sets and bench.name not in args.sets:
                 continue
-            result = run_set(bench, args.datasets, config_dir, args.confidence)
+            try:
+                result = run_set(bench, args.datasets, config_dir, args.confidence)
+            except CascadeError as e:     # one set that cannot run is reported; the others go on
+                failed[bench.name] = str(e)
+                _warn(f"set {bench.name} not run: {e}")
+                continue
             results.append(result)
             print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode(), flush=True)
-    if not results:
+    if not results and not failed:
         print(f"no recorded sets in {args.datasets}", file=sys.stderr)
-    print(orjson.dumps({"benchmark": "recorded", "sets": results}).decode())
-    return 0
+    print(orjson.dumps({"benchmark": "recorded", "sets": results, **({"not_run": failed} if failed else {})}).decode())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ gets one derived from its training rows alone, by the same rules a person would 
 
 - ladder: the cost/accuracy frontier on the training rows, cheapest first, the most accurate last
   (a model is skipped when one at most 5% dearer is more accurate, or a cheaper one is as accurate);
+  without labels every model, cheapest first; without a signal, the cheapest sub-ladder whose static
+  checks alone meet the target on the training rows (at worst the last tier alone);
 - output: `label` when the answers are short labels (multiple choice; the gold answers name them,
   else the short answers common enough to be labels), else `text`;
 - checks: truncation and the label set (for text, refusal markers only where the answers they
@@ -75,13 +77,19 @@ def _bench(name: str, train: str, test: str, split_field: bool) -> RecordedBench
     return RecordedBenchmark(name, pipeline, train, test, target, split_field)
 
 
-def derive_pipeline(name: str, train: RecordedSet, config_dir: Path) -> tuple[str, bool]:
-    """Write tiers, prices and a pipeline for `train`'s models into `config_dir`; (pipeline name, has a signal)."""
+def derive_pipeline(name: str, train: RecordedSet, config_dir: Path,
+                    ladder: Sequence[str] | None = None) -> tuple[str, bool]:
+    """Write tiers, prices and a pipeline for `train`'s models into `config_dir` (the ladder of these models
+    when given, else the frontier's); (pipeline name, has a signal)."""
     models = train.models
     cost = {m: _mean(r.responses[m].cost_usd for r in train.rows if m in r.responses) for m in models}
+    labelled = any(r.gold is not None or any(a.correct is not None for a in r.responses.values())
+                   for r in train.rows)
     accuracy = {m: _mean(float(bool(r.responses[m].answer_correct(r.responses[m].text, r.gold)))
                          for r in train.rows if m in r.responses) for m in models}
-    ladder = frontier(models, cost, accuracy)
+    if ladder is None:   # without labels the dearest model is taken as the strongest (label-free tuning's view)
+        ladder = frontier(models, cost, accuracy) if labelled else sorted(models, key=lambda m: cost[m])
+    ladder = list(ladder)
     tiers = _ensure_tiers(config_dir / "cascade.toml", ladder, train)
     labels = _labels(train, ladder)
     static = ['{ name = "truncation" }']
@@ -107,6 +115,18 @@ def derive_pipeline(name: str, train: RecordedSet, config_dir: Path) -> tuple[st
     pipeline = f"auto-{re.sub(r'[^A-Za-z0-9_-]+', '-', name)}"
     (config_dir / "pipelines" / f"{pipeline}.toml").write_text("\n".join(lines) + "\n")
     return pipeline, scored
+
+
+def static_ladder(config_dir: Path, pipeline: str, train: RecordedSet, target: str) -> list[str]:
+    """The models of the cheapest sub-ladder of a pipeline without a signal that meets `target` on the training
+    rows with its static checks alone (calibrate's sub-ladder search: a tier whose checks pass wrong answers is
+    dropped; at worst the last tier alone)."""
+    from cascade.tuning.calibrate import Target, calibrate
+    from cascade.worker.config import load_settings
+
+    settings = load_settings(config_dir / "cascade.toml", environ={}, check_verifiers=False)
+    fitted = calibrate(settings, settings.pipeline(pipeline), train, Target.parse(target), route=False)
+    return [settings.tiers[tier].model for tier in fitted.report["ladder"]]
 
 
 def frontier(models: Sequence[str], cost: dict[str, float], accuracy: dict[str, float]) -> list[str]:

@@ -1,6 +1,7 @@
 """Recorded multi-model responses (the ../shared/datasets format): read, index by prompt, turn into answers.
 
-One JSON object per line: id, split, messages (system / user), gold, and per model a response
+One JSON object per line: id, split, messages (system / user; assistant turns of a few-shot prompt are
+kept as a transcript in the user text), gold, and per model a response
 with text, input/output tokens, cost, latency, the answer token's logprob, samples and `correct`.
 The replay provider and the simulator both serve answers from here.
 """
@@ -165,10 +166,14 @@ def _logprob(value: Any) -> float | None:
 def _row(data: dict[str, Any]) -> RecordedRow:
     messages = data["messages"]
     roles = {m["role"] for m in messages}
-    if not roles <= {"system", "user"} or "user" not in roles:
-        raise ValueError("messages must be system and user messages")
+    if not roles <= {"system", "user", "assistant"} or "user" not in roles:
+        raise ValueError("messages must be system, user and assistant messages, with a user message")
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    user = [m["content"] for m in messages if m["role"] == "user"][-1]
+    turns = [m for m in messages if m["role"] != "system"]
+    if "assistant" in roles:    # a few-shot conversation: the pipeline's {user} is its transcript
+        user = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)
+    else:
+        user = [m["content"] for m in turns][-1]
     responses = {model: _response(model, r) for model, r in data["responses"].items()}
     gold = data.get("gold")
     return RecordedRow(str(data["id"]), str(data.get("split", "")), system, user,

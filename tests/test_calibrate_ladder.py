@@ -162,6 +162,25 @@ def test_rows_without_a_tiers_response_are_left_out_and_named(config, tmp_path):
                                      "1 row has no response of gpt-4o")
 
 
+def test_a_few_shot_prompt_is_read_with_its_assistant_turns(config, tmp_path):
+    # Given: rows whose prompt is a conversation: an example question, its answer, then the question
+    data = rows(6)
+    for r in data:
+        question = r["messages"][1]["content"]
+        r["messages"][1:] = [{"role": "user", "content": "Example?"}, {"role": "assistant", "content": "B"},
+                             {"role": "user", "content": question}]
+    path = write(tmp_path / "shots.jsonl", data)
+    # When: the file is read and replayed
+    (config.parent / "pipelines" / "mc3.toml").write_text(PIPELINE.replace(
+        'calibration = "calibration/mc3.json"', "threshold = 0.9"))
+    replayed = run("replay", "-p", "mc3", "-r", str(path), "--config", str(config), "--json")
+    # Then: no row is skipped; the user text is the conversation's transcript, and every row is replayed
+    loaded = load_recorded(path)
+    assert not loaded.skipped and loaded.rows[0].user == "User: Example?\n\nAssistant: B\n\nUser: Question 0?"
+    assert replayed.exit_code == 0, replayed.output
+    assert orjson.loads(replayed.stdout)["jobs"] == 6 and "Warning" not in replayed.stderr
+
+
 def unlabelled(data: list[dict]) -> list[dict]:
     return [{**r, "responses": {m: {k: v for k, v in a.items() if k != "correct"} for m, a in r["responses"].items()}}
             for r in data]

@@ -101,3 +101,37 @@ def test_the_synthetic_family_is_written_as_recorded_rows_and_derives_a_five_tie
     pipeline = load_settings(config / "cascade.toml", environ={}, check_verifiers=False).pipeline(name)
     assert scored and pipeline.ladder == tuple(f"m-{m}" for m in synthetic_set.MODELS)
     assert 'name = "logprob"' in (config / "pipelines" / f"{name}.toml").read_text()
+
+
+def _free_text_rows(n: int) -> list[dict]:
+    """Arithmetic in free text, no signal: the cheap model always ends with '#### N' and is right 40% of the
+    time, the dear one 90%; every 4th row is train."""
+    rows = []
+    for i in range(n):
+        gold = str(i)
+        answers = {"cheap-model": (i % 5 < 2, 1e-6), "dear-model": (i % 10 != 0, 2e-5)}
+        rows.append({"id": f"q{i}", "split": "train" if i % 4 == 0 else "test", "gold": gold,
+                     "messages": [{"role": "user", "content": f"What is {i} + 0?"}],
+                     "responses": {m: {"text": f"Thinking.\n#### {gold if ok else i + 1}", "input_tokens": 20,
+                                       "output_tokens": 10, "cost_usd": cost, "correct": ok}
+                                   for m, (ok, cost) in answers.items()}})
+    return rows
+
+
+def test_a_set_without_a_signal_keeps_only_the_tiers_its_checks_can_vouch_for(tmp_path, capsys):
+    # Given: a free-text set with no logprobs or samples, where the cheap model's answers always pass the
+    # static checks and are wrong 60% of the time; and a set whose every line is broken
+    (tmp_path / "arith.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in _free_text_rows(200)))
+    (tmp_path / "broken.jsonl").write_bytes(b"{not json\n" * 3)
+    # When: the benchmark runs over the folder
+    code = recorded.main(["--datasets", str(tmp_path)])
+    out = capsys.readouterr()
+    summary = orjson.loads(out.out.splitlines()[-1])
+    # Then: the set without a signal is the dear tier alone: its accuracy, at its cost, and the target is met
+    (arith,) = summary["sets"]
+    assert arith["ladder"] == ["m-dear-model"] and arith["target"] == "drop=0.01" and arith["target_met"] is True
+    assert arith["accuracy"] == arith["last_tier_accuracy"] == 0.9333 and arith["cost_ratio"] == 1.0
+    # and the broken set is reported as not run, in one line, while the other ran; the exit code says so
+    reason = f"broken: no training rows read from {tmp_path / 'broken.jsonl'}"
+    assert code == 1 and summary["not_run"] == {"broken": reason}
+    assert f"Warning: set broken not run: {reason}" in out.err
