@@ -41,10 +41,13 @@ class RecordedResponse:
     correct: bool | None = None
 
     def answer_correct(self, text: str, gold: str | None) -> bool | None:
-        """Whether `text` (this answer, or one of its samples) is right: by gold where it can tell, else `correct`."""
+        """Whether `text` (this answer, or one of its samples) is right: by gold where it can tell, else `correct`;
+        with no `correct` recorded, by `text`'s final answer against gold (`same_answer`)."""
         candidates = self.samples or (self.text,)
         if gold is not None and text in candidates and len(self.sample_answers) == len(candidates):
             return self.sample_answers[candidates.index(text)].strip() == gold.strip()
+        if self.correct is None and gold is not None:
+            return same_answer(text, gold)
         return self.correct
 
     def completion(self, n: int = 1, logprobs: bool = False) -> Completion:
@@ -79,6 +82,15 @@ class RecordedRow:
     def key(self) -> str:
         """What a request must send to be answered from this row."""
         return prompt_key((self.system, self.user))
+
+
+WRAPPING = " \t()[]{}<>.,:;!*#\"'`"     # around a final answer: "(A)", "**42**", "#### 42", "A."
+
+
+def same_answer(text: str, gold: str) -> bool:
+    """Whether an answer's last non-empty line is the gold answer, ignoring case and the marks around it."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return bool(lines) and lines[-1].strip(WRAPPING).casefold() == gold.strip(WRAPPING).casefold()
 
 
 def prompt_key(texts: tuple[str, ...] | list[str]) -> str:

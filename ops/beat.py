@@ -147,9 +147,16 @@ class ScheduleScheduler(Scheduler):
                 self._running.discard(("", "maintain"))
 
     def close(self) -> None:
-        """Let submissions in progress finish (a killed one is resumed later), then close beat's connections."""
+        """Stop taking work and close beat's connections; submissions in progress finish before the process
+        exits (a killed one is resumed later).
+
+        Celery calls this from its SIGTERM handler, on the main thread, wherever the signal interrupted it:
+        perhaps holding the logging lock a pool thread is waiting for. Waiting here for the pool would then
+        never end, so it does not: the interpreter joins the pool's threads at exit, once the handler's
+        SystemExit has unwound the interrupted frames and released what they held.
+        """
         self._stopping.set()        # a run waiting for the ledger gives up: the next beat catches it up
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         super().close()
 
     @property

@@ -181,6 +181,17 @@ def test_a_few_shot_prompt_is_read_with_its_assistant_turns(config, tmp_path):
     assert orjson.loads(replayed.stdout)["jobs"] == 6 and "Warning" not in replayed.stderr
 
 
+def test_an_answer_without_a_recorded_verdict_is_graded_by_its_final_line_against_gold():
+    from cascade.recorded import RecordedResponse
+
+    def graded(text: str, gold: str | None, correct: bool | None = None) -> bool | None:
+        return RecordedResponse("m", text, 1, 1, correct=correct).answer_correct(text, gold)
+
+    assert graded("(B)", "B") and graded("Working it out.\n\n**b.**", "B") and graded("6 * 7\n#### 42", "42")
+    assert graded("(A)", "B") is False and graded("The answer is 42", "42") is False and graded("", "A") is False
+    assert graded("(A)", "B", correct=True) is True and graded("(B)", None) is None   # the recorded verdict wins
+
+
 def unlabelled(data: list[dict]) -> list[dict]:
     return [{**r, "responses": {m: {k: v for k, v in a.items() if k != "correct"} for m, a in r["responses"].items()}}
             for r in data]

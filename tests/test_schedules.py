@@ -382,6 +382,17 @@ def queued(client: redis.Redis, ns: str) -> int:
 
 # -- real Celery beat ---------------------------------------------------------------------------------------
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a process that does not stop must not outlive the test."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def start_beat(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
     """`cascade beat`, logging to a file; returns once beat's loop started."""
     with open(log, "wb") as f:
@@ -392,6 +403,46 @@ def start_beat(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
     return proc
+
+
+def test_beat_closing_never_waits_for_a_run_blocked_on_what_the_closing_thread_holds(tmp_path):
+    import threading
+
+    from cascade.ops.beat import scheduler_class
+    from cascade.worker.celery_app import create_app
+
+    # Given: beat's scheduler with a run in progress that waits for a lock, as a pool thread waits for the
+    # logging lock when Celery's SIGTERM handler interrupts the main thread in the middle of a log line
+    settings = load_settings(copy_config(tmp_path), environ={})
+    scheduler = scheduler_class(settings, Ledger(f"sqlite:///{tmp_path / 'ledger.db'}"))(
+        app=create_app(settings), lazy=True)
+    held, holding, started, finished, closed = (threading.Lock(), threading.Event(), threading.Event(),
+                                                threading.Event(), threading.Event())
+
+    def close_holding_the_lock() -> None:
+        with held:
+            holding.set()
+            assert started.wait(5)
+            scheduler.close()
+            closed.set()
+
+    def run() -> None:
+        started.set()
+        with held:
+            finished.set()
+
+    closer = threading.Thread(target=close_holding_the_lock, daemon=True)
+    closer.start()
+    assert holding.wait(5)
+    scheduler._pool.submit(run)
+    try:
+        # When: the thread holding that lock closes the scheduler
+        # Then: closing returns at once, and the run in progress still finishes afterwards
+        assert closed.wait(5), "close() waited for a run that waits for the closing thread"
+        assert finished.wait(5)
+    finally:
+        if not closed.is_set():
+            held.release()      # let the run and the closer end, so a failure does not hang the suite
 
 
 def test_real_beat_submits_one_batch_per_tick_and_a_second_or_restarted_beat_submits_nothing_twice(
@@ -463,9 +514,7 @@ every_s = 2
             assert beat_a2.wait(timeout=30) == 0
         finally:
             for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(timeout=30)
+                stop(proc)
             workers.close()
 
     # Then every tick has exactly one run and one batch, submitted once (its Redis record counts one run)
