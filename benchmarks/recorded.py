@@ -96,6 +96,7 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
     left_out = (fitted.report.get("left_out", []) if fitted else []) + report.get("left_out", [])
     for note in left_out:
         _warn(note)
+    fitted_for = target if fitted else chosen_for
     ratio = report["cost_ratio"]
     best = hindsight["cost_ratio"] if hindsight else None
     same = None     # the cheapest thresholds on test as accurate there as the fitted cascade (never fitted on)
@@ -112,11 +113,11 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
         "train_rows": len(train.rows),
         "left_out": left_out,
         "test_rows": report["jobs"],
-        "target": target if fitted else chosen_for,
+        "target": fitted_for,
         "thresholds": fitted.report["thresholds"] if fitted else None,
         "accuracy": _round(report["accuracy"]),
         "last_tier_accuracy": _round(report["last_tier_accuracy"]),
-        "target_met": _met(target, report) if fitted else _met(chosen_for, report) if chosen_for else None,
+        "target_met": _met(fitted_for, report) if fitted_for else None,
         "cost_ratio": _round(ratio),
         "hindsight_cost_ratio": _round(best),
         "hindsight_ladder": hindsight["ladder"] if hindsight else None,

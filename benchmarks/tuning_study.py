@@ -52,6 +52,8 @@ VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is 
     "tiers": {"floor": "tiers"},              # each tier held to the target on its own rows, no answer floor
     "tiers_bound": {"floor": "tiers_bound"},  # the same at the target's confidence
     "no_floor": {"floor": "none"},            # the batch bound alone
+    "budget": {"floor": "budget"},            # the rule, its tier guard as one budget for all the early tiers
+    "model_bound": {"floor": "model"},        # the rule, its batch bound on calibrated values, not outcomes
 }
 TARGET = T.Target("drop", 0.01)
 

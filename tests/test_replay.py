@@ -287,6 +287,33 @@ def test_the_studied_tier_rule_at_its_bound_refuses_a_tier_that_passes_only_on_t
     assert point[0] == 0.95 and bounded[0] == NEVER
 
 
+def test_the_studied_budget_and_model_rules_accept_what_the_rule_refuses():
+    # Given: 400 rows. The cheap tier is sure (P=0.95) on the easy half and wrong on 12 of those, where the last
+    # tier is right: 6 points below it on its own rows. The middle tier is right everywhere; the last tier is
+    # wrong on 10 hard rows.
+    cheap = profile("cheap", [0.95] * 200 + [0.3] * 200, [i % 50 >= 3 for i in range(200)] + [False] * 200, 1)
+    middle = profile("middle", [0.99] * 400, [True] * 400, 10)
+    last = profile("last", [0.9] * 400, [True] * 200 + [i % 20 != 0 for i in range(200)], 100)
+    profiles, target = [cheap, middle, last], Target("drop", 0.05, 0.9)
+    cal = [p.raw for p in profiles]
+    # When: the rule and the study's "budget" variant (one budget for the early tiers' losses) choose
+    rule, _ = choose_thresholds(profiles, cal, target, keep_last=True)
+    budget, _ = choose_thresholds(profiles, cal, target, keep_last=True, floor="budget")
+    # Then: the rule holds the cheap tier to 5 points on its own rows and sends everything to the middle tier;
+    # the budget lets it spend 12 of the 20 rows the target allows
+    assert rule == [NEVER, 0.99, 0.5] and budget == [0.95, 0.99, 0.5]
+    # Given: two tiers, the cheap tier sure on half of 200 rows and wrong on 8 of them, where the last tier is right
+    cheap = profile("cheap", [0.95] * 100 + [0.3] * 100, [i % 25 >= 2 for i in range(100)] + [False] * 100, 1)
+    last = profile("last", [0.9] * 200, [True] * 100 + [i % 10 != 0 for i in range(100)], 100)
+    cal = [cheap.raw, last.raw]
+    # When: the rule and the "model" variant (the batch bound on calibrated values) choose
+    rule, _ = choose_thresholds([cheap, last], cal, target, keep_last=True)
+    model, _ = choose_thresholds([cheap, last], cal, target, keep_last=True, floor="model")
+    # Then: 4 points lost on 200 rows is 5.8 at the 90% bound, so the rule escalates; the model counts each sure
+    # answer as right with P=0.95 against the last tier's 0.9, a gain, and accepts
+    assert rule == [NEVER, 0.5] and model == [0.95, 0.5]
+
+
 def test_an_unsure_middle_group_answers_where_its_own_rows_show_the_last_tier_no_better():
     # Given: 300 rows. The cheap tier is sure and right on the easy half (P=0.95, 2 wrong) and useless on the
     # hard half. There the middle tier has two groups of 75: sure (P=0.9, 90% right) and unsure (P=0.6, 60%

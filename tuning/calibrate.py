@@ -49,7 +49,7 @@ from cascade.errors import ConfigError
 from cascade.recorded import RecordedRow, RecordedSet
 from cascade.tuning.label_free import agreement
 from cascade.tuning.profile import SCORED, cross_fitted, fit_map, profile_tier
-from cascade.tuning.replay import check_replayable, complete_rows, tier_cost, tier_samples
+from cascade.tuning.replay import complete_rows, tier_cost, tier_samples
 from cascade.tuning.search import (
     NEVER,
     answer_floors,
@@ -98,7 +98,6 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     rows = list(rows if rows is not None else recorded.rows)
     if not rows:
         raise ConfigError(f"{recorded.source}: no rows to calibrate on")
-    check_replayable(settings, pipeline, recorded)
     rows, left_out = complete_rows(settings, pipeline, recorded, rows)
     ladder = pipeline.full_ladder
     profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in ladder]

@@ -71,7 +71,8 @@ def complete_rows(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
                   rows: Iterable[RecordedRow]) -> tuple[list[RecordedRow], list[str]]:
     """The rows whose recording (the row the replay provider answers from) has a response of every model of
     the full ladder, and one note per model that some rows lack: they are left out, since nothing says what
-    that model would have answered. ConfigError when no row is left."""
+    that model would have answered. ConfigError when no row is left, or a tier's model has no responses at all."""
+    check_replayable(settings, pipeline, recorded)
     kept, lacking = [], {}
     for row in rows:
         served = recorded.find((row.system, row.user)) or row
@@ -119,7 +120,6 @@ def run_pipeline(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
 def replay(settings: Settings, pipeline: Pipeline, recorded: RecordedSet,
            rows: Iterable[RecordedRow] | None = None) -> ReplayResult:
     """Run the pipeline over the recording and report accuracy, cost and escalation against the references."""
-    check_replayable(settings, pipeline, recorded)
     chosen, notes = complete_rows(settings, pipeline, recorded, rows if rows is not None else recorded.rows)
     records, counters = run_pipeline(settings, pipeline, recorded, chosen)
     summary = summarize(counters, settings, pipeline)

@@ -16,15 +16,18 @@ from cascade.tuning.target import (
     floors_hold,
     grouped_floors_hold,
     meets,
+    meets_calibrated,
     tier_floors,
     tiers_hold,
+    tiers_share_budget,
 )
 
 NEVER = 1.01                 # a threshold above every probability: this tier escalates everything
 FLAG_THRESHOLD = 0.5         # the last tier's threshold only flags (accept_flagged): flag the likely-wrong
 MAX_CANDIDATES = 40          # thresholds tried per tier (quantiles of the calibrated values)
 MAX_COMBINATIONS = 20000     # above this, coordinate descent instead of trying every combination
-FLOORS = ("grouped", "reached", "answer", "none", "tiers", "tiers_bound")   # the first is the rule; the rest measured
+FLOORS = ("grouped", "reached", "answer", "none", "tiers", "tiers_bound", "budget", "model")   # the first is the rule
+GROUPED = ("grouped", "budget", "model")     # the rules whose answer guard lets groups through below a floor
 
 
 def tier_accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) -> tuple[bool, int]:
@@ -98,7 +101,9 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
     through below a floor, the rule before), "answer" (every tier's answers held to the floor of the whole
     batch, the rule before that) or "none" (the batch target alone: the best-in-hindsight search). "tiers"
     and "tiers_bound" hold each tier to the target on its own rows (point estimate, or at the target's
-    confidence) and drop the answer floors: rules benchmarks/tuning_study.py measured and rejected.
+    confidence) and drop the answer floors; "budget" is the rule with the tier guard as one budget
+    (`tiers_share_budget`), "model" the rule with the batch bound on calibrated values (`meets_calibrated`):
+    rules benchmarks/tuning_study.py measured and rejected.
     """
     if floor not in FLOORS:
         raise ValueError(f"floor must be one of {', '.join(FLOORS)}, got {floor!r}")
@@ -109,7 +114,7 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
     # the first tier is reached by every row, so its floor is the batch's under every rule that has floors
     options = {t: candidates(cal[t], overall if floor == "answer" or (floor == "reached" and t == 0) else 0.0)
                for t in free}
-    if floor == "grouped" and 0 in options:   # the grid above the floor as "reached" has it, and the values below
+    if floor in GROUPED and 0 in options:   # the grid above the floor as "reached" has it, and the values below
         below = [v for v in cal[0] if v is not None and v < overall]
         options[0] = sorted(set(candidates(cal[0], overall)) | set(candidates(below)))
     base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
@@ -120,16 +125,18 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
         correct, cost, where = run(profiles, cal, thresholds, keep_last)
         if best is not None and (cost, -sum(correct)) >= best[:2]:
             return
-        if floor in ("grouped", "reached"):
-            answers = (grouped_floors_hold(thresholds, where, reference, cal, target, last) if floor == "grouped"
-                       else floors_hold(thresholds, where, reference, target, last))
-            if not (answers and tiers_hold(correct, where, reference, target, last,
-                                                   lone=floor != "grouped")):
+        if floor in GROUPED or floor == "reached":
+            answers = (floors_hold(thresholds, where, reference, target, last) if floor == "reached"
+                       else grouped_floors_hold(thresholds, where, reference, cal, target, last))
+            tiers = (tiers_share_budget(correct, where, reference, target, last) if floor == "budget"
+                     else tiers_hold(correct, where, reference, target, last, lone=floor == "reached"))
+            if not (answers and tiers):
                 return
         if floor.startswith("tiers") and not tiers_hold(correct, where, reference, target, last,
                                                         bounded=floor == "tiers_bound"):
             return
-        if meets(correct, reference, target):
+        if (meets_calibrated(correct, reference, where, cal, target, last) if floor == "model"
+                else meets(correct, reference, target)):
             best = (cost, -sum(correct), list(thresholds))
 
     if math.prod(len(o) for o in options.values()) <= MAX_COMBINATIONS:

@@ -84,6 +84,30 @@ def tiers_hold(correct: list[int], where: list[int], reference: list[int], targe
     return all(sum(values) >= limit * len(values) - 1e-9 for values in groups.values())
 
 
+def tiers_share_budget(correct: list[int], where: list[int], reference: list[int], target: Target, last: int) -> bool:
+    """The tier guard as one budget (measured and rejected: README): the losses of the tiers before the last
+    against the reference, each counted only where it loses, together within the drop."""
+    if target.kind != "drop":
+        return tiers_hold(correct, where, reference, target, last)
+    losses: dict[int, int] = {}
+    for c, r, w in zip(correct, reference, where):
+        if w < last:
+            losses[w] = losses.get(w, 0) + r - c
+    return sum(max(0, loss) for loss in losses.values()) <= target.value * len(correct) + 1e-9
+
+
+def meets_calibrated(correct: list[int], reference: list[int], where: list[int],
+                     values: Sequence[Sequence[float | None]], target: Target, last: int) -> bool:
+    """The batch bound on calibrated values (measured and rejected: README): each answer taken as right with its
+    tier's calibrated P(correct), paired row by row with the last tier's; outcomes where a value is missing."""
+    if target.kind != "drop":
+        return meets(correct, reference, target)
+    paired = [0.0 if w == last else values[w][i] - values[last][i]
+              if values[w][i] is not None and values[last][i] is not None else correct[i] - reference[i]
+              for i, w in enumerate(where)]
+    return lower_bound(paired, target.confidence) >= -target.value
+
+
 def reached_floor(reached: list[int], overall: float, target: Target) -> float:
     """The answer floor of a later tier: what the target asks of the reference on the rows that reach the tier,
     its accuracy there taken at its upper confidence bound, and never above the floor of the whole batch."""
