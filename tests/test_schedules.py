@@ -513,9 +513,11 @@ every_s = 2
             beat_a2.send_signal(signal.SIGTERM)
             assert beat_a2.wait(timeout=30) == 0
         finally:
-            for proc in procs:
-                stop(proc)
-            workers.close()
+            try:
+                for proc in procs:
+                    stop(proc)
+            finally:
+                workers.close()
 
     # Then every tick has exactly one run and one batch, submitted once (its Redis record counts one run)
     all_runs = runs()
