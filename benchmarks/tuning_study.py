@@ -54,6 +54,7 @@ VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is 
     "no_floor": {"floor": "none"},            # the batch bound alone
     "budget": {"floor": "budget"},            # the rule, its tier guard as one budget for all the early tiers
     "model_bound": {"floor": "model"},        # the rule, its batch bound on calibrated values, not outcomes
+    "centered": {"centered": True},           # the rule on centred isotonic maps (Oron & Flournoy 2017)
 }
 TARGET = T.Target("drop", 0.01)
 
@@ -109,17 +110,19 @@ def part(p: P.TierProfile, rows: list[int]) -> P.TierProfile:
                          pick(p.cost_fail), pick(p.correct), p.key)
 
 
-def calibrated(profiles: list[P.TierProfile], fitted_on: list[P.TierProfile]) -> list[list[float | None]]:
-    maps = [P.fit_map(p, range(len(p.raw))) for p in fitted_on]
+def calibrated(profiles: list[P.TierProfile], fitted_on: list[P.TierProfile], centered: bool = False
+               ) -> list[list[float | None]]:
+    maps = [P.fit_map(p, range(len(p.raw)), centered) for p in fitted_on]
     return [[m(r) if m is not None and r is not None else None for r in p.raw] for p, m in zip(profiles, maps)]
 
 
 def measure(variant: dict, train: list[P.TierProfile], test: list[P.TierProfile], same_accuracy: bool = False
             ) -> dict:
     goal = T.Target(TARGET.kind, TARGET.value, variant.get("confidence", TARGET.confidence))
-    values = P.cross_fitted(train) if variant.get("cross_fit") else calibrated(train, train)
+    centered = variant.get("centered", False)
+    values = P.cross_fitted(train) if variant.get("cross_fit") else calibrated(train, train, centered)
     best, _ = S.choose_ladder(train, values, goal, keep_last=True, floor=variant.get("floor", S.FLOORS[0]))
-    kept, cal = [test[t] for t in best.kept], calibrated(test, train)
+    kept, cal = [test[t] for t in best.kept], calibrated(test, train, centered)
     correct, cost, _ = S.simulate(kept, [cal[t] for t in best.kept], best.thresholds, True)
     reference, last = test[-1].correct, sum(test[-1].cost_full)
     met = sum(correct) >= sum(reference) - TARGET.value * len(reference) - 1e-9

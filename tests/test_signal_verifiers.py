@@ -57,6 +57,16 @@ def test_isotonic_fit_is_monotone_and_pools_violators():
     assert m(-5) == m(0.1) and m(5) == m(0.9)                                  # clamped outside
 
 
+def test_centred_isotonic_fit_puts_each_pooled_block_at_its_mean_score():
+    # Given a pooled block (0.2, 0.3) at 0.5 between a wrong 0.1 and a right 0.4
+    m = fit_isotonic([0.1, 0.2, 0.3, 0.4], [False, True, False, True], centered=True)
+    # When centred, the block is one point at its mean score, and its edge rows lie on the lines to its neighbours
+    assert m(0.25) == pytest.approx(0.5)
+    assert m(0.2) == pytest.approx(1 / 3) and m(0.3) == pytest.approx(2 / 3)
+    assert m(0.1) == pytest.approx(0.0) and m(0.4) == pytest.approx(1.0)
+    assert m(-5) == m(0.1) and m(5) == m(0.4)
+
+
 def test_isotonic_fit_treats_tied_scores_as_one_point():
     # Given many rows at the top score (self-consistency: all samples agree), mostly right,
     # and wrong answers spread below it

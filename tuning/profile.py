@@ -78,10 +78,10 @@ def profile_tier(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, 
     return profile
 
 
-def fit_map(p: TierProfile, rows: Iterable[int]) -> CalibrationMap | None:
+def fit_map(p: TierProfile, rows: Iterable[int], centered: bool = False) -> CalibrationMap | None:
     """The isotonic map of a scored tier fitted on these rows (those its static checks passed), or None."""
     pairs = [(p.raw[i], p.correct[i]) for i in rows if p.static_ok[i] and p.raw[i] is not None]
-    return fit_isotonic([r for r, _ in pairs], [c for _, c in pairs]) if p.scored and pairs else None
+    return fit_isotonic([r for r, _ in pairs], [c for _, c in pairs], centered) if p.scored and pairs else None
 
 
 def cross_fitted(profiles: list[TierProfile], folds: int = FOLDS) -> list[list[float | None]]:

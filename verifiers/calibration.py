@@ -51,8 +51,11 @@ class CalibrationMap:
         return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def fit_isotonic(scores: Sequence[float], correct: Sequence[bool]) -> CalibrationMap:
-    """The least-squares non-decreasing fit of `correct` on `scores` (pool adjacent violators)."""
+def fit_isotonic(scores: Sequence[float], correct: Sequence[bool], centered: bool = False) -> CalibrationMap:
+    """The least-squares non-decreasing fit of `correct` on `scores` (pool adjacent violators).
+
+    `centered`: centred isotonic regression (Oron & Flournoy 2017): each pooled block becomes one point at
+    its rows' mean score, linear between them, so a block's edge rows take values between its neighbours'."""
     if not scores or len(scores) != len(correct):
         raise ValueError("fitting needs as many labels as scores, and at least one")
     groups: dict[float, list[float]] = {}      # distinct score -> [sum of labels, count]
@@ -60,19 +63,25 @@ def fit_isotonic(scores: Sequence[float], correct: Sequence[bool]) -> Calibratio
         group = groups.setdefault(x, [0.0, 0.0])
         group[0] += float(y)
         group[1] += 1
-    blocks: list[list[float]] = []    # [sum of labels, count, lowest x, highest x]
+    blocks: list[list[float]] = []    # [sum of labels, count, lowest x, highest x, sum of x]
     for x in sorted(groups):
         # tied scores are one point: pooling decisions are made on their mean, never on a part of it
-        blocks.append([groups[x][0], groups[x][1], x, x])
+        blocks.append([groups[x][0], groups[x][1], x, x, x * groups[x][1]])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
-            total, count, _, high = blocks.pop()
+            total, count, _, high, xs = blocks.pop()
             blocks[-1][0] += total
             blocks[-1][1] += count
             blocks[-1][3] = high
+            blocks[-1][4] += xs
+    if centered:
+        centres = [(xs / count, total / count) for total, count, _, _, xs in blocks]
+        ends = [(blocks[0][2], centres[0][1])] if blocks[0][2] < centres[0][0] else []
+        tail = [(blocks[-1][3], centres[-1][1] + TIE_SLOPE)] if blocks[-1][3] > centres[-1][0] else []
+        return CalibrationMap(tuple(ends + centres + tail))
     # A vanishing slope keeps the map strictly increasing, so a threshold can fall between any two
     # raw scores even inside a pooled block (where isotonic regression alone would be flat).
     points: list[tuple[float, float]] = []
-    for total, count, low, high in blocks:
+    for total, count, low, high, _ in blocks:
         value = total / count
         points.append((low, value + TIE_SLOPE * low))
         if high != low:
