@@ -286,7 +286,7 @@ def _poison(client: redis.Redis, queue: str) -> int:
 def scenario(name: str, cluster: Cluster, server: PrivateRedis, root: Path, scale: float) -> dict:
     """Run one scenario; return its figures."""
     client = redis.Redis.from_url(server.url, socket_timeout=5)
-    n = lambda rows: max(200, int(rows * scale))  # noqa: E731
+    n = lambda rows: max(200, int(rows * scale))
     ns = cluster.config.ns
     extra: dict = {}
     if name == "worker_kills" or name == "budget_kills":

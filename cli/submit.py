@@ -119,7 +119,7 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         stack.callback(rejected_out.close)
         bar = Progress(progress)
         stack.callback(bar.close)
-        say = lambda message: bar.bar.write(f"cascade-submit: {message}", file=sys.stderr)  # noqa: E731
+        say = lambda message: bar.bar.write(f"cascade-submit: {message}", file=sys.stderr)
         submitter = Submitter(backend, settings, pipe, batch, round((budget or 0) * 1e9),
                               on_reject=lambda err: rejected_out.write(err, bar), say=say)
         submitter.open(source if source != "-" else "stdin")

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 WINDOW_S = 60.0
 
@@ -125,4 +125,4 @@ def go_duration(seconds: float) -> str:
 def rfc3339_after(seconds: float) -> str:
     """The wall-clock moment `seconds` from now, as Anthropic writes resets (whole seconds, UTC)."""
     moment = math.ceil(time.time() + max(0.0, seconds))
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

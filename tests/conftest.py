@@ -27,7 +27,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.redis_server import (  # noqa: E402
+from tests.redis_server import (
     ENV_URL,
     LOCAL_URL,
     claim_database,

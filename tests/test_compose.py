@@ -164,7 +164,7 @@ def test_dockerfile_copies_every_folder_of_the_package():
     with (ROOT / "pyproject.toml").open("rb") as f:
         folders = set(tomllib.load(f)["tool"]["setuptools"]["package-dir"].values())
     dockerfile = (ROOT / "Dockerfile").read_text()
-    copied = set(re.findall(r"^COPY\s+(\S+)\s+\./\1$", dockerfile, re.M))
+    copied = set(re.findall(r"^COPY\s+(\S+)\s+\./\1$", dockerfile, re.MULTILINE))
     assert folders <= copied, f"Dockerfile does not COPY {sorted(folders - copied)}"
 
 

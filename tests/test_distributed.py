@@ -96,7 +96,7 @@ def test_batch_cost_equals_the_sum_of_attempt_costs(distributed_run):
 
 
 def test_embedded_mode_gives_the_same_decisions(distributed_run, tmp_path, sim):
-    config, rows, records, _, _ = distributed_run
+    config, _, records, _, _ = distributed_run
     write_tickets(tmp_path / "jobs.jsonl", JOBS)
     out = tmp_path / "embedded.jsonl"
     done = run_cli(["cascade-submit", str(tmp_path / "jobs.jsonl"), "--pipeline", "ticket-triage",

@@ -352,7 +352,7 @@ def test_a_producer_killed_mid_submit_and_run_again_writes_each_record_once(tmp_
         producer = subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        written = lambda: out.read_bytes().count(b"\n") if out.exists() else 0  # noqa: E731
+        written = lambda: out.read_bytes().count(b"\n") if out.exists() else 0
         while int(client.hget(f"{ns}:batch:pk-1", "total") or 0) < 500 or written() < 10:
             assert time.monotonic() < deadline and producer.poll() is None
             time.sleep(0.02)

@@ -237,7 +237,7 @@ def test_engine_pauses_the_tier_on_429_and_on_low_hints(tmp_path):
                                rate_limit={"remaining_requests": 0, "reset_requests_s": 1.5})])
     provider = ScriptedProvider(lambda request, n: next(answers))
     job = Job("j", {"subject": "Refund", "body": "charged twice"}, 1)
-    engine, store, ref = one_job(settings, {"cheap": provider}, job, limiter=limiter, client=conn)
+    engine, _, ref = one_job(settings, {"cheap": provider}, job, limiter=limiter, client=conn)
     assert engine.handle(ref) == "accepted"
     assert len(provider.calls) == 2               # the 429 was retried after its cooldown
     assert 1.0 < limiter.store.cooldown_left("cheap") <= 1.5
@@ -370,7 +370,7 @@ def test_engine_reserves_max_tokens_per_sample_and_settles_as_the_provider_count
     provider.supports_n = one_call          # without `n` (Anthropic), every sample is a request of its own
     # When one job is answered (with n samples in one call)
     job = Job("j", {"subject": "Refund", "body": "charged twice"}, 1)
-    engine, store, ref = one_job(settings, {"cheap": provider}, job, pipeline=pipeline, limiter=limiter)
+    engine, _, ref = one_job(settings, {"cheap": provider}, job, pipeline=pipeline, limiter=limiter)
     assert engine.handle(ref) == "accepted"
     # Then each request's reservation covers its samples, and its settlement is what the provider counts
     requests = 1 if one_call else n

@@ -42,7 +42,7 @@ def test_every_package_folder_is_listed_under_its_cascade_name():
 
 
 def test_no_module_imports_a_bare_top_level_name():
-    pattern = re.compile(rf"^\s*(from|import)\s+({'|'.join(BARE)})(\.|\s|$)", re.M)
+    pattern = re.compile(rf"^\s*(from|import)\s+({'|'.join(BARE)})(\.|\s|$)", re.MULTILINE)
     offenders = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}" for p in source_files()
                  for m in pattern.finditer(p.read_text())]
     assert offenders == []

@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx2
 import pytest
@@ -294,7 +294,7 @@ def test_anthropic_n_makes_n_calls_and_sums_usage():
 
 
 def test_anthropic_rate_limit_headers_are_parsed():
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     headers = {
         "anthropic-ratelimit-requests-remaining": "49",
         "anthropic-ratelimit-tokens-remaining": "79000",
@@ -363,7 +363,7 @@ def test_429_retry_after_ms_wins_over_seconds(kind: str):
 
 
 def test_429_retry_after_http_date():
-    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=20), usegmt=True)
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
     rec = Recorder(answer(429, RATE_BODIES["openai"], {"retry-after": when}))
     with pytest.raises(RateLimited) as caught:
         openai_provider(rec).complete(request())
@@ -610,7 +610,7 @@ def test_parse_duration(text: str | None, seconds: float | None):
 
 
 def test_seconds_until_rfc3339():
-    now = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc).timestamp()
+    now = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC).timestamp()
     assert seconds_until("2026-11-22T10:00:30Z", now) == 30.0
     assert seconds_until("2026-11-22T11:00:30+01:00", now) == 30.0
     assert seconds_until("2026-11-22T09:59:00Z", now) == 0.0  # already past
@@ -619,7 +619,7 @@ def test_seconds_until_rfc3339():
 
 
 def test_parse_retry_after_forms():
-    now = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc).timestamp()
+    now = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC).timestamp()
     assert parse_retry_after({"retry-after": "12"}, now) == 12.0
     assert parse_retry_after({"retry-after-ms": "250"}, now) == 0.25
     assert parse_retry_after({"retry-after": "Sun, 22 Nov 2026 10:00:45 GMT"}, now) == 45.0

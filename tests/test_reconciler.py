@@ -98,7 +98,7 @@ def test_taking_a_job_published_again_does_not_make_the_messages_it_jumped_look_
     sent = Sent()
     sweeper = reconciler(settings, client, ns, sent, queue_depth=lambda tier: 30)
     # one job is claimed (its message was lost), published ahead of the queue and taken at once
-    [claimed] = sweeper.sweeps.claim(settings.pipeline("ticket-triage").ladder, [("b", "j0", f"Q{seqs[0]!r}")])
+    [_] = sweeper.sweeps.claim(settings.pipeline("ticket-triage").ladder, [("b", "j0", f"Q{seqs[0]!r}")])
     jobs.take_lease("b", "j0", 0, "cheap", 0, "w0", lease_ms=60_000, reserve_per_token=0.0, reserve_per_call=0,
                     max_deliveries=10)
     # then the 39 ordinary messages behind it are not due

@@ -52,7 +52,7 @@ def test_isotonic_fit_is_monotone_and_pools_violators():
     assert m(0.2) == pytest.approx(0.5, abs=1e-5) and m(0.3) == pytest.approx(0.5, abs=1e-5)   # pooled
     assert m(0.9) == pytest.approx(1.0, abs=1e-5)
     assert m(0.2) < m(0.25) < m(0.3)        # still rising inside a pooled block: thresholds can fall between
-    values = [m(x / 100) for x in range(0, 101)]
+    values = [m(x / 100) for x in range(101)]
     assert values == sorted(values)
     assert m(-5) == m(0.1) and m(5) == m(0.9)                                  # clamped outside
 

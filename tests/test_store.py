@@ -12,8 +12,7 @@ import redis
 
 from cascade.models import Job
 from cascade.worker.messages import JobPayload
-from cascade.worker.store import (BatchStore, JobStore, LeaseCode, Registration, ResultStream, SweepStore,
-                                  pack_counters)
+from cascade.worker.store import BatchStore, JobStore, LeaseCode, Registration, ResultStream, SweepStore, pack_counters
 
 LADDER = ("cheap", "frontier")
 A = "b\x1fa"        # job a of batch b in the due sets

@@ -34,9 +34,8 @@ def tier_accepts(p: TierProfile, i: int, cal: list[float | None], threshold: flo
     """Whether tier profile `p` accepts row i at `threshold`, and what the attempt cost."""
     if not p.static_ok[i]:
         return False, p.cost_full[i]
-    if p.scored:
-        if cal[i] is None or cal[i] < threshold:
-            return False, p.cost_fail[i]
+    if p.scored and (cal[i] is None or cal[i] < threshold):
+        return False, p.cost_fail[i]
     return p.rest_ok[i], p.cost_full[i]
 
 

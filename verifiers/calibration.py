@@ -7,6 +7,7 @@ needs nothing but this module. `fit_isotonic` is pool-adjacent-violators in pure
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ class CalibrationMap:
             raise ValueError("a calibration map needs at least one point")
         xs = [x for x, _ in self.points]
         ys = [y for _, y in self.points]
-        if any(b < a for a, b in zip(xs, xs[1:])) or any(b < a for a, b in zip(ys, ys[1:])):
+        if any(b < a for a, b in itertools.pairwise(xs)) or any(b < a for a, b in itertools.pairwise(ys)):
             raise ValueError("calibration points must be sorted by x with non-decreasing y")
         object.__setattr__(self, "_xs", tuple(xs))    # bisected on every attempt
 

@@ -40,10 +40,9 @@ class CeleryDispatcher:
 
     def send_many(self, refs: Sequence[JobRef]) -> None:
         """Publish a chunk in as few Redis round trips as kombu allows."""
-        with self.app.producer_or_acquire() as producer:
-            with producer.batch(max_size=max(1, len(refs))):
-                for ref in refs:
-                    self._publish(ref, producer)
+        with self.app.producer_or_acquire() as producer, producer.batch(max_size=max(1, len(refs))):
+            for ref in refs:
+                self._publish(ref, producer)
 
     def backlog(self, tier_name: str) -> int:
         """Messages waiting on a tier's queue."""
