@@ -48,7 +48,9 @@ VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is 
     "confidence_0.7": {"confidence": 0.7},
     "confidence_0.5": {"confidence": 0.5},    # the batch at its point estimate: what the 90% bound costs
     "answer_floor_confidence_0.7": {"floor": "answer", "confidence": 0.7},
+    "reached_confidence_0.7": {"floor": "reached", "confidence": 0.7},
     "cross_fit": {"cross_fit": True},
+    "reached_cross_fit": {"floor": "reached", "cross_fit": True},
     "tiers": {"floor": "tiers"},              # each tier held to the target on its own rows, no answer floor
     "tiers_bound": {"floor": "tiers_bound"},  # the same at the target's confidence
     "no_floor": {"floor": "none"},            # the batch bound alone

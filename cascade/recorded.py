@@ -145,6 +145,18 @@ def load_recorded(path: str | Path, split: str | None = None,
     return out
 
 
+def is_recorded(path: str | Path) -> bool:
+    """Whether a JSONL file holds recorded rows: its first non-empty line is an object with `messages` and
+    `responses` (False for anything else, unreadable files included: the caller's own reader reports those)."""
+    try:
+        with Path(path).open("rb") as stream:
+            line = next((raw for raw in stream if raw.strip()), b"")
+        data = _parse(line) if line else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "messages" in data and "responses" in data
+
+
 def _rows(path: Path, bad: Callable[[str], None]) -> Iterator[RecordedRow]:
     try:
         stream = path.open("rb")

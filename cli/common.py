@@ -10,7 +10,8 @@ from cascade.errors import CascadeError
 from cascade.worker.config import Settings, load_settings
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                             help="cascade.toml to use (default: $CASCADE_CONFIG or config/cascade.toml).")
+                             help="cascade.toml to use (default: $CASCADE_CONFIG, else ./cascade.toml, "
+                                  "else config/cascade.toml).")
 redis_option = click.option("--redis-url", help="Redis URL; empty runs embedded (default: $CASCADE_REDIS_URL or config).")
 
 

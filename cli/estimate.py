@@ -19,17 +19,28 @@ from cascade.errors import CascadeError, InputError
 def estimate_command(source: str, pipeline: str, output_tokens: int, as_json: bool, config_path: str | None) -> None:
     """Rows, expected and worst-case cost, projected escalation and accuracy, and the last tier alone.
 
+    SOURCE is the jobs file you will submit, or a recorded file (rows with `messages` and `responses`,
+    read as `cascade replay` reads them: its prompts fill the fields `system` and `user`).
+
     Example: cascade estimate tickets.jsonl -p ticket-triage
     """
+    from cascade.models import Job
     from cascade.producer.reader import read_rows, to_job
+    from cascade.recorded import is_recorded, load_recorded
     from cascade.tuning.estimate import estimate
+    from cascade.tuning.replay import check_prompt_fields
 
     settings = load(config_path, "")
     pipe = load_pipeline(settings, pipeline)
     fmt = "csv" if source.lower().endswith(".csv") else "jsonl"
     skipped: list[str] = []
+    recorded = is_recorded(source)
 
     def jobs():
+        if recorded:
+            for number, row in enumerate(load_recorded(source, on_bad_row=skipped.append).rows, start=1):
+                yield Job(row.id, {"system": row.system, "user": row.user}, number)
+            return
         with open(source, "rb") as stream:
             for row in read_rows(stream, fmt, settings.producer.max_row_bytes):
                 try:
@@ -37,6 +48,8 @@ def estimate_command(source: str, pipeline: str, output_tokens: int, as_json: bo
                 except InputError as e:
                     skipped.append(f"{source}: {e}")
     try:
+        if recorded:
+            check_prompt_fields(pipe)
         report = estimate(settings, pipe, jobs(), output_tokens)
     except CascadeError as e:
         raise click.ClickException(str(e)) from None

@@ -265,6 +265,21 @@ def test_estimate_projects_cost_and_escalation_from_the_calibration_without_call
     assert report["cheapest_cost_usd"] < report["expected_cost_usd"] < report["last_tier_alone_cost_usd"]
     assert report["last_tier_alone_cost_usd"] < report["worst_case_cost_usd"]
 
+    # A recorded file of the same 50 prompts (and one broken line) is estimated as those jobs are
+    same = write(tmp_path / "same.jsonl", rows(50))
+    with same.open("ab") as f:
+        f.write(b'{"id": "broken", "messages": \n')
+    recorded_out = run("estimate", str(same), "-p", "mc3", "--config", str(config), "--json")
+    assert recorded_out.exit_code == 0, recorded_out.output
+    assert orjson.loads(recorded_out.stdout) == report
+    assert f"{same}: line 51: skipped, not a recorded row" in recorded_out.stderr
+    # and a pipeline whose prompt needs other fields than a recorded row fills is refused in one line
+    (config.parent / "pipelines" / "tickets.toml").write_text(PIPELINE.replace('"{user}"', '"{subject}: {body}"'))
+    refused = run("estimate", str(same), "-p", "tickets", "--config", str(config))
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().endswith("prompt: uses subject, body; a recorded row fills only {system} and "
+                                           "{user} (its messages)")
+
 
 def test_the_simulator_serves_a_recorded_minus_infinity_logprob_as_the_api_does(tmp_path):
     from cascade.simulator import parse_scenario

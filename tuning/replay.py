@@ -54,12 +54,17 @@ def replay_settings(settings: Settings, pipeline: Pipeline | None = None) -> Set
     return settings.model_copy(update=update)
 
 
-def check_replayable(settings: Settings, pipeline: Pipeline, recorded: RecordedSet) -> None:
-    """ConfigError unless the prompt is `{system}`/`{user}` and every tier's model was recorded."""
+def check_prompt_fields(pipeline: Pipeline) -> None:
+    """ConfigError unless the pipeline's prompt uses only `{system}` and `{user}`, what a recorded row fills."""
     extra = [f for f in pipeline.prompt.fields if f not in ROW_FIELDS]
     if extra:
         raise ConfigError(f"{pipeline.source}: prompt: uses {', '.join(extra)}; a recorded row fills only "
                           "{system} and {user} (its messages)")
+
+
+def check_replayable(settings: Settings, pipeline: Pipeline, recorded: RecordedSet) -> None:
+    """ConfigError unless the prompt is `{system}`/`{user}` and every tier's model was recorded."""
+    check_prompt_fields(pipeline)
     models = recorded.models
     for name in pipeline.ladder:
         if settings.tiers[name].model not in models:
