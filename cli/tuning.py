@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,25 @@ recorded_option = click.option("--recorded", "-r", required=True, type=click.Pat
                                help="Recorded responses (JSONL in the ../shared/datasets format).")
 split_option = click.option("--split", help="Only rows whose `split` field is this (e.g. train or test).")
 pipeline_option = click.option("--pipeline", "-p", required=True, help="Pipeline name (a file in pipelines/).")
+
+
+class StepBar:
+    """calibrate's steps (tiers replayed, sub-ladders searched, the router) as a bar on stderr: it appears after
+    half a second and is gone when the report prints."""
+
+    def __init__(self, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="step", file=sys.stderr, disable=not enabled, delay=0.5, leave=False,
+                        dynamic_ncols=True, bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]")
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        self.bar.total, self.bar.n = total, done
+        self.bar.set_description_str(f"calibrate: {what}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _percent(value: float | None) -> str:
@@ -144,10 +164,12 @@ def replay_command(pipeline: str, recorded: str, split: str | None, out: str | N
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="Calibration file to write (default: the one the pipeline's verifiers name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON line on stdout.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show the steps on stderr while fitting (default: when stderr is a terminal).")
 @config_option
 def calibrate_command(pipeline: str | None, recorded: str | None, split: str | None, from_ledger: str | None,
                       label_free: bool, target: str, confidence: float, out: str | None, as_json: bool,
-                      config_path: str | None) -> None:
+                      progress: bool | None, config_path: str | None) -> None:
     """Fit calibration maps and the cheapest sub-ladder and thresholds that meet a quality target.
 
     Rows without labels (no `correct`, no `gold`) are fitted on agreement with the last tier's answer.
@@ -186,7 +208,11 @@ def calibrate_command(pipeline: str | None, recorded: str | None, split: str | N
             _show(report, as_json, f"calibration of {pipeline} from the ledger's shadow pairs -> {path}")
             return
         data = load_recorded(recorded, on_bad_row=_warn)
-        result = calibrate(settings, pipe, data, goal, _rows(data, split), label_free=label_free)
+        bar = StepBar(sys.stderr.isatty() if progress is None else progress)
+        try:
+            result = calibrate(settings, pipe, data, goal, _rows(data, split), label_free=label_free, progress=bar)
+        finally:
+            bar.close()
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
     for note in result.report.get("left_out", []):

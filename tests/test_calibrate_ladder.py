@@ -87,6 +87,27 @@ def test_a_middle_tier_that_never_pays_is_skipped_and_replay_never_calls_it(conf
     assert tiers == {"mini", "gpt4o"}
 
 
+def test_calibrate_tells_its_progress_step_by_step(config, tmp_path):
+    from cascade.tuning.calibrate import Target, calibrate
+    from cascade.worker.config import load_settings
+
+    settings = load_settings(config, environ={}, check_verifiers=False)
+    recorded = load_recorded(write(tmp_path / "train.jsonl", rows(60)))
+    steps = []
+    calibrate(settings, settings.pipeline("mc3"), recorded, Target.parse("drop=0.05"),
+              progress=lambda done, total, what: steps.append((done, total, what)))
+    assert steps == [(0, 8, "replaying mini over 60 rows"), (1, 8, "replaying qwen72 over 60 rows"),
+                     (2, 8, "replaying gpt4o over 60 rows"), (3, 8, "searching thresholds of gpt4o"),
+                     (4, 8, "searching thresholds of mini -> gpt4o"), (5, 8, "searching thresholds of qwen72 -> gpt4o"),
+                     (6, 8, "searching thresholds of mini -> qwen72 -> gpt4o"), (7, 8, "fitting the pre-router"),
+                     (8, 8, "done")]
+    # the command shows them on stderr when asked (and its JSON report on stdout stays one line)
+    fit = run("calibrate", "-p", "mc3", "-r", str(tmp_path / "train.jsonl"), "--target", "drop=0.05",
+              "--config", str(config), "--json", "--progress")
+    assert fit.exit_code == 0, fit.output
+    assert orjson.loads(fit.stdout)["rows"] == 60
+
+
 def test_no_cascade_beats_the_last_tier_alone_warns_and_costs_no_more_than_it(config, tmp_path):
     # Given: mini is sure and wrong, qwen72 never sure: every cascade either loses accuracy or costs more
     recorded = write(tmp_path / "train.jsonl", rows(120, mini_right_when_sure=False))

@@ -39,6 +39,7 @@ runs them and writes what they found.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ from cascade.tuning.search import (
     let_through,
     simulate,
     skip_reasons,
+    sub_ladders,
     tier_rates,
 )
 from cascade.tuning.target import Target, answer_floor
@@ -91,16 +93,29 @@ class CalibrationResult:
 
 def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, target: Target,
               rows: list[RecordedRow] | None = None, floor: str = "grouped",
-              cross_fit: bool = False, label_free: bool = False, route: bool = True) -> CalibrationResult:
+              cross_fit: bool = False, label_free: bool = False, route: bool = True,
+              progress: Callable[[int, int, str], None] | None = None) -> CalibrationResult:
     """Profile every tier, fit isotonic maps, choose a sub-ladder and its thresholds, then the pre-router
     (`route=False`: none); the report holds the training figures. `floor="none"` drops the tier and answer
-    guards (the best-in-hindsight search)."""
+    guards (the best-in-hindsight search). `progress(done, total, what)` is told each step before it runs."""
     rows = list(rows if rows is not None else recorded.rows)
     if not rows:
         raise ConfigError(f"{recorded.source}: no rows to calibrate on")
     rows, left_out = complete_rows(settings, pipeline, recorded, rows)
     ladder = pipeline.full_ladder
-    profiles = [profile_tier(settings, pipeline, recorded, rows, tier) for tier in ladder]
+    steps = len(ladder) + len(sub_ladders(len(ladder))) + int(route)
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        if progress is not None:
+            progress(done, steps, what)
+        done += 1
+
+    profiles = []
+    for tier in ladder:
+        step(f"replaying {tier} over {len(rows)} rows")
+        profiles.append(profile_tier(settings, pipeline, recorded, rows, tier))
     labelled = any(r.gold is not None or any(a.correct is not None for a in r.responses.values()) for r in rows)
     label_free = label_free or not labelled
     if label_free:    # right = the last tier's answer (which is right by definition)
@@ -116,7 +131,8 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     keep_last = pipeline.on_last_failure == "accept_flagged"
     # cross_fit: choose on out-of-fold values (measured in the module docstring: off by default), report with
     # the map that is written
-    best, tried = choose_ladder(profiles, cross_fitted(profiles) if cross_fit else cal, target, keep_last, floor)
+    best, tried = choose_ladder(profiles, cross_fitted(profiles) if cross_fit else cal, target, keep_last, floor,
+                                lambda kept: step("searching thresholds of " + " -> ".join(ladder[t] for t in kept)))
     kept = [profiles[t] for t in best.kept]
     correct, cost, escalated = simulate(kept, [cal[t] for t in best.kept], best.thresholds, keep_last)
     reference, _, _ = simulate(profiles[-1:], cal[-1:], [0.0], keep_last)
@@ -152,12 +168,15 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     if route:
         from cascade.tuning.router import fit_router  # it builds on this module's simulation
 
+        step("fitting the pre-router")
         texts = [prompt_text(*render(pipeline.prompt, {"system": r.system, "user": r.user})) for r in rows]
         router = fit_router(texts, kept, [cal[t] for t in best.kept], best.thresholds, target, keep_last, last_cost)
         report["router"] = router.report()
     if len(best.kept) == 1 and len(ladder) > 1:
         report["warning"] = (f"no cascade beats the last tier alone on these rows: every job goes to {ladder[-1]} "
                              f"({', '.join(skipped)} skipped)")
+    if progress is not None:
+        progress(steps, steps, "done")
     return CalibrationResult(entries, report, skipped, router)
 
 

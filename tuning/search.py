@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cascade.tuning.profile import TierProfile
@@ -193,15 +193,19 @@ def sub_ladders(size: int) -> list[tuple[int, ...]]:
 
 
 def choose_ladder(profiles: list[TierProfile], cal: list[list[float | None]], target: Target,
-                  keep_last: bool, floor: str = "grouped") -> tuple[LadderChoice, list[LadderChoice]]:
+                  keep_last: bool, floor: str = "grouped",
+                  searched: Callable[[tuple[int, ...]], None] | None = None) -> tuple[LadderChoice, list[LadderChoice]]:
     """The cheapest sub-ladder meeting the target (the last tier alone is one), and every sub-ladder tried.
 
     A tier that escalates nearly everything still costs its call on every job that reaches it, so a
     ladder without it can be cheaper at the same accuracy; trying every sub-ladder finds that. When
-    none meets the target, the last tier alone is the answer (marked infeasible).
+    none meets the target, the last tier alone is the answer (marked infeasible). `searched` is told each
+    sub-ladder before its search (progress).
     """
     tried = []
     for kept in sub_ladders(len(profiles)):
+        if searched is not None:
+            searched(kept)
         sub, sub_cal = [profiles[t] for t in kept], [cal[t] for t in kept]
         thresholds, feasible = choose_thresholds(sub, sub_cal, target, keep_last, floor)
         correct, cost, _ = simulate(sub, sub_cal, thresholds, keep_last)
