@@ -23,6 +23,8 @@ from cascade.errors import ConfigError, Permanent
 from cascade.models import Completion, TokenLogprob, Usage
 
 _log = logging.getLogger(__name__)
+#: a recorded logprob a little above 0 is float rounding of a certain token; well above it is no log-probability
+LOGPROB_ROUNDING = 1e-6
 
 
 @dataclass(frozen=True)
@@ -166,9 +168,16 @@ def _rows(path: Path, bad: Callable[[str], None]) -> Iterator[RecordedRow]:
         for number, line in enumerate(stream, start=1):
             if line.strip():
                 try:
-                    yield _row(_parse(line))
-                except (ValueError, KeyError, TypeError, AttributeError) as e:   # JSONDecodeError is a ValueError
-                    bad(f"{path}: line {number}: skipped, not a recorded row ({type(e).__name__}: {e})")
+                    data = _parse(line)
+                except ValueError as e:      # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                    bad(f"{path}: line {number}: skipped, not a recorded row: not JSON ({e})")
+                    continue
+                try:
+                    yield _row(data)
+                except RowError as e:
+                    bad(f"{path}: line {number}: skipped, not a recorded row: {e}")
+                except (ValueError, TypeError) as e:     # a count or cost that is not a number
+                    bad(f"{path}: line {number}: skipped, not a recorded row: {e}")
 
 
 def _parse(line: bytes) -> Any:
@@ -179,19 +188,49 @@ def _parse(line: bytes) -> Any:
         return json.loads(line)
 
 
-def _logprob(value: Any) -> float | None:
-    """A recorded logprob: -inf stays (probability 0), NaN and null are unknown."""
+class RowError(ValueError):
+    """A line that is JSON but not a recorded row: what is wrong, in the format's own words."""
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind, as a message names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
+
+
+def _logprob(model: str, value: Any) -> float | None:
+    """A recorded logprob: -inf stays (probability 0), NaN and null are unknown; above 0 is no log-probability."""
     if value is None:
         return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RowError(f"responses.{model}.logprob must be a number or null, got {_kind(value)}")
     number = float(value)
-    return None if math.isnan(number) or number > 0 else number
+    if math.isnan(number):
+        return None
+    if number > LOGPROB_ROUNDING:
+        raise RowError(f"responses.{model}.logprob must be at most 0 (a log-probability), got {number:g}")
+    return min(number, 0.0)
 
 
-def _row(data: dict[str, Any]) -> RecordedRow:
+def _row(data: Any) -> RecordedRow:
+    if not isinstance(data, dict):
+        raise RowError(f"expected a JSON object, got {_kind(data)}")
+    missing = [key for key in ("id", "messages", "responses") if key not in data]
+    if missing:
+        raise RowError(f"missing field {', '.join(repr(k) for k in missing)}")
     messages = data["messages"]
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise RowError("messages must be a list of {\"role\", \"content\"} objects with string content")
     roles = {m["role"] for m in messages}
     if not roles <= {"system", "user", "assistant"} or "user" not in roles:
-        raise ValueError("messages must be system, user and assistant messages, with a user message")
+        raise RowError("messages must be system, user and assistant messages, with a user message")
+    if not isinstance(data["responses"], dict) or not all(isinstance(r, dict) for r in data["responses"].values()):
+        raise RowError("responses must be an object of model name -> response object")
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     turns = [m for m in messages if m["role"] != "system"]
     if "assistant" in roles:    # a few-shot conversation: the pipeline's {user} is its transcript
@@ -205,11 +244,15 @@ def _row(data: dict[str, Any]) -> RecordedRow:
 
 
 def _response(model: str, r: dict[str, Any]) -> RecordedResponse:
+    if not isinstance(r.get("text"), str):
+        raise RowError(f"responses.{model}.text must be a string, got {_kind(r.get('text'))}")
+    if r.get("correct") is not None and not isinstance(r["correct"], bool):
+        raise RowError(f"responses.{model}.correct must be true, false or null, got {_kind(r['correct'])}")
     return RecordedResponse(
-        model=model, text=str(r["text"]), input_tokens=int(r.get("input_tokens", 0)),
+        model=model, text=r["text"], input_tokens=int(r.get("input_tokens", 0)),
         output_tokens=int(r.get("output_tokens", 0)), cost_usd=float(r.get("cost_usd", 0.0)),
         latency_ms=float(r.get("latency_ms") or 0.0),
-        logprob=_logprob(r.get("logprob")),
+        logprob=_logprob(model, r.get("logprob")),
         samples=tuple(str(s) for s in r.get("samples", ())),
         sample_answers=tuple(str(s) for s in r.get("sample_answers", ())),
         correct=None if r.get("correct") is None else bool(r["correct"]),

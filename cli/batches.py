@@ -5,6 +5,7 @@ Live batches are read from Redis; results and finished batches from the ledger, 
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from contextlib import ExitStack
@@ -15,6 +16,7 @@ import orjson
 from cascade.cli.common import Command, config_option, load, load_pipeline, redact, redis_option
 from cascade.errors import CascadeError
 from cascade.ledger.database import Ledger, LedgerError, open_ledger, redact_url
+from cascade.models import Status
 from cascade.producer.report import format_summary, summarize
 from cascade.worker.config import Settings
 from cascade.worker.runtime import called_tiers
@@ -121,7 +123,8 @@ def format_provider_batches(tier: str, open_batches: list[dict]) -> str:
 @click.argument("batch")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the records to this file (default: stdout).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("--status", "statuses", multiple=True, help="Only records with this status (repeatable).")
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in Status]),
+              help="Only records with this status (repeatable).")
 @click.option("--follow", "-f", is_flag=True, help="Keep writing records as they arrive until the batch is finished.")
 @config_option
 @redis_option
@@ -143,7 +146,10 @@ def results(batch: str, out: str | None, fmt: str, statuses: tuple[str, ...], fo
         if live is None and ledger.batch(batch) is None:
             where = f"{redact(settings.redis.url)} or " if store is not None else ""
             raise click.ClickException(f"no batch '{batch}' in {where}the ledger ({redact_url(ledger.url)})")
-        sink = stack.enter_context(open(out, "wb")) if out else sys.stdout.buffer
+        try:
+            sink = stack.enter_context(open(out, "wb")) if out else sys.stdout.buffer
+        except OSError as e:
+            raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
         # with Redis at hand this process is one more ledger writer, so --follow never waits on a missing service
         writer = LedgerWriter(settings, store.redis, ledger) if store is not None and follow else None
         collector = Collector(ledger, batch, RecordWriter(sink, fmt), writer, statuses)
@@ -214,5 +220,8 @@ def parse_age(text: str) -> float:
     try:
         value = float(number)
     except ValueError:
-        raise click.BadParameter(f"{text!r}: use a number and s, m, h, d or w (7d)", param_hint="--since") from None
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise click.BadParameter(f"{text!r}: use a positive number and s, m, h, d or w (7d)",
+                                 param_hint="--since") from None
     return value * units[unit]

@@ -15,6 +15,24 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
 redis_option = click.option("--redis-url", help="Redis URL; empty runs embedded (default: $CASCADE_REDIS_URL or config).")
 
 
+MAX_USD = 1e9      # far above any batch; nano-USD amounts stay exact integers below it
+
+
+class USD(click.ParamType):
+    """An amount of US dollars: a positive, finite number (a budget of 0 would mean none at all)."""
+
+    name = "usd"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of USD", param, ctx)
+        if not 0 < number <= MAX_USD:   # NaN fails this too
+            self.fail(f"{value!r}: give a positive amount of USD, at most {MAX_USD:g}", param, ctx)
+        return number
+
+
 def load(config_path: str | None, redis_url: str | None) -> Settings:
     """Settings with command-line flags taking precedence, or a ClickException naming the problem."""
     try:

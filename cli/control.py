@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cascade.cli.common import Command, config_option, load, redact, redis_option
+from cascade.cli.common import USD, Command, config_option, load, redact, redis_option
 from cascade.worker.config import Settings
 
 
@@ -41,7 +41,7 @@ def cancel(batch: str, config_path: str | None, redis_url: str | None) -> None:
 
 @click.command(cls=Command)
 @click.argument("batch")
-@click.argument("usd", type=click.FloatRange(min=0, min_open=True))
+@click.argument("usd", type=USD())
 @config_option
 @redis_option
 def budget(batch: str, usd: float, config_path: str | None, redis_url: str | None) -> None:

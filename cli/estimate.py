@@ -55,6 +55,9 @@ def estimate_command(source: str, pipeline: str, output_tokens: int, as_json: bo
         raise click.ClickException(str(e)) from None
     for message in skipped:
         click.echo(f"Warning: {message} (not counted)", err=True)
+    if not report["rows"]:
+        raise click.ClickException(f"{source}: no rows to estimate" + (f" ({len(skipped)} skipped)" if skipped
+                                                                      else " (the input is empty)"))
     report["skipped_rows"] = len(skipped)
     if as_json:
         click.echo(orjson.dumps(report).decode())

@@ -111,7 +111,7 @@ def sim() -> None:
 
 @sim.command("serve")
 @click.option("--scenario", "-s", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--port", type=int, default=0, show_default=True, help="0 picks a free port.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0 picks a free port.")
 @click.option("--port-file", type=click.Path(dir_okay=False), help="Write the chosen port here.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on: loopback, or 0.0.0.0 inside a container (docker-compose.yml's sim service).")
@@ -126,6 +126,8 @@ def sim_serve(scenario: str, port: int, port_file: str | None, host: str) -> Non
         serve_forever(scenario, host, port, port_file)
     except (CascadeError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 @sim.command("exec", context_settings={"ignore_unknown_options": True})
@@ -147,7 +149,10 @@ def sim_exec(scenario: str, command: tuple[str, ...]) -> None:
     try:
         # the simulator's own key: the tiers' real keys (if any are set) never reach it
         env = dict(os.environ, CASCADE_PROVIDER_BASE_URL=server.url, CASCADE_PROVIDER_API_KEY=SIMULATOR_KEY)
-        code = subprocess.call(list(command), env=env)
+        try:
+            code = subprocess.call(list(command), env=env)
+        except OSError as e:
+            raise click.ClickException(f"cannot run {command[0]}: {e.strerror or e}") from None
     finally:
         server.stop()
     sys.exit(code)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 import uuid
 from contextlib import ExitStack
+from pathlib import Path
 from typing import BinaryIO
 
 import click
 import orjson
 
-from cascade.cli.common import Command, config_option, load, redact, redis_option
+from cascade.cli.common import USD, Command, config_option, load, redact, redis_option
 from cascade.errors import CascadeError, InputError
 from cascade.ledger.database import LedgerError, open_ledger, redact_url
 from cascade.ledger.writer import LedgerWriter
@@ -62,7 +64,7 @@ class Progress:
 @click.option("--batch-id", help="Batch id; reuse one to resume a stopped submission without duplicates.")
 @click.option("--wait", is_flag=True, help="Wait for every result and write them as JSONL.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Results file (default: stdout).")
-@click.option("--budget", type=float, help="USD cap for the batch; jobs end budget_exhausted when a call won't fit.")
+@click.option("--budget", type=USD(), help="USD cap for the batch; jobs end budget_exhausted when a call won't fit.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True)
 @click.option("--encoding", default="utf-8", show_default=True,
               help="Text encoding of the input (a UTF-8 byte-order mark is skipped).")
@@ -82,6 +84,8 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
     error (nothing submitted), 2 a usage error, 3 rows were rejected; with --wait also 4 jobs failed,
     5 jobs ran out of budget, 6 the batch was cancelled (the first that applies of 4, 5, 6, 3).
     """
+    if out:
+        _check_out(out, source)
     settings = load(config_path, redis_url)
     try:
         pipe = settings.pipeline(pipeline)
@@ -207,6 +211,21 @@ def _peeked(rows, source: str):
         raise click.ClickException(f"{'stdin' if source == '-' else source}: no rows (the input is empty); "
                                    "nothing was submitted")
     return itertools.chain([first], iterator)
+
+
+def _check_out(out: str, source: str) -> None:
+    """--out (and OUT.rejected.jsonl beside it) must be writable and must not be the input: opening it for
+    writing would empty the input while it is still being read."""
+    results, rejected = Path(out), Path(f"{out}.rejected.jsonl")
+    if source != "-" and Path(source).exists():
+        for path in (results, rejected):
+            if path.exists() and path.samefile(source):
+                raise click.BadParameter(f"{path} is the input file: write the results elsewhere", param_hint="--out")
+    folder = results.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"cannot write {out}: folder {folder} does not exist", param_hint="--out")
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"cannot write {out}: folder {folder} is not writable", param_hint="--out")
 
 
 def _open_source(source: str, stack: ExitStack) -> BinaryIO:

@@ -48,21 +48,25 @@ def format_report(report: dict[str, Any], title: str) -> str:
     """A replay or calibration report for humans."""
     ratio = report["cost_ratio"]
     escalation = ", ".join(f"{tier} {_percent(rate)}" for tier, rate in report["escalation"].items())
+    agreement = report.get("labels", "recorded") != "recorded"    # no labels: "right" is the last tier's answer
+    measure = "agreement with the last tier" if agreement else "accuracy"
     lines = [
         title,
-        f"  rows: {report.get('jobs', report.get('rows'))}; accuracy {_percent(report['accuracy'])} "
+        f"  rows: {report.get('jobs', report.get('rows'))}; {measure} {_percent(report['accuracy'])} "
         f"(last tier alone {_percent(report['last_tier_accuracy'])})",
         f"  cost: ${report['cost_usd']:.6f}; last tier alone ${report['last_tier_cost_usd']:.6f}; "
         f"ratio {'-' if ratio is None else f'{ratio:.3f}'}",
         f"  escalated (share of jobs): {escalation or '-'}",
     ]
-    if report.get("oracle_cost_ratio") is not None:
+    if agreement:
+        lines.append("  labels: none in the rows (no correct, no gold): right means agreeing with the last tier")
+    if report.get("oracle_cost_ratio") is not None and report.get("oracle_accuracy") is not None:
         lines.append(f"  oracle (stop at the first correct tier): accuracy {_percent(report['oracle_accuracy'])}, "
                      f"cost ratio {report['oracle_cost_ratio']:.3f}")
     if "thresholds" in report:
         floors = ", ".join(f"{t} {v:.3f}" for t, v in report.get("floors", {}).items())
         lines.append("  thresholds (calibrated P(correct)): "
-                     + ", ".join(f"{t} {v:g}" for t, v in report["thresholds"].items())
+                     + ", ".join(f"{t} {'never' if v > 1 else f'{v:g}'}" for t, v in report["thresholds"].items())
                      + (f"; answer floors: {floors}" if floors else ""))
         for tier, groups in report.get("below_floors", {}).items():
             lines.append(f"  {tier} answers below its floor where the last tier is no better: " + ", ".join(
@@ -194,7 +198,11 @@ def calibrate_command(pipeline: str | None, recorded: str | None, split: str | N
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
     pipeline_file = config_dir / "pipelines" / f"{pipeline}.toml"
-    named = calibration_paths(pipeline_file) if pipeline_file.exists() else {}
+    if not pipeline_file.exists():
+        known = sorted(p.stem for p in (config_dir / "pipelines").glob("*.toml"))
+        raise click.ClickException(f"unknown pipeline '{pipeline}' (in {config_dir / 'pipelines'}: "
+                                   f"{', '.join(known) or 'none'})")
+    named = calibration_paths(pipeline_file)
     if out is None and len(named) != 1:
         raise click.UsageError(f"pipeline {pipeline}: its score verifiers name {len(named)} calibration files; "
                                "give --out")
@@ -218,13 +226,18 @@ def calibrate_command(pipeline: str | None, recorded: str | None, split: str | N
     for note in result.report.get("left_out", []):
         _warn(note)
     if not result.entries:
+        from cascade.tuning.profile import scored_index
+
+        scored = [t for t in pipe.full_ladder if scored_index(pipe.verifier_specs(t)) is not None]
+        if scored:
+            raise click.ClickException(f"{recorded}: no row gives {', '.join(scored)} a score (a finite logprob, or "
+                                       "samples to agree) that passed the checks before it: nothing to calibrate")
         raise click.ClickException(f"pipeline {pipeline} has no logprob or self_consistency verifier to calibrate")
     meta = {"method": "isotonic", **{k: result.report[k] for k in ("pipeline", "target", "confidence", "rows")},
             "labels": result.report["labels"], "fitted_on": recorded, "split": split,
             **result.meta()}   # `cascade audit`, the alert baselines and `cascade estimate` read its "expected"
     _write(path, dump_calibration(result.entries, meta))
-    if pipeline_file.exists():
-        write_placeholders(config_dir, pipeline_file)    # other files it names: loadable, escalating everything
+    write_placeholders(config_dir, pipeline_file)    # other files it names: loadable, escalating everything
     result.report["calibration"] = str(path)
     if result.report.get("warning") and as_json:
         click.echo(f"WARNING: {result.report['warning']}", err=True)

@@ -18,6 +18,7 @@ from cascade.errors import InputError
 from cascade.models import Job
 
 MAX_ID_LENGTH = 256
+JSON_KINDS = {type(None): "null", bool: "true or false", list: "a list", str: "a string"}   # else a number
 BOM = codecs.BOM_UTF8
 
 
@@ -74,7 +75,7 @@ def _jsonl_rows(lines: Iterator[tuple[int, bytes, str | None, str]], max_row_byt
             yield RawRow(line, None, f"invalid JSON: {e}", shown)
             continue
         if not isinstance(value, dict):
-            yield RawRow(line, None, f"expected a JSON object, got {type(value).__name__}", shown)
+            yield RawRow(line, None, f"expected a JSON object, got {JSON_KINDS.get(type(value), 'a number')}", shown)
             continue
         yield RawRow(line, value, raw=shown)
 

@@ -142,6 +142,14 @@ def test_recorded_readers_take_non_finite_logprobs_and_skip_a_bad_row_by_line(co
     lines[1] = lines[1].replace(b'"logprob":' + orjson.dumps(math.log(0.4)), b'"logprob":-Infinity', 1)
     lines[2] = lines[2].replace(b'"logprob":' + orjson.dumps(math.log(0.97)), b'"logprob":NaN', 1)
     lines.insert(3, b'{"id": "broken", "messages": [')
+    # and rows that are JSON but not recorded rows, each skipped with what is wrong in the format's words
+    bad = rows(1)[0]
+    mini = bad["responses"]["gpt-4o-mini"]
+    lines += [b"[1, 2]", orjson.dumps({k: v for k, v in bad.items() if k != "responses"}),
+              orjson.dumps({**bad, "responses": "oops"}),
+              orjson.dumps({**bad, "responses": {**bad["responses"], "gpt-4o-mini": {**mini, "text": None}}}),
+              orjson.dumps({**bad, "responses": {**bad["responses"], "gpt-4o-mini": {**mini, "logprob": 5.0}}}),
+              orjson.dumps({**bad, "responses": {**bad["responses"], "gpt-4o-mini": {**mini, "correct": "yes"}}})]
     path = tmp_path / "rec.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     seen: list[str] = []
@@ -149,8 +157,15 @@ def test_recorded_readers_take_non_finite_logprobs_and_skip_a_bad_row_by_line(co
     assert [r.id for r in data.rows] == ["r0", "r1", "r2", "r3"]
     assert data.rows[1].responses["gpt-4o-mini"].logprob == -math.inf
     assert data.rows[2].responses["gpt-4o-mini"].logprob is None
-    assert seen == list(data.skipped) and len(seen) == 1
-    assert seen[0].startswith(f"{path}: line 4: skipped, not a recorded row (JSONDecodeError")
+    assert seen == list(data.skipped) and len(seen) == 7
+    assert seen[0].startswith(f"{path}: line 4: skipped, not a recorded row: not JSON (")
+    assert [s.split("not a recorded row: ", 1)[1] for s in seen[1:]] == [
+        "expected a JSON object, got a list", "missing field 'responses'",
+        "responses must be an object of model name -> response object",
+        "responses.gpt-4o-mini.text must be a string, got null",
+        "responses.gpt-4o-mini.logprob must be at most 0 (a log-probability), got 5",
+        "responses.gpt-4o-mini.correct must be true, false or null, got a string"]
+    assert [s.split(": ", 2)[1] for s in seen] == [f"line {n}" for n in (4, 6, 7, 8, 9, 10, 11)]
     # the CLI replays the rest and says which line it skipped
     (config.parent / "pipelines" / "mc3.toml").write_text(PIPELINE.replace(
         'calibration = "calibration/mc3.json"', "threshold = 0.9"))
@@ -232,6 +247,27 @@ def test_rows_without_labels_are_fitted_on_agreement_with_the_last_tier(config, 
     assert report["labels"] == "agreement with the last tier"
     assert report["ladder"] == ["mini", "gpt4o"] and report["escalation"] == {"mini": 0.5}
     assert report["accuracy"] == 1.0 and report["last_tier_accuracy"] == 1.0
+    # and the report for people says so, and names a tier that never accepts as such
+    shown = run("calibrate", "-p", "mc3", "-r", str(recorded), "--target", "drop=0.05", "--config", str(config))
+    assert "rows: 120; agreement with the last tier 100.0% (last tier alone 100.0%)" in shown.stderr
+    assert "labels: none in the rows (no correct, no gold): right means agreeing with the last tier" in shown.stderr
+    assert "qwen72 never" in shown.stderr
+
+
+def test_calibrate_names_an_unknown_pipeline_and_rows_without_any_score(config, tmp_path):
+    recorded = write(tmp_path / "train.jsonl", rows(20))
+    unknown = run("calibrate", "-p", "nope", "-r", str(recorded), "--target", "drop=0.05", "--config", str(config))
+    assert unknown.exit_code == 1
+    assert unknown.stderr.strip() == (f"Error: unknown pipeline 'nope' (in {config.parent / 'pipelines'}: date-mot, "
+                                      "gsm8k, mc3, medmcqa, mmlu)")
+    no_score = write(tmp_path / "nan.jsonl", [{**r, "responses": {m: {**a, "logprob": math.nan}
+                                                                  for m, a in r["responses"].items()}}
+                                              for r in rows(20)])
+    fit = run("calibrate", "-p", "mc3", "-r", str(no_score), "--target", "drop=0.05", "--config", str(config))
+    assert fit.exit_code == 1
+    assert fit.stderr.strip() == (f"Error: {no_score}: no row gives mini, qwen72, gpt4o a score (a finite logprob, or "
+                                  "samples to agree) that passed the checks before it: nothing to calibrate")
+    assert not (config.parent / "calibration" / "mc3.json").exists()
 
 
 def test_calibrate_from_the_ledgers_shadow_pairs_raises_a_threshold_that_disagrees(config, tmp_path):

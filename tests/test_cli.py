@@ -265,6 +265,55 @@ def test_a_redis_url_without_a_scheme_names_the_variable(tmp_path):
                                      "unix:// (got 'localhost:6379')")
 
 
+def test_a_redis_url_given_by_option_with_a_bad_port_names_the_option_and_hides_the_password(tmp_path):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(GOOD[0]))
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--config", str(copy_config(tmp_path)),
+                                     "--redis-url", "redis://:hunter2@127.0.0.1:notaport/0"], {})
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: option --redis-url: the port is not a number from 0 to 65535 "
+                                     "(got 'redis://:***@127.0.0.1:notaport/0')")
+
+
+def test_a_provider_url_that_is_no_url_is_refused_at_load(tmp_path):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(GOOD[0]))
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--config", str(copy_config(tmp_path))],
+                    {"CASCADE_PROVIDER_BASE_URL": "notaurl", "CASCADE_PROVIDER_API_KEY": "x"})
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: environment CASCADE_PROVIDER_BASE_URL: must be an http:// or https:// "
+                                     "URL with a host (got 'notaurl')")
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "nan", "inf", "1e300", "ten"])
+def test_a_budget_that_is_not_a_positive_amount_is_a_usage_error(tmp_path, budget):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(GOOD[0]))
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--budget", budget,
+                                     "--config", str(copy_config(tmp_path))], {})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    reason = " is not a number of USD" if budget == "ten" else ": give a positive amount of USD, at most 1e+09"
+    assert f"Invalid value for '--budget': '{budget}'{reason}" in result.stderr
+
+
+def test_results_written_over_the_input_or_into_a_missing_folder_are_refused_before_anything_runs(tmp_path, sim):
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    config = str(copy_config(tmp_path))
+    env = cascade_env(None, sim.url)
+    same = invoke(submit_command, [str(source), "-p", "ticket-triage", "--wait", "--out", str(source),
+                                   "--no-progress", "--config", config], env)
+    assert same.exit_code == 2
+    assert f"Invalid value for --out: {source} is the input file: write the results elsewhere" in same.stderr
+    assert source.read_bytes() == lines(*GOOD)           # the input is untouched
+    missing = tmp_path / "no" / "such" / "out.jsonl"
+    nowhere = invoke(submit_command, [str(source), "-p", "ticket-triage", "--wait", "--out", str(missing),
+                                      "--no-progress", "--config", config], env)
+    assert nowhere.exit_code == 2
+    assert f"cannot write {missing}: folder {missing.parent} does not exist" in nowhere.stderr
+    assert "embedded mode" not in nowhere.stderr         # refused before a store or a batch was opened
+
+
 def test_a_missing_api_key_stops_an_embedded_run_before_anything_is_submitted(tmp_path, sim):
     source = tmp_path / "jobs.jsonl"
     source.write_bytes(lines(*GOOD))
@@ -323,3 +372,23 @@ def test_wait_warns_when_no_worker_consumes_the_first_queue(tmp_path, redis_url,
         proc.kill()
         proc.wait()
         delete_namespace(redis_url, ns)
+
+
+def test_the_simulator_commands_say_in_one_line_what_they_cannot_do(tmp_path):
+    import socket
+
+    missing = run_cascade(["sim", "exec", "-s", str(SCENARIO), "--", str(tmp_path / "no-such-command")])
+    assert missing.exit_code == 1
+    assert f"Error: cannot run {tmp_path / 'no-such-command'}: No such file or directory" in missing.stderr
+    assert run_cascade(["sim", "serve", "-s", str(SCENARIO), "--port", "99999"]).exit_code == 2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cascade(["sim", "serve", "-s", str(SCENARIO), "--port", str(port)])
+    assert busy.exit_code == 1
+    assert busy.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def run_cascade(args):
+    return CliRunner().invoke(cascade, args, catch_exceptions=False)

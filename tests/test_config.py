@@ -33,6 +33,15 @@ def test_bad_value_names_file_and_key(tmp_path):
     assert str(e.value) == f"{path}: tiers.cheap.provider: Input should be 'openai' or 'anthropic'"
 
 
+def test_a_provider_url_that_is_no_http_url_names_the_key(tmp_path):
+    path = copy_config(tmp_path, lambda t: t.replace('model = "gpt-4o-mini"',
+                                                     'model = "gpt-4o-mini"\nbase_url = "localhost:8000/v1"', 1))
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, environ={})
+    assert str(e.value) == (f"{path}: tiers.cheap.base_url: must be an http:// or https:// URL with a "
+                            "host (got 'localhost:8000/v1')")
+
+
 def test_ladder_naming_a_missing_tier(tmp_path):
     path = copy_config(tmp_path)
     pipe = path.parent / "pipelines" / "ticket-triage.toml"

@@ -54,8 +54,9 @@ class Limiter(Protocol):
         """Read a successful call's rate-limit hints; pause the tier before the provider refuses."""
         ...
 
-    def report(self, tier: Tier, lease: object, ok: bool) -> None:
-        """A call ended: a transient failure counts toward opening the tier's circuit, a success closes it."""
+    def report(self, tier: Tier, lease: object, ok: bool, cause: str = "") -> None:
+        """A call ended: a transient failure (`cause` says which) counts toward opening the tier's circuit, a
+        success closes it."""
         ...
 
 
@@ -75,7 +76,7 @@ class NoLimiter:
     def observe(self, tier: Tier, rate_limit: Mapping[str, float]) -> None:
         """Nothing to slow down."""
 
-    def report(self, tier: Tier, lease: object, ok: bool) -> None:
+    def report(self, tier: Tier, lease: object, ok: bool, cause: str = "") -> None:
         """No shared circuit."""
 
 
@@ -171,7 +172,7 @@ class RedisLimiter:
                 refusals += 1
             self.sleep(self._jittered(min(admission.wait_s, self.max_wait_s)))
 
-    def report(self, tier: Tier, lease: object, ok: bool) -> None:
+    def report(self, tier: Tier, lease: object, ok: bool, cause: str = "") -> None:
         """Count a transient failure toward the tier's circuit, or close it after a success. A success costs a
         round trip only while this process knows of failures (the common case stays free)."""
         if not isinstance(lease, Lease) or (ok and not (lease.circuit or self._failing.get(tier.name))):
@@ -188,8 +189,8 @@ class RedisLimiter:
         else:
             self._failing[tier.name] = True
             if opened > 0:
-                log.warning("tier %s: circuit open for %.1f s after repeated failures; its jobs wait", tier.name,
-                            opened)
+                log.warning("tier %s: circuit open for %.1f s after repeated failures (the last: %s); its jobs wait",
+                            tier.name, opened, cause or "unknown")
                 self._note_cooldown(tier.name, opened)
 
     def settle(self, tier: Tier, lease: object, used_tokens: int) -> None:

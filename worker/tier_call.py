@@ -111,8 +111,8 @@ class TierCaller:
         except RateLimited as error:    # every worker of the tier waits, for as long as the provider said
             self.limiter.cool_down(tier, error.retry_after or 1.0)
             raise
-        except Retryable:               # 5xx, connection, timeout: a run of them opens the tier's circuit
-            self.limiter.report(tier, lease, ok=False)
+        except Retryable as error:      # 5xx, connection, timeout: a run of them opens the tier's circuit
+            self.limiter.report(tier, lease, ok=False, cause=f"{error.kind}: {error.provider_message}")
             raise
         finally:
             self.limiter.settle(tier, lease, used)

@@ -56,6 +56,7 @@ def load_settings(
         if value is not None:
             section, key = dotted.split(".", 1)
             raw.setdefault(section, {})[key] = value
+            from_env[(section, key)] = f"option --{dotted.replace('.', '-').replace('_', '-')}"
     for section in ("tiers", "schedules"):
         for name, entry in raw.get(section, {}).items():
             if isinstance(entry, dict):
@@ -63,6 +64,7 @@ def load_settings(
     config_dir = path.parent
     raw["config_dir"] = config_dir
     raw["provider_base_url"] = environ.get("CASCADE_PROVIDER_BASE_URL", "")
+    from_env[("provider_base_url",)] = "environment CASCADE_PROVIDER_BASE_URL"
     raw["pipelines"] = _load_pipelines(config_dir / "pipelines")
     settings = _validate(Settings, raw, str(path), from_env)
     _check_references(settings, str(path), check_verifiers)
@@ -93,12 +95,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
-    """Put CASCADE_* values into the raw config; return which key each variable set (for error messages)."""
+    """Put CASCADE_* values into the raw config; return which key each variable set, as error messages name
+    it ("environment CASCADE_REDIS_URL")."""
     from_env: dict[tuple[str, ...], str] = {}
     for var, (section, key) in ENV_KEYS.items():
         if var in environ:
             raw.setdefault(section, {})[key] = environ[var]
-            from_env[(section, key)] = var
+            from_env[(section, key)] = f"environment {var}"
     tiers = raw.get("tiers", {})
     # Longest name first: with tiers `cheap` and `cheap_fast`, CASCADE_TIER_CHEAP_FAST_CONCURRENCY is
     # `concurrency` of `cheap_fast`, never `fast_concurrency` of `cheap`.
@@ -116,7 +119,7 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[st
         if key not in Tier.model_fields or key == "name":
             raise ConfigError(f"environment {var}: unknown key '{key}' for tier '{name}'")
         tiers[name][key] = value
-        from_env[("tiers", name, key)] = var
+        from_env[("tiers", name, key)] = f"environment {var}"
     return from_env
 
 
@@ -147,15 +150,15 @@ def _apply_skips(pipeline: Pipeline, config_dir: Path) -> Pipeline:
 
 
 def _validate(model: type, raw: dict[str, Any], where: str, from_env: Mapping[tuple[str, ...], str]):
-    """The validated model, or a ConfigError naming the file and key (or the variable that set it)."""
+    """The validated model, or a ConfigError naming the file and key (or the variable or option that set it)."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         loc = tuple(str(part) for part in first["loc"])
-        var = next((v for key, v in from_env.items() if loc[:len(key)] == key), None)
-        if var is not None:
-            raise ConfigError(f"environment {var}: {_problem(first)}") from None
+        source = next((v for key, v in from_env.items() if loc[:len(key)] == key), None)
+        if source is not None:
+            raise ConfigError(f"{source}: {_problem(first)}") from None
         raise ConfigError(f"{where}: {_dotted(first['loc'])}: {_problem(first)}") from None
 
 

@@ -6,6 +6,7 @@ import re
 import string
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,6 +15,21 @@ class Frozen(BaseModel):
     """Base: immutable, and an unknown key is an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def http_url(value: str) -> str:
+    """A provider endpoint: empty (the provider's own) or an http(s) URL with a host and a numeric port."""
+    if not value:
+        return value
+    try:
+        parts = urlsplit(value)
+        _ = parts.port                 # ValueError: a port that is not a number from 0 to 65535
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = re.sub(r":[^:@/]*@", ":***@", value)    # never a password in a message
+        raise ValueError(f"must be an http:// or https:// URL with a host (got {shown!r})")
+    return value
 
 
 class RedisConfig(Frozen):
@@ -25,9 +41,13 @@ class RedisConfig(Frozen):
     @field_validator("url")
     @classmethod
     def _has_scheme(cls, value: str) -> str:
+        shown = re.sub(r":[^:@/]*@", ":***@", value)    # never a password in a message
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            shown = re.sub(r":[^:@/]*@", ":***@", value)    # never a password in a message
             raise ValueError(f"must start with redis://, rediss:// or unix:// (got {shown!r})")
+        try:
+            _ = urlsplit(value).port       # ValueError: a port that is not a number from 0 to 65535
+        except ValueError:
+            raise ValueError(f"the port is not a number from 0 to 65535 (got {shown!r})") from None
         return value
     namespace: str = "cascade"          # prefix of every key Cascade writes, so deployments can share a Redis
     visibility_timeout_s: int = Field(3600, ge=1)  # far above the longest call: a slow job is not redelivered
@@ -107,6 +127,11 @@ class Tier(Frozen):
             raise ValueError('batch_pricing was removed: it billed live calls at the batch price. Set mode = "batch" '
                              "to send the tier's calls through the provider's Batch API at that price")
         return data
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return http_url(value)
 
     @property
     def batched(self) -> bool:
@@ -331,6 +356,11 @@ class Settings(Frozen):
     metrics: MetricsConfig = MetricsConfig()
     config_dir: Path = Path("config")
     provider_base_url: str = ""         # CASCADE_PROVIDER_BASE_URL: every tier to one endpoint (the simulator)
+
+    @field_validator("provider_base_url")
+    @classmethod
+    def _provider_url(cls, value: str) -> str:
+        return http_url(value)
 
     @property
     def embedded(self) -> bool:
