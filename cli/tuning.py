@@ -277,6 +277,7 @@ def _fit_from_ledger(settings: Any, pipe: Any, goal: Any, path: Path) -> tuple[d
                                    "last tier to calibrate")
     try:
         ledger = open_ledger(settings)
+        ledger.migrate()          # a ledger never written to has no tables yet: it then holds no pairs
         pairs = ledger.shadow_pairs(pipe.name)
     except LedgerError as e:
         raise click.ClickException(f"ledger: {e}") from None

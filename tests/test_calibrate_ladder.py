@@ -273,6 +273,11 @@ def test_calibrate_names_an_unknown_pipeline_and_rows_without_any_score(config, 
 def test_calibrate_from_the_ledgers_shadow_pairs_raises_a_threshold_that_disagrees(config, tmp_path):
     from cascade.ledger.database import Ledger, ledger_url
 
+    # a ledger never written to holds no pairs (it was "no such table: shadow_pairs")
+    fresh = run("calibrate", "--from-ledger", "mc3", "--target", "drop=0.05", "--config", str(config))
+    assert fresh.exit_code == 1
+    assert fresh.stderr.strip() == ("Error: pipeline mc3: no shadow pairs with a score of a calibrated tier in the "
+                                    "ledger (is [shadow] rate set, and have batches run?)")
     ledger = Ledger(ledger_url("", config.parent))
     ledger.migrate()
     # 200 answers mini accepted, shadowed on gpt-4o: those with raw confidence below 0.9 disagree half the time
