@@ -113,7 +113,8 @@ def _warn(message: str) -> None:
 def _rows(recorded: Any, split: str | None) -> list[Any]:
     rows = [r for r in recorded.rows if split is None or r.split == split]
     if not rows:
-        raise click.BadParameter(f"no rows{f' with split {split!r}' if split else ''} in {recorded.source}",
+        skipped = f" ({len(recorded.skipped)} lines skipped: not recorded rows)" if recorded.skipped else ""
+        raise click.BadParameter(f"no rows{f' with split {split!r}' if split else ''} in {recorded.source}{skipped}",
                                  param_hint="--recorded")
     return rows
 
