@@ -235,9 +235,9 @@ class MeteredLimiter:
         """Pass the provider's hints on."""
         self.inner.observe(tier, rate_limit)
 
-    def report(self, tier: Any, lease: object, ok: bool) -> None:
+    def report(self, tier: Any, lease: object, ok: bool, cause: str = "") -> None:
         """Pass the call's health on."""
-        self.inner.report(tier, lease.lease if isinstance(lease, _Timed) else lease, ok)
+        self.inner.report(tier, lease.lease if isinstance(lease, _Timed) else lease, ok, cause)
 
 
 class QueueDepth:

@@ -412,15 +412,17 @@ def test_a_booked_call_does_not_go_out_into_a_cooldown_another_process_set(clien
     limiter.settle(t, lease, 1)
 
 
-def test_the_circuit_opens_after_a_run_of_failures_lets_one_probe_through_and_closes_on_its_success(client):
+def test_the_circuit_opens_after_a_run_of_failures_lets_one_probe_through_and_closes_on_its_success(client, caplog):
     conn, ns = client
     policy = CircuitPolicy(failures_to_open=3, first_open_s=0.3, max_open_s=5)
     a, b = RedisLimiter(conn, ns, circuit=policy), RedisLimiter(conn, ns, circuit=policy)
     t = tier()
     # Given three transient failures in a row, from two processes
     for limiter in (a, b, a):
-        limiter.report(t, limiter.acquire(t, 1), ok=False)
-    # Then the circuit is open: nobody calls for its first period
+        limiter.report(t, limiter.acquire(t, 1), ok=False, cause="server_error: 503 upstream down")
+    # Then the circuit is open, the log says so with the last failure, and nobody calls for its first period
+    assert ("tier t: circuit open for 0.3 s after repeated failures (the last: server_error: 503 upstream down); "
+            "its jobs wait") in caplog.messages
     left, circuit = a.store.pause("t")
     assert circuit and 0.1 < left <= 0.3
     time.sleep(0.35)
