@@ -133,6 +133,8 @@ def load_recorded(path: str | Path, split: str | None = None,
     A file that cannot be read is a ConfigError. A line that is not a recorded row is skipped and
     reported ("FILE: line N: ...") to `on_bad_row` (default: a logged warning); the set's
     `skipped` lists them. Non-finite numbers as Python's json writes them (-Infinity, NaN) are read.
+    A row keeps its place when one answer is unusable: a null text reads as no answer and a logprob
+    above 0 as unknown (reported the same way, not skipped), as a live call would return them.
     """
     report = on_bad_row or _log.warning
     skipped: list[str] = []
@@ -141,7 +143,7 @@ def load_recorded(path: str | Path, split: str | None = None,
         skipped.append(message)
         report(message)
 
-    rows = [row for row in _rows(Path(path), bad) if split is None or row.split == split]
+    rows = [row for row in _rows(Path(path), bad, report) if split is None or row.split == split]
     out = RecordedSet(rows, str(path))
     out.skipped = tuple(skipped)
     return out
@@ -159,7 +161,7 @@ def is_recorded(path: str | Path) -> bool:
     return isinstance(data, dict) and "messages" in data and "responses" in data
 
 
-def _rows(path: Path, bad: Callable[[str], None]) -> Iterator[RecordedRow]:
+def _rows(path: Path, bad: Callable[[str], None], note: Callable[[str], None]) -> Iterator[RecordedRow]:
     try:
         stream = path.open("rb")
     except OSError as e:
@@ -173,7 +175,7 @@ def _rows(path: Path, bad: Callable[[str], None]) -> Iterator[RecordedRow]:
                     bad(f"{path}: line {number}: skipped, not a recorded row: not JSON ({e})")
                     continue
                 try:
-                    yield _row(data)
+                    yield _row(data, lambda message, n=number: note(f"{path}: line {n}: {message}"))
                 except RowError as e:
                     bad(f"{path}: line {number}: skipped, not a recorded row: {e}")
                 except (ValueError, TypeError) as e:     # a count or cost that is not a number
@@ -201,8 +203,9 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
 
 
-def _logprob(model: str, value: Any) -> float | None:
-    """A recorded logprob: -inf stays (probability 0), NaN and null are unknown; above 0 is no log-probability."""
+def _logprob(model: str, value: Any, note: Callable[[str], None]) -> float | None:
+    """A recorded logprob: -inf stays (probability 0), NaN and null are unknown, and so is one above 0 (no
+    log-probability: said through `note`)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -211,11 +214,12 @@ def _logprob(model: str, value: Any) -> float | None:
     if math.isnan(number):
         return None
     if number > LOGPROB_ROUNDING:
-        raise RowError(f"responses.{model}.logprob must be at most 0 (a log-probability), got {number:g}")
+        note(f"responses.{model}.logprob {number:g} is above 0, no log-probability: read as unknown")
+        return None
     return min(number, 0.0)
 
 
-def _row(data: Any) -> RecordedRow:
+def _row(data: Any, note: Callable[[str], None]) -> RecordedRow:
     if not isinstance(data, dict):
         raise RowError(f"expected a JSON object, got {_kind(data)}")
     missing = [key for key in ("id", "messages", "responses") if key not in data]
@@ -237,22 +241,26 @@ def _row(data: Any) -> RecordedRow:
         user = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)
     else:
         user = [m["content"] for m in turns][-1]
-    responses = {model: _response(model, r) for model, r in data["responses"].items()}
+    responses = {model: _response(model, r, note) for model, r in data["responses"].items()}
     gold = data.get("gold")
     return RecordedRow(str(data["id"]), str(data.get("split", "")), system, user,
                        None if gold is None else str(gold), MappingProxyType(responses))
 
 
-def _response(model: str, r: dict[str, Any]) -> RecordedResponse:
-    if not isinstance(r.get("text"), str):
-        raise RowError(f"responses.{model}.text must be a string, got {_kind(r.get('text'))}")
+def _response(model: str, r: dict[str, Any], note: Callable[[str], None]) -> RecordedResponse:
+    text = r.get("text")
+    if text is None:
+        note(f"responses.{model}.text is null: read as no answer")
+        text = ""
+    if not isinstance(text, str):
+        raise RowError(f"responses.{model}.text must be a string, got {_kind(text)}")
     if r.get("correct") is not None and not isinstance(r["correct"], bool):
         raise RowError(f"responses.{model}.correct must be true, false or null, got {_kind(r['correct'])}")
     return RecordedResponse(
-        model=model, text=r["text"], input_tokens=int(r.get("input_tokens", 0)),
+        model=model, text=text, input_tokens=int(r.get("input_tokens", 0)),
         output_tokens=int(r.get("output_tokens", 0)), cost_usd=float(r.get("cost_usd", 0.0)),
         latency_ms=float(r.get("latency_ms") or 0.0),
-        logprob=_logprob(model, r.get("logprob")),
+        logprob=_logprob(model, r.get("logprob"), note),
         samples=tuple(str(s) for s in r.get("samples", ())),
         sample_answers=tuple(str(s) for s in r.get("sample_answers", ())),
         correct=None if r.get("correct") is None else bool(r["correct"]),

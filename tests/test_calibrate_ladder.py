@@ -143,35 +143,38 @@ def test_recorded_readers_take_non_finite_logprobs_and_skip_a_bad_row_by_line(co
     lines[2] = lines[2].replace(b'"logprob":' + orjson.dumps(math.log(0.97)), b'"logprob":NaN', 1)
     lines.insert(3, b'{"id": "broken", "messages": [')
     # and rows that are JSON but not recorded rows, each skipped with what is wrong in the format's words
-    bad = rows(1)[0]
+    bad, kept = rows(1)[0], rows(6)[4:]       # the two rows that keep their place: r4 and r5
     mini = bad["responses"]["gpt-4o-mini"]
     lines += [b"[1, 2]", orjson.dumps({k: v for k, v in bad.items() if k != "responses"}),
               orjson.dumps({**bad, "responses": "oops"}),
-              orjson.dumps({**bad, "responses": {**bad["responses"], "gpt-4o-mini": {**mini, "text": None}}}),
-              orjson.dumps({**bad, "responses": {**bad["responses"], "gpt-4o-mini": {**mini, "logprob": 5.0}}}),
+              orjson.dumps({**kept[0], "responses": {**kept[0]["responses"], "gpt-4o-mini": {**mini, "text": None}}}),
+              orjson.dumps({**kept[1], "responses": {**kept[1]["responses"], "gpt-4o-mini": {**mini, "logprob": 5.0}}}),
               orjson.dumps({**bad, "responses": {**bad["responses"], "gpt-4o-mini": {**mini, "correct": "yes"}}})]
     path = tmp_path / "rec.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     seen: list[str] = []
     data = load_recorded(path, on_bad_row=seen.append)
-    assert [r.id for r in data.rows] == ["r0", "r1", "r2", "r3"]
+    # a null text and a logprob above 0 keep their row, read as a live call would return them
+    assert [r.id for r in data.rows] == ["r0", "r1", "r2", "r3", "r4", "r5"]
     assert data.rows[1].responses["gpt-4o-mini"].logprob == -math.inf
     assert data.rows[2].responses["gpt-4o-mini"].logprob is None
-    assert seen == list(data.skipped) and len(seen) == 7
+    assert data.rows[4].responses["gpt-4o-mini"].text == "" and data.rows[5].responses["gpt-4o-mini"].logprob is None
+    assert len(data.skipped) == 5 and set(data.skipped) <= set(seen)
     assert seen[0].startswith(f"{path}: line 4: skipped, not a recorded row: not JSON (")
-    assert [s.split("not a recorded row: ", 1)[1] for s in seen[1:]] == [
-        "expected a JSON object, got a list", "missing field 'responses'",
-        "responses must be an object of model name -> response object",
-        "responses.gpt-4o-mini.text must be a string, got null",
-        "responses.gpt-4o-mini.logprob must be at most 0 (a log-probability), got 5",
-        "responses.gpt-4o-mini.correct must be true, false or null, got a string"]
+    assert [s.split(": ", 2)[2] for s in seen[1:]] == [
+        "skipped, not a recorded row: expected a JSON object, got a list",
+        "skipped, not a recorded row: missing field 'responses'",
+        "skipped, not a recorded row: responses must be an object of model name -> response object",
+        "responses.gpt-4o-mini.text is null: read as no answer",
+        "responses.gpt-4o-mini.logprob 5 is above 0, no log-probability: read as unknown",
+        "skipped, not a recorded row: responses.gpt-4o-mini.correct must be true, false or null, got a string"]
     assert [s.split(": ", 2)[1] for s in seen] == [f"line {n}" for n in (4, 6, 7, 8, 9, 10, 11)]
     # the CLI replays the rest and says which line it skipped
     (config.parent / "pipelines" / "mc3.toml").write_text(PIPELINE.replace(
         'calibration = "calibration/mc3.json"', "threshold = 0.9"))
     replayed = run("replay", "-p", "mc3", "-r", str(path), "--config", str(config), "--json")
     assert replayed.exit_code == 0, replayed.output
-    assert orjson.loads(replayed.stdout)["jobs"] == 4
+    assert orjson.loads(replayed.stdout)["jobs"] == 6
     assert f"Warning: {path}: line 4: skipped" in replayed.stderr
 
 
