@@ -10,7 +10,8 @@ split is replayed once more without its block (field `router`: with and without)
 hindsight run on the test rows themselves, never fitted on: the cheapest thresholds that meet the same
 target there (`hindsight_cost_ratio`), and the cheapest as accurate there as the fitted cascade was
 (`same_accuracy_hindsight_cost_ratio`): the first gap counts the accuracy the guards kept in hand, the
-second only the choice of thresholds. One JSON object per set on stdout, then one JSON line with every set.
+second only the choice of thresholds. One JSON object per set on stdout, then one JSON line with every set;
+each step on stderr as it starts.
 """
 
 from __future__ import annotations
@@ -59,14 +60,17 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
     named = calibration_paths(pipeline_file)
     if named and target:
         goal = Target.parse(target, confidence)
+        _step(bench.name, f"fitting {' -> '.join(pipeline.full_ladder)} on {len(train.rows)} training rows")
         fitted = calibrate(settings, pipeline, train, goal)
         (config_dir / next(iter(named))).write_bytes(dump_calibration(fitted.entries, {"pipeline": name,
                                                                                        **fitted.meta()}))
         # best in hindsight: the same search on the test rows, point target, no tier or answer guard (never fitted on)
+        _step(bench.name, f"searching the best in hindsight on {len(test.rows)} test rows")
         hindsight = calibrate(settings, pipeline, test, Target(goal.kind, goal.value, 0.5), floor="none",
                               cross_fit=False, route=False).report
     free = None
     if named and target:    # label-free: fitted on agreement with the last tier, measured on the labels
+        _step(bench.name, "fitting without labels, replaying it on the test rows")
         unlabelled = calibrate(settings, pipeline, train, goal, label_free=True, route=False)
         (config_dir / next(iter(named))).write_bytes(dump_calibration(unlabelled.entries, {"pipeline": name,
                                                                                            **unlabelled.meta()}))
@@ -80,6 +84,7 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
     write_placeholders(config_dir, pipeline_file)
     settings = load_settings(config_dir / "cascade.toml", environ={})
     pipeline = settings.pipeline(name)
+    _step(bench.name, f"replaying {' -> '.join(pipeline.ladder)} on the test rows")
     report = replay(settings, pipeline, test).report
     router = None
     if fitted is not None and fitted.router is not None:    # the same calibration without its router block
@@ -101,6 +106,7 @@ def run_set(bench: RecordedBenchmark, datasets: Path, config_dir: Path, confiden
     best = hindsight["cost_ratio"] if hindsight else None
     same = None     # the cheapest thresholds on test as accurate there as the fitted cascade (never fitted on)
     if fitted is not None and report["accuracy"] is not None:
+        _step(bench.name, "searching the cheapest thresholds as accurate on the test rows")
         found = calibrate(*full, test, Target("accuracy", report["accuracy"] - 1e-9, 0.5), floor="none",
                           cross_fit=False, route=False).report
         same = found["cost_ratio"] if found["feasible"] else None
@@ -144,6 +150,10 @@ def _met(target: str, report: dict) -> bool | None:
 
 def _warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr)
+
+
+def _step(name: str, what: str) -> None:
+    print(f"recorded: {name}: {what}", file=sys.stderr, flush=True)
 
 
 def _round(value: float | None) -> float | None:
