@@ -57,6 +57,7 @@ VARIANTS = {   # calibrate's keywords and the target's confidence; "default" is 
     "budget": {"floor": "budget"},            # the rule, its tier guard as one budget for all the early tiers
     "model_bound": {"floor": "model"},        # the rule, its batch bound on calibrated values, not outcomes
     "centered": {"centered": True},           # the rule on centred isotonic maps (Oron & Flournoy 2017)
+    "fixed_sequence": {"method": "fixed_sequence"},   # Learn then Test along one common threshold, no guards
 }
 TARGET = T.Target("drop", 0.01)
 
@@ -118,12 +119,39 @@ def calibrated(profiles: list[P.TierProfile], fitted_on: list[P.TierProfile], ce
     return [[m(r) if m is not None and r is not None else None for r in p.raw] for p, m in zip(profiles, maps)]
 
 
+def fixed_sequence(profiles: list[P.TierProfile], cal: list[list[float | None]], target: T.Target) -> S.LadderChoice:
+    """Learn then Test (Angelopoulos et al. 2021) along a one-parameter path, measured and not kept (README): per
+    sub-ladder, one calibrated threshold for every tier before the last, tested from the highest down with the
+    batch bound, stopping at the first that fails (fixed-sequence testing needs no correction along the path);
+    the sub-ladders share the confidence (Bonferroni); the cheapest that passed, else the last tier alone."""
+    ladders = S.sub_ladders(len(profiles))
+    goal = T.Target(target.kind, target.value, 1 - (1 - target.confidence) / len(ladders))
+    reference, _, _ = S.simulate(profiles[-1:], cal[-1:], [0.0], True)
+    best = None
+    for kept in ladders:
+        sub, values = [profiles[t] for t in kept], [cal[t] for t in kept]
+        path = sorted({v for t in range(len(kept) - 1) for v in values[t] if v is not None}, reverse=True)
+        passed = None
+        for level in path if len(kept) > 1 else [S.FLAG_THRESHOLD]:
+            thresholds = (level,) * (len(kept) - 1) + (S.FLAG_THRESHOLD,)
+            correct, cost, _ = S.simulate(sub, values, thresholds, True)
+            if len(kept) > 1 and not T.meets(correct, reference, goal):
+                break
+            passed = S.LadderChoice(kept, thresholds, True, cost, sum(correct))
+        if passed is not None and (best is None or passed.cost < best.cost):
+            best = passed
+    return best
+
+
 def measure(variant: dict, train: list[P.TierProfile], test: list[P.TierProfile], same_accuracy: bool = False
             ) -> dict:
     goal = T.Target(TARGET.kind, TARGET.value, variant.get("confidence", TARGET.confidence))
     centered = variant.get("centered", False)
     values = P.cross_fitted(train) if variant.get("cross_fit") else calibrated(train, train, centered)
-    best, _ = S.choose_ladder(train, values, goal, keep_last=True, floor=variant.get("floor", S.FLOORS[0]))
+    if variant.get("method") == "fixed_sequence":
+        best = fixed_sequence(train, values, goal)
+    else:
+        best, _ = S.choose_ladder(train, values, goal, keep_last=True, floor=variant.get("floor", S.FLOORS[0]))
     kept, cal = [test[t] for t in best.kept], calibrated(test, train, centered)
     correct, cost, _ = S.simulate(kept, [cal[t] for t in best.kept], best.thresholds, True)
     reference, last = test[-1].correct, sum(test[-1].cost_full)

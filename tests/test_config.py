@@ -155,3 +155,17 @@ def test_a_sampled_check_on_an_anthropic_batch_tier_is_refused(tmp_path):
         load_settings(path, environ={"CASCADE_TIER_MID_MODE": "batch"})
     assert str(e.value) == (f"{pipe}: verifiers.default[3]: 'self_consistency' samples 5 answers, and a message "
                             "batch request has no n: give tier 'mid' mode = \"live\", or drop the check")
+
+
+def test_a_namespace_of_its_own_names_the_tier_queues_too(tmp_path):
+    # two deployments sharing a Redis under different namespaces must not consume each other's messages
+    path = copy_config(tmp_path)
+    ours = load_settings(path, environ={"CASCADE_NAMESPACE": "team-b"})
+    assert {n: t.queue_name for n, t in ours.tiers.items()} == {
+        "cheap": "team-b.tier.cheap", "mid": "team-b.tier.mid", "frontier": "team-b.tier.frontier"}
+    # the default namespace keeps the queues it always had (messages in flight stay where they are)
+    default = load_settings(path, environ={})
+    assert default.redis.namespace == "cascade" and default.tiers["cheap"].queue_name == "tier.cheap"
+    # and a queue named in the file is kept as written
+    named = load_settings(path, environ={"CASCADE_NAMESPACE": "team-b", "CASCADE_TIER_MID_QUEUE": "shared.mid"})
+    assert named.tiers["mid"].queue_name == "shared.mid"

@@ -35,3 +35,21 @@ def test_buckets_group_every_job_reaching_a_tier_by_its_calibrated_value(tmp_pat
     assert summary["study"] == "buckets" and list(summary["cases"]) == ["synthetic_2"]
     assert sum(r["train"]["jobs"] for r in summary["cases"]["synthetic_2"]["t0"] if "train" in r) == 300
     assert "synthetic_2: t0, jobs reaching it, by calibrated value" in out.err
+
+
+def test_fixed_sequence_stops_at_the_first_threshold_that_fails_and_keeps_the_last_that_passed():
+    from cascade.tuning import search as S
+    from cascade.tuning.profile import TierProfile
+
+    # Given: a cheap tier right on its 150 surest answers (calibrated 1.0) and wrong on the rest (0.0)
+    n = 300
+    right = [i < 150 for i in range(n)]
+    cheap = TierProfile("cheap", True, [True] * n, [1.0 if r else 0.0 for r in right], [True] * n, [1] * n,
+                        [1] * n, right, "cheap")
+    last = TierProfile("last", True, [True] * n, [0.9] * n, [True] * n, [100] * n, [100] * n, [True] * n, "last")
+    cal = [[1.0 if r else 0.0 for r in right], [0.9] * n]
+    # When: the path is tested from the highest threshold down
+    best = tuning_study.fixed_sequence([cheap, last], cal, tuning_study.TARGET)
+    # Then: 1.0 passes (no loss), 0.0 fails (half the batch lost), so the cheap tier answers at 1.0
+    assert best.kept == (0, 1) and best.thresholds == (1.0, S.FLAG_THRESHOLD)
+    assert best.cost == n * 1 + 150 * 100 and best.correct == n

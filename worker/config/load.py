@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cascade.errors import ConfigError
-from cascade.worker.config.schema import Pipeline, Settings, Tier
+from cascade.worker.config.schema import DEFAULT_NAMESPACE, Pipeline, Settings, Tier
 
 #: where a command looks for the config when neither --config nor CASCADE_CONFIG names one:
 #: `cascade init`'s layout (cascade.toml in the current folder), then a checkout's (config/cascade.toml)
@@ -61,6 +61,7 @@ def load_settings(
         for name, entry in raw.get(section, {}).items():
             if isinstance(entry, dict):
                 entry["name"] = name
+    _namespace_queues(raw)
     config_dir = path.parent
     raw["config_dir"] = config_dir
     raw["provider_base_url"] = environ.get("CASCADE_PROVIDER_BASE_URL", "")
@@ -69,6 +70,18 @@ def load_settings(
     settings = _validate(Settings, raw, str(path), from_env)
     _check_references(settings, str(path), check_verifiers)
     return settings
+
+
+def _namespace_queues(raw: dict[str, Any]) -> None:
+    """A namespace other than the default names its tiers' queues too (`NS.tier.NAME`): two deployments sharing
+    a Redis must not consume each other's messages. The default keeps `tier.NAME`, so queues in flight stay."""
+    redis = raw.get("redis", {})
+    namespace = redis.get("namespace", DEFAULT_NAMESPACE) if isinstance(redis, dict) else DEFAULT_NAMESPACE
+    if namespace == DEFAULT_NAMESPACE or not isinstance(namespace, str):
+        return
+    for name, entry in raw.get("tiers", {}).items():
+        if isinstance(entry, dict) and not entry.get("queue"):
+            entry["queue"] = f"{namespace}.tier.{name}"
 
 
 def config_path(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Path:

@@ -17,6 +17,9 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DEFAULT_NAMESPACE = "cascade"
+
+
 def http_url(value: str) -> str:
     """A provider endpoint: empty (the provider's own) or an http(s) URL with a host and a numeric port."""
     if not value:
@@ -49,7 +52,8 @@ class RedisConfig(Frozen):
         except ValueError:
             raise ValueError(f"the port is not a number from 0 to 65535 (got {shown!r})") from None
         return value
-    namespace: str = "cascade"          # prefix of every key Cascade writes, so deployments can share a Redis
+    namespace: str = DEFAULT_NAMESPACE  # prefix of every key Cascade writes (and of the tier queues when not the
+                                        # default), so deployments can share a Redis
     visibility_timeout_s: int = Field(3600, ge=1)  # far above the longest call: a slow job is not redelivered
     retention_days: float = Field(7.0, ge=0)       # a finished batch's keys expire this long after; 0 keeps them
 
