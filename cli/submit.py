@@ -114,6 +114,7 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         stack.callback(backend.close)
         if backend.mode == "embedded":
             wait = True   # the in-memory store lives only as long as this process
+            _refuse_a_batch_run_before(settings, batch, stack)
             click.echo("cascade-submit: embedded mode (no Redis URL configured): workers and store run in this "
                        "process", err=True)
         else:
@@ -169,9 +170,11 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
             else:
                 click.echo(format_summary(summary, f"batch {batch} ({backend.mode}, pipeline {pipe.name})"), err=True)
                 if summary["statuses"].get("budget_exhausted"):
+                    fix = (f"raise it with `cascade budget {batch} USD` and run them with "
+                           f"`cascade retry {batch} --status budget_exhausted`" if backend.mode == "distributed" else
+                           "this embedded run is over: submit again with a higher --budget under a new --batch-id")
                     click.echo(f"budget: ran out: {summary['statuses']['budget_exhausted']} jobs ended "
-                               f"budget_exhausted; raise it with `cascade budget {batch} USD` and run them with "
-                               f"`cascade retry {batch} --status budget_exhausted`", err=True)
+                               f"budget_exhausted; {fix}", err=True)
             if out:
                 click.echo(f"results: {waiting.collector.out.written} records written to {out} (from the ledger, "
                            f"{redact_url(ledger.url)})", err=True)
@@ -191,6 +194,22 @@ def exit_status(record: BatchRecord | None, rejected: bool) -> int:
     if counters.get("status:cancelled") or (record is not None and record.state == "cancelled"):
         return EXIT_CANCELLED
     return EXIT_REJECTED if rejected else 0
+
+
+def _refuse_a_batch_run_before(settings, batch: str, stack: ExitStack) -> None:
+    """An embedded run cannot resume a batch: what was submitted before lived in another process's store, so every
+    job would run (and be paid) again, while the ledger keeps the first run's records."""
+    ledger = _open_ledger(settings)
+    stack.callback(ledger.close)
+    try:
+        found = ledger.batch(batch)
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    if found is not None:
+        raise click.ClickException(
+            f"batch {batch} is already in the ledger ({redact_url(ledger.url)}, {found['state']}): an embedded run "
+            "cannot resume it, it would pay for every job again. Submit under a new --batch-id (or none), or resume "
+            "it with the Redis it ran on")
 
 
 def _open_ledger(settings):

@@ -392,3 +392,23 @@ def test_the_simulator_commands_say_in_one_line_what_they_cannot_do(tmp_path):
 
 def run_cascade(args):
     return CliRunner().invoke(cascade, args, catch_exceptions=False)
+
+
+def test_an_embedded_run_refuses_a_batch_id_the_ledger_already_holds(tmp_path, sim):
+    # Given a batch run in embedded mode whose budget ran out
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    config = str(copy_config(tmp_path))
+    env = cascade_env(None, sim.url)
+    args = [str(source), "-p", "ticket-triage", "--batch-id", "emb-1", "--no-progress", "--config", config]
+    first = invoke(submit_command, [*args, "--budget", "0.0002", "--out", str(tmp_path / "first.jsonl")], env)
+    assert first.exit_code == EXIT_BUDGET
+    assert "this embedded run is over: submit again with a higher --budget under a new --batch-id" in first.stderr
+    calls = sim.stats()["totals"]["requests"]
+    # When it is submitted again under the same id: refused before any call, the first run's records kept
+    again = invoke(submit_command, [*args, "--budget", "1", "--out", str(tmp_path / "again.jsonl")], env)
+    assert again.exit_code == 1
+    assert "Error: batch emb-1 is already in the ledger (" in again.stderr
+    assert "an embedded run cannot resume it, it would pay for every job again" in again.stderr
+    assert not (tmp_path / "again.jsonl").exists()
+    assert sim.stats()["totals"]["requests"] == calls
