@@ -124,7 +124,12 @@ class Ledger:
         if self.dialect != "sqlite" or not database or database == ":memory:":
             yield
             return
-        with open(f"{database}.migrate-lock", "a") as handle:
+        try:
+            handle = open(f"{database}.migrate-lock", "a")    # noqa: SIM115 (closed below, after the lock)
+        except OSError as e:
+            raise LedgerError(f"ledger {redact_url(self.url)}: cannot create the database file: "
+                              f"{e.strerror or e} ({Path(database).parent})") from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -304,3 +304,13 @@ def test_processes_that_first_migrate_one_new_sqlite_file_at_once_all_succeed(tm
     with ledger.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0002"]
     ledger.close()
+
+
+def test_a_sqlite_ledger_in_a_missing_folder_is_one_clear_error(tmp_path):
+    from cascade.ledger.database import Ledger, LedgerError
+
+    missing = tmp_path / "no" / "such" / "ledger.db"
+    with pytest.raises(LedgerError) as e:
+        Ledger(f"sqlite:///{missing}").migrate()
+    assert str(e.value) == (f"ledger sqlite:///{missing}: cannot create the database file: No such file or directory "
+                            f"({missing.parent})")
