@@ -132,9 +132,10 @@ def batch_id(name: str, key: str) -> str:
     return f"{name}-{key}"
 
 
-def resolve_path(template: str, day: str, config_dir: Path) -> Path:
-    """A schedule's input or export path for a date; relative paths start at the folder of cascade.toml."""
-    path = Path(template.replace("{date}", day))
+def resolve_path(template: str, day: str, config_dir: Path, batch: str = "") -> Path:
+    """A schedule's input or export path for a date (an export's {batch}: the run's batch id); relative paths
+    start at the folder of cascade.toml."""
+    path = Path(template.replace("{date}", day).replace("{batch}", batch))
     return path if path.is_absolute() else Path(config_dir) / path
 
 
@@ -147,7 +148,7 @@ def plan(settings: Settings, name: str, key: str) -> RunPlan:
         raise ConfigError(f"unknown schedule '{name}' (in [schedules]: {known})") from None
     key = check_key(schedule, key)
     day = key if schedule.every_s is None else key_time(schedule, key).date().isoformat()
-    export = resolve_path(schedule.export, day, settings.config_dir) if schedule.export else None
+    export = resolve_path(schedule.export, day, settings.config_dir, batch_id(name, key)) if schedule.export else None
     return RunPlan(schedule, key, day, batch_id(name, key), resolve_path(schedule.input, day, settings.config_dir),
                    export)
 

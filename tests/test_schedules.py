@@ -122,7 +122,11 @@ export = "/srv/out/tickets-{date}.csv"
     ('cron = "0 24 * * *"', "cron: '0 24 * * *': hour '24': Invalid end range: 24 > 23."),
     ('cron = "*/15 * * * *"', "fires 96 times a day, but a scheduled run is one per date"),
     ('cron = "0 2 * * *"\ntimezone = "Mars/Olympus"', "schedules.bad.timezone: unknown time zone 'Mars/Olympus'"),
-    ('cron = "0 2 * * *"\nexport = "out/{day}.jsonl"', "schedules.bad.export: placeholder {day}: only {date}"),
+    ('cron = "0 2 * * *"\nexport = "out/{day}.jsonl"', "schedules.bad.export: placeholder {day}: only {date} and"),
+    ('cron = "0 2 * * *"\nexport = "out/tickets.jsonl"', "export: 'out/tickets.jsonl' would be overwritten by the "
+                                                       "next run: put {date} or {batch} in it"),
+    ('every_s = 60\nexport = "out/t-{date}.jsonl"', "would be overwritten by the next run: put {batch} in it "
+                                                    "(e.g. out/bad-{batch}.jsonl)"),
     ('cron = "0 2 * * *"\nexport = "out/x.parquet"', "must end in .jsonl or .csv"),
 ])
 def test_a_bad_schedule_is_a_config_error_naming_the_key(tmp_path, body, message):
@@ -454,7 +458,7 @@ def test_real_beat_submits_one_batch_per_tick_and_a_second_or_restarted_beat_sub
 pipeline = "ticket-triage"
 input = "in/tickets-{date}.jsonl"
 every_s = 2
-export = "out/tick-{date}.jsonl"
+export = "out/{batch}.jsonl"
 
 [schedules.lost]
 pipeline = "ticket-triage"
@@ -527,12 +531,11 @@ every_s = 2
         assert run["state"] in ("submitted", "exported"), run
         assert client.hget(f"{ns}:batch:{run['batch_id']}", "runs") == b"1"
     for run in taken:
-        # each batch completed: the ledger has its 12 results, and the export holds the same records
+        # each batch completed: the ledger has its 12 results, and its own export holds the same records
         assert ledger.batch(run["batch_id"])["state"] == "finished"
         assert ledger.result_count(run["batch_id"]) == 12
-    day = datetime.fromtimestamp(int(all_runs[0]["run_date"]), UTC).date().isoformat()
-    exported = read_jsonl(tmp_path / "config" / "out" / f"tick-{day}.jsonl")
-    assert len(exported) == 12 and {r["batch"] for r in exported} <= {r["batch_id"] for r in all_runs}
+        exported = read_jsonl(tmp_path / "config" / "out" / f"{run['batch_id']}.jsonl")
+        assert len(exported) == 12 and {r["batch"] for r in exported} == {run["batch_id"]}
     # the second beat and the restarted one met runs that were taken and submitted nothing for them
     logs = "".join((tmp_path / name).read_text() for name in ("beat-a.log", "beat-b.log", "beat-a2.log"))
     assert "already ran (submitted" in logs or "is being submitted by another process" in logs

@@ -234,14 +234,22 @@ class Schedule(Frozen):
     every_s: int | None = Field(None, ge=1)   # instead of cron: every N seconds, one run per clock-aligned slot (tests)
     timezone: str = "UTC"                 # IANA name: cron fields and {date} are read in it
     budget_usd: float = Field(0.0, ge=0)  # 0: no budget
-    export: str = ""                      # optional results file ({date} allowed; .jsonl or .csv)
+    export: str = ""                      # optional results file ({date}, {batch}; .jsonl or .csv)
 
-    @field_validator("input", "export")
+    @field_validator("input")
     @classmethod
     def _only_date_placeholder(cls, value: str) -> str:
         for name in template_fields(value):
             if name != "date":
                 raise ValueError(f"placeholder {{{name}}}: only {{date}} is known")
+        return value
+
+    @field_validator("export")
+    @classmethod
+    def _export_placeholders(cls, value: str) -> str:
+        for name in template_fields(value):
+            if name not in ("date", "batch"):
+                raise ValueError(f"placeholder {{{name}}}: only {{date}} and {{batch}} are known")
         return value
 
     @field_validator("export")
@@ -273,6 +281,11 @@ class Schedule(Frozen):
             if fires_per_day(cron) > 1:
                 raise ValueError(f"cron: '{self.cron}' fires {fires_per_day(cron)} times a day, but a scheduled "
                                  "run is one per date (its batch id is NAME-DATE): give one minute and one hour")
+        fields = template_fields(self.export)
+        if self.export and "batch" not in fields and (self.every_s is not None or "date" not in fields):
+            needed = "{batch}" if self.every_s is not None else "{date} or {batch}"
+            raise ValueError(f"export: '{self.export}' would be overwritten by the next run: put {needed} in it "
+                             f"(e.g. out/{self.name or 'results'}-{needed.split()[0]}.jsonl)")
         return self
 
 
