@@ -67,7 +67,8 @@ def status(batch: str, as_json: bool, config_path: str | None, redis_url: str | 
         record = _live(store, batch)
         if record is not None:
             pipe = load_pipeline(settings, record.pipeline)
-            summary = summarize(record.counters, settings, pipe) | {"batch": batch, "state": record.state}
+            state = "finished" if record.finished and record.state == "submitted" else record.state
+            summary = summarize(record.counters, settings, pipe) | {"batch": batch, "state": state}
             sweeps = SweepStore(store.redis, settings.redis.namespace)
             summary["stopped_tiers"] = sweeps.stopped_tiers(called_tiers(pipe))
             workers = sweeps.live_workers()

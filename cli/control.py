@@ -34,6 +34,10 @@ def cancel(batch: str, config_path: str | None, redis_url: str | None) -> None:
         backend.close()
     if record is None:
         raise click.ClickException(f"no batch '{batch}' in {redact(settings.redis.url)}")
+    if record.finished:
+        click.echo(f"batch {batch} has already finished ({record.done} of {record.total} jobs done): nothing to "
+                   "cancel", err=True)
+        return
     left = record.total - record.done
     click.echo(f"batch {batch} cancelled: {left} unfinished jobs end cancelled as workers reach them "
                f"(run them later with `cascade retry {batch} --status cancelled`)", err=True)

@@ -88,6 +88,15 @@ def test_reopening_for_another_pipeline_or_after_a_cancel_is_refused(s):
         s.batches.open_batch("b", "p")
 
 
+def test_cancelling_a_finished_batch_leaves_it_finished(s):
+    # Given a batch whose whole input was submitted and every job has its result (none here)
+    s.batches.open_batch("b", "p")
+    s.batches.mark_submitted("b", 0)
+    # When it is cancelled: it stays as it was, and says it had finished
+    record = s.batches.cancel("b")
+    assert record.finished and s.batches.batch("b").state == "submitted"
+
+
 def test_a_job_is_leased_once_recorded_once_and_a_repeated_write_is_not_counted_twice(s):
     run = s.batches.open_batch("b", "p")
     register(s, "b", [("a", 1)], run)

@@ -149,9 +149,10 @@ class BatchStore:
     # -- control ---------------------------------------------------------------------------
 
     def cancel(self, batch: str) -> BatchRecord | None:
-        """Stop the batch: queued jobs end `cancelled` as workers take them; calls in flight finish."""
+        """Stop the batch: queued jobs end `cancelled` as workers take them; calls in flight finish. A finished
+        batch is left as it is (its record is returned, `finished`)."""
         record = self.batch(batch)
-        if record is not None:
+        if record is not None and not record.finished:
             self.redis.hset(self.keys.batch(batch), mapping={"state": CANCELLED, "cancelled_at": f"{time.time():.3f}"})
         return record
 
