@@ -112,9 +112,12 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         except CascadeError as e:
             raise click.ClickException(str(e)) from None
         stack.callback(backend.close)
+        ledger = None
         if backend.mode == "embedded":
             wait = True   # the in-memory store lives only as long as this process
-            _refuse_a_batch_run_before(settings, batch, stack)
+            ledger = _open_ledger(settings)
+            stack.callback(ledger.close)
+            _refuse_a_batch_run_before(ledger, batch)
             click.echo("cascade-submit: embedded mode (no Redis URL configured): workers and store run in this "
                        "process", err=True)
         else:
@@ -132,8 +135,9 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         if wait:
             # the file is written from the ledger, which holds every run's records: a resumed run rewrites it
             sink = stack.enter_context(open(out, "wb")) if out else sys.stdout.buffer
-            ledger = _open_ledger(settings)
-            stack.callback(ledger.close)
+            if ledger is None:      # embedded mode opened it already
+                ledger = _open_ledger(settings)
+                stack.callback(ledger.close)
             collector = Collector(ledger, batch, RecordWriter(sink),
                                   LedgerWriter(settings, backend.store.redis, ledger))
             waiting = BatchWait(submitter, collector, Watch(backend, settings, pipe, say), bar.update, say)
@@ -196,11 +200,9 @@ def exit_status(record: BatchRecord | None, rejected: bool) -> int:
     return EXIT_REJECTED if rejected else 0
 
 
-def _refuse_a_batch_run_before(settings, batch: str, stack: ExitStack) -> None:
+def _refuse_a_batch_run_before(ledger, batch: str) -> None:
     """An embedded run cannot resume a batch: what was submitted before lived in another process's store, so every
     job would run (and be paid) again, while the ledger keeps the first run's records."""
-    ledger = _open_ledger(settings)
-    stack.callback(ledger.close)
     try:
         found = ledger.batch(batch)
     except LedgerError as e:

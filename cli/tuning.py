@@ -194,23 +194,19 @@ def calibrate_command(pipeline: str | None, recorded: str | None, split: str | N
         goal = Target.parse(target, confidence)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--target") from None
-    try:
+    try:   # the chains are not built: this pipeline's calibration file (or another's) may not exist yet
         config_dir = find_config(config_path).parent
+        settings = load_settings(config_path, overrides={"redis.url": ""}, check_verifiers=False)
+        pipe = settings.pipeline(pipeline)
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
     pipeline_file = config_dir / "pipelines" / f"{pipeline}.toml"
-    if not pipeline_file.exists():
-        known = sorted(p.stem for p in (config_dir / "pipelines").glob("*.toml"))
-        raise click.ClickException(f"unknown pipeline '{pipeline}' (in {config_dir / 'pipelines'}: "
-                                   f"{', '.join(known) or 'none'})")
     named = calibration_paths(pipeline_file)
     if out is None and len(named) != 1:
         raise click.UsageError(f"pipeline {pipeline}: its score verifiers name {len(named)} calibration files; "
                                "give --out")
     path = Path(out) if out else config_dir / next(iter(named))
-    try:   # the chains are not built: this pipeline's calibration file (or another's) may not exist yet
-        settings = load_settings(config_path, overrides={"redis.url": ""}, check_verifiers=False)
-        pipe = settings.pipeline(pipeline)
+    try:
         if from_ledger:
             report, data = _fit_from_ledger(settings, pipe, goal, path)
             _write(path, data)

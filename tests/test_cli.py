@@ -265,24 +265,21 @@ def test_a_redis_url_without_a_scheme_names_the_variable(tmp_path):
                                      "unix:// (got 'localhost:6379')")
 
 
-def test_a_redis_url_given_by_option_with_a_bad_port_names_the_option_and_hides_the_password(tmp_path):
+@pytest.mark.parametrize("args, env, message", [
+    # a Redis URL given by option with a bad port: the option is named and the password hidden
+    (["--redis-url", "redis://:hunter2@127.0.0.1:notaport/0"], {},
+     "option --redis-url: the port is not a number from 0 to 65535 (got 'redis://:***@127.0.0.1:notaport/0')"),
+    # a provider URL that is no URL is refused at load (a run retried it for hours without naming the cause)
+    ([], {"CASCADE_PROVIDER_BASE_URL": "notaurl", "CASCADE_PROVIDER_API_KEY": "x"},
+     "environment CASCADE_PROVIDER_BASE_URL: must be an http:// or https:// URL with a host (got 'notaurl')"),
+])
+def test_a_url_that_cannot_work_is_refused_at_load_naming_where_it_came_from(tmp_path, args, env, message):
     source = tmp_path / "jobs.jsonl"
     source.write_bytes(lines(GOOD[0]))
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--config", str(copy_config(tmp_path)),
-                                     "--redis-url", "redis://:hunter2@127.0.0.1:notaport/0"], {})
+                                     *args], env)
     assert result.exit_code == 1
-    assert result.stderr.strip() == ("Error: option --redis-url: the port is not a number from 0 to 65535 "
-                                     "(got 'redis://:***@127.0.0.1:notaport/0')")
-
-
-def test_a_provider_url_that_is_no_url_is_refused_at_load(tmp_path):
-    source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(GOOD[0]))
-    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--config", str(copy_config(tmp_path))],
-                    {"CASCADE_PROVIDER_BASE_URL": "notaurl", "CASCADE_PROVIDER_API_KEY": "x"})
-    assert result.exit_code == 1
-    assert result.stderr.strip() == ("Error: environment CASCADE_PROVIDER_BASE_URL: must be an http:// or https:// "
-                                     "URL with a host (got 'notaurl')")
+    assert result.stderr.strip() == f"Error: {message}"
 
 
 @pytest.mark.parametrize("budget", ["0", "-1", "nan", "inf", "1e300", "ten"])
