@@ -223,6 +223,6 @@ def parse_age(text: str) -> float:
     except ValueError:
         value = math.nan
     if not 0 <= value < math.inf:
-        raise click.BadParameter(f"{text!r}: use a positive number and s, m, h, d or w (7d)",
+        raise click.BadParameter(f"{text!r}: use a number of 0 or more and s, m, h, d or w (7d)",
                                  param_hint="--since") from None
     return value * units[unit]

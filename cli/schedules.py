@@ -118,11 +118,16 @@ def run_command(obj: dict, name: str, run_date: str | None, config_path: str | N
     if settings.embedded and settings.schedules[name].kind == "batch":
         raise click.UsageError("a scheduled batch is submitted for workers: it needs a Redis URL (--redis-url or "
                                "CASCADE_REDIS_URL)")
-    key = run_date or current_key(settings.schedules[name], datetime.now(UTC))
+    today = current_key(settings.schedules[name], datetime.now(UTC))
+    key = run_date or today
     try:
         plan(settings, name, key)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--date") from None
+    if (int(key) > int(today)) if key.isdigit() else key > today:   # a slot (epoch second) or a YYYY-MM-DD date
+        raise click.BadParameter(f"{key} is still to come (the current run is {today}): run today's or backfill a "
+                                 "past one; a future run would take the place of the one its schedule makes",
+                                 param_hint="--date")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")    # why a run failed, Redis waits
     ledger = _ledger(settings)
     try:

@@ -6,7 +6,7 @@ import pytest
 
 from cascade.errors import ConfigError
 from cascade.worker.config import load_settings
-from tests.helpers import copy_config
+from tests.helpers import copy_config, copy_recorded_config
 
 
 def test_shipped_config_loads_with_its_pipeline(tmp_path):
@@ -169,3 +169,14 @@ def test_a_namespace_of_its_own_names_the_tier_queues_too(tmp_path):
     # and a queue named in the file is kept as written
     named = load_settings(path, environ={"CASCADE_NAMESPACE": "team-b", "CASCADE_TIER_MID_QUEUE": "shared.mid"})
     assert named.tiers["mid"].queue_name == "shared.mid"
+
+
+@pytest.mark.parametrize("labels, problem", [('["A", "", "C"]', "a label must not be empty"),
+                                             ('["A", "B", "A"]', "listed twice: 'A'")])
+def test_labels_must_be_distinct_and_not_empty(tmp_path, labels, problem):
+    config = copy_recorded_config(tmp_path / "config")
+    pipe = config / "pipelines" / "mmlu.toml"
+    pipe.write_text(pipe.read_text().replace('labels = ["A", "B", "C", "D"]', f"labels = {labels}"))
+    with pytest.raises(ConfigError) as e:
+        load_settings(config / "cascade.toml", environ={}, check_verifiers=False)
+    assert str(e.value) == f"{pipe}: labels: {problem}"

@@ -233,6 +233,9 @@ budget_usd = 2.5
         assert again.exit_code == 0 and "submitted: 5 jobs queued" in again.output
         listing = runner.invoke(cascade, ["schedules", "--config", str(config)]).output
         assert "  2026-12-01  nightly-2026-12-01  submitted  (batch not in the ledger yet)  5 jobs queued" in listing
+        # A date still to come is refused: its run would take the place of the one the schedule makes that day
+        ahead = runner.invoke(cascade, ["schedules", "--config", str(config), "run", "nightly", "--date", "2999-01-01"])
+        assert ahead.exit_code == 2 and "2999-01-01 is still to come (the current run is " in ahead.output
     finally:
         ledger.close()
         delete_namespace(redis_url, ns)

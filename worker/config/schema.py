@@ -208,6 +208,16 @@ class Pipeline(Frozen):
     source: Path = Path(".")            # the file it came from (set by the loader)
     declared_ladder: tuple[str, ...] = ()   # the file's ladder when a calibration skips tiers (set by the loader)
 
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not label.strip() for label in value):
+            raise ValueError("a label must not be empty")
+        twice = sorted({label for label in value if value.count(label) > 1})
+        if twice:
+            raise ValueError(f"listed twice: {', '.join(repr(t) for t in twice)}")
+        return value
+
     def verifier_specs(self, tier: str) -> tuple[dict[str, Any], ...]:
         """The verifier chain for a tier: its own list, else the pipeline's default list."""
         return self.verifiers.get(tier, self.verifiers.get("default", ()))
