@@ -20,7 +20,7 @@ from cascade.models import Status
 from cascade.producer.report import format_summary, summarize
 from cascade.worker.config import Settings
 from cascade.worker.runtime import called_tiers
-from cascade.worker.store import BatchRecord, BatchStore, SweepStore
+from cascade.worker.store import BatchRecord, BatchStore, StoreError, SweepStore
 
 
 def _redis_store(settings: Settings) -> BatchStore | None:
@@ -43,10 +43,15 @@ def _ledger(settings: Settings, stack: ExitStack) -> Ledger:
 
 
 def _live(store: BatchStore | None, batch: str) -> BatchRecord | None:
+    """The batch's live record in Redis; None in embedded mode, or when Redis cannot be reached (said on stderr:
+    the ledger's record is what there is)."""
     if store is None:
         return None
     try:
         return store.batch(batch)
+    except StoreError as e:
+        click.echo(f"cascade: Redis cannot be reached ({e}): the ledger's record of {batch} follows", err=True)
+        return None
     except CascadeError as e:
         raise click.BadParameter(str(e), param_hint="BATCH") from None
 

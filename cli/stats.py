@@ -12,6 +12,7 @@ from cascade.cli.batches import _ledger, _redis_store, parse_age
 from cascade.cli.common import Command, config_option, load, load_pipeline, redis_option
 from cascade.ledger.reports import by_tag, summed_counters
 from cascade.producer.report import format_summary, summarize
+from cascade.worker.store import StoreError
 
 
 @click.command(cls=Command)
@@ -37,9 +38,14 @@ def stats(names: tuple[str, ...], tag: str | None, since: str | None, as_json: b
             return
         store = _redis_store(settings) if since is None else None
         for pipe in pipelines:
+            counters = None
             if store is not None:       # live: every batch of the pipeline, counted as it runs
-                counters, title = store.pipeline_counters(pipe.name), f"pipeline {pipe.name} (all batches)"
-            else:
+                try:
+                    counters, title = store.pipeline_counters(pipe.name), f"pipeline {pipe.name} (all batches)"
+                except StoreError as e:
+                    click.echo(f"cascade: Redis cannot be reached ({e}): the ledger's figures follow", err=True)
+                    store = None
+            if counters is None:
                 start = time.time() - parse_age(since) if since else 0.0
                 counters = summed_counters(_ledger(settings, stack), pipe.name, start)
                 title = f"pipeline {pipe.name} (batches {'since ' + since if since else 'in the ledger'})"

@@ -409,3 +409,23 @@ def test_an_embedded_run_refuses_a_batch_id_the_ledger_already_holds(tmp_path, s
     assert "an embedded run cannot resume it, it would pay for every job again" in again.stderr
     assert not (tmp_path / "again.jsonl").exists()
     assert sim.stats()["totals"]["requests"] == calls
+
+
+def test_status_and_stats_read_the_ledger_when_redis_cannot_be_reached(tmp_path, sim):
+    # Given a batch that ran (embedded) and is in the ledger
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    config = str(copy_config(tmp_path))
+    ran = invoke(submit_command, [str(source), "-p", "ticket-triage", "--batch-id", "seen-1", "--no-progress",
+                                  "--out", str(tmp_path / "out.jsonl"), "--config", config], cascade_env(None, sim.url))
+    assert ran.exit_code == 0, ran.output
+    # When Redis is configured but down: both say so, and show the ledger's figures
+    down = {"CASCADE_REDIS_URL": "redis://127.0.0.1:1/0"}
+    status = CliRunner().invoke(cascade, ["status", "seen-1", "--config", config], env=down)
+    assert status.exit_code == 0, status.output
+    assert "Redis cannot be reached (Error 111 connecting to 127.0.0.1:1. Connection refused.)" in status.stderr
+    assert "batch seen-1 (finished, pipeline ticket-triage)" in status.stdout
+    assert "jobs: 5 of 5 done" in status.stdout
+    stats = CliRunner().invoke(cascade, ["stats", "--config", config], env=down)
+    assert stats.exit_code == 0, stats.output
+    assert "the ledger's figures follow" in stats.stderr and "pipeline ticket-triage (batches in the ledger)" in stats.stdout
