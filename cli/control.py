@@ -17,6 +17,28 @@ def _backend(settings: Settings):
     return open_backend(settings)
 
 
+def _not_live(settings: Settings, batch: str) -> str:
+    """Why a batch cannot be controlled: it is nowhere, or only in the ledger (its live state left Redis)."""
+    from cascade.ledger.database import DEFAULT_FILE, LedgerError, open_ledger
+
+    where = f"no batch '{batch}' in {redact(settings.redis.url)}"
+    if not settings.ledger.url and not (settings.config_dir / DEFAULT_FILE).exists():
+        return where        # no ledger was ever written here: reading it would create its file
+    try:
+        ledger = open_ledger(settings)
+        try:
+            row = ledger.batch(batch)
+        finally:
+            ledger.close()
+    except LedgerError:
+        return where
+    if row is None:
+        return where
+    return (f"{where}: the ledger has it ({row['state']}), but its live state is gone (it ran embedded, or its keys "
+            f"expired {settings.redis.retention_days:g} days after it finished); submit its input again under a new "
+            "--batch-id")
+
+
 @click.command(cls=Command)
 @click.argument("batch")
 @config_option
@@ -33,7 +55,7 @@ def cancel(batch: str, config_path: str | None, redis_url: str | None) -> None:
     finally:
         backend.close()
     if record is None:
-        raise click.ClickException(f"no batch '{batch}' in {redact(settings.redis.url)}")
+        raise click.ClickException(_not_live(settings, batch))
     if record.finished:
         click.echo(f"batch {batch} has already finished ({record.done} of {record.total} jobs done): nothing to "
                    "cancel", err=True)
@@ -58,7 +80,7 @@ def budget(batch: str, usd: float, config_path: str | None, redis_url: str | Non
     try:
         record = backend.store.batch(batch)
         if record is None:
-            raise click.ClickException(f"no batch '{batch}' in {redact(settings.redis.url)}")
+            raise click.ClickException(_not_live(settings, batch))
         backend.store.set_budget(batch, round(usd * 1e9))
     finally:
         backend.close()
@@ -94,6 +116,8 @@ def retry(batch: str, statuses: str, config_path: str | None, redis_url: str | N
     settings = load(config_path, redis_url)
     backend = _backend(settings)
     try:
+        if backend.store.batch(batch) is None:
+            raise click.ClickException(_not_live(settings, batch))
         count = retry_jobs(backend, settings, batch, wanted)
     finally:
         backend.close()

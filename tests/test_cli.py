@@ -429,3 +429,23 @@ def test_status_and_stats_read_the_ledger_when_redis_cannot_be_reached(tmp_path,
     stats = CliRunner().invoke(cascade, ["stats", "--config", config], env=down)
     assert stats.exit_code == 0, stats.output
     assert "the ledger's figures follow" in stats.stderr and "pipeline ticket-triage (batches in the ledger)" in stats.stdout
+
+
+def test_controlling_a_batch_only_the_ledger_holds_says_its_live_state_is_gone(tmp_path, redis_url, sim):
+    # Given a batch that ran embedded: it is in the ledger, never in Redis
+    config, ns = cluster_config(tmp_path)
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    ran = invoke(submit_command, [str(source), "-p", "ticket-triage", "--batch-id", "gone-1", "--no-progress",
+                                  "--out", str(tmp_path / "out.jsonl"), "--config", str(config)],
+                 cascade_env(None, sim.url))
+    assert ran.exit_code == 0, ran.output
+    # When retry, budget and cancel are asked for it against the Redis
+    for args in (["retry", "gone-1"], ["budget", "gone-1", "5"], ["cancel", "gone-1"]):
+        result = CliRunner().invoke(cascade, [*args, "--config", str(config)], env={"CASCADE_REDIS_URL": redis_url})
+        # Then each says where it looked, that the ledger has it, and what to do instead
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().endswith("the ledger has it (finished), but its live state is gone (it ran "
+                                              "embedded, or its keys expired 7 days after it finished); submit its "
+                                              "input again under a new --batch-id")
+    assert not redis.Redis.from_url(redis_url).exists(f"{ns}:batch:gone-1")
