@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import string
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cascade.worker.config.urls import http_url, redis_url
 
 
 class Frozen(BaseModel):
@@ -20,21 +20,6 @@ class Frozen(BaseModel):
 DEFAULT_NAMESPACE = "cascade"
 
 
-def http_url(value: str) -> str:
-    """A provider endpoint: empty (the provider's own) or an http(s) URL with a host and a numeric port."""
-    if not value:
-        return value
-    try:
-        parts = urlsplit(value)
-        _ = parts.port                 # ValueError: a port that is not a number from 0 to 65535
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        shown = re.sub(r":[^:@/]*@", ":***@", value)    # never a password in a message
-        raise ValueError(f"must be an http:// or https:// URL with a host (got {shown!r})")
-    return value
-
-
 class RedisConfig(Frozen):
     """Where the queues and the batch records live."""
 
@@ -44,14 +29,7 @@ class RedisConfig(Frozen):
     @field_validator("url")
     @classmethod
     def _has_scheme(cls, value: str) -> str:
-        shown = re.sub(r":[^:@/]*@", ":***@", value)    # never a password in a message
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"must start with redis://, rediss:// or unix:// (got {shown!r})")
-        try:
-            _ = urlsplit(value).port       # ValueError: a port that is not a number from 0 to 65535
-        except ValueError:
-            raise ValueError(f"the port is not a number from 0 to 65535 (got {shown!r})") from None
-        return value
+        return redis_url(value)
     namespace: str = DEFAULT_NAMESPACE  # prefix of every key Cascade writes (and of the tier queues when not the
                                         # default), so deployments can share a Redis
     visibility_timeout_s: int = Field(3600, ge=1)  # far above the longest call: a slow job is not redelivered
