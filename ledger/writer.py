@@ -30,12 +30,34 @@ from cascade.worker.store import BatchRecord, BatchStore, ResultStream, StoreErr
 log = logging.getLogger("cascade.ledger")
 
 SYNC_EVERY_S = 1.0      # how often batch rows are refreshed from Redis
-CLAIM_EVERY_S = 1.0     # how often abandoned records are looked for (they are taken over once claim_idle_s old)
+CLAIM_EVERY_S = 1.0     # how often abandoned records are looked for (taken over once claim_idle_s old, or their
+#                         writer's process is gone from this host)
 
 
 def new_consumer() -> str:
     """A writer's name in the consumer group: host, pid and a random suffix."""
     return f"ledger@{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def gone(consumer: str) -> bool:
+    """Whether a writer named by `new_consumer` ran on this host and its process no longer runs.
+
+    Its unacked records can then be taken over at once instead of after `claim_idle_s`. A host name shared
+    across pid namespaces (containers given one `hostname`) can make a live writer look gone; taking its
+    records over then only stores them twice, which the ledger turns into a no-op.
+    """
+    host_pid, _, _suffix = consumer.removeprefix("ledger@").rpartition("-")
+    host, _, pid = host_pid.rpartition("-")
+    if (not consumer.startswith("ledger@") or not pid.isdigit() or host != socket.gethostname()[:40]
+            or int(pid) == os.getpid()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:         # it runs under another user
+        return False
+    return False
 
 
 class LedgerWriter:
@@ -76,6 +98,8 @@ class LedgerWriter:
             entries = []
             if now - self._claimed >= CLAIM_EVERY_S:
                 self._claimed = now
+                for dead in filter(gone, self.stream.consumers()):
+                    entries += self.stream.take_over(dead, self.consumer, self.chunk)
                 entries += self.stream.claim_idle(self.consumer, self.claim_idle_ms, self.chunk)
             entries += self.stream.read(self.consumer, self.chunk, block_ms)
             if entries:

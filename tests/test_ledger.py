@@ -4,9 +4,11 @@ lose anything, the writer killed with SIGKILL under a running batch, a Redis res
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import sys
 import time
+import uuid
 
 import fakeredis
 import orjson
@@ -100,6 +102,40 @@ def test_a_writer_that_dies_before_acking_leaves_its_records_for_another_exactly
     assert [r.job_id for r in ledger.iter_results("b")] == ["a", "b", "c"]
     assert stream.length() == 0
     assert client.xpending(Keys(settings.redis.namespace).results, "ledger")["pending"] == 0
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
+def test_a_dead_writers_records_are_taken_over_at_once_and_a_live_ones_are_left(backend, tmp_path, request):
+    # Given two writers on this host that each read a record and did not ack it: one whose process has exited,
+    # and one whose process still runs; takeover by idle time is an hour away
+    settings = load_settings(copy_config(tmp_path), environ={})
+    client = (fakeredis.FakeRedis() if backend == "fakeredis"
+              else redis.Redis.from_url(request.getfixturevalue("redis_url")))
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"namespace": namespace})})
+    stream = ResultStream(client, namespace)
+    stream.ensure_group()
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()[:40]
+    try:
+        for job, pid in (("a", exited.pid), ("b", running.pid)):
+            client.xadd(Keys(namespace).results, {"r": record(job)})
+            assert len(stream.read(f"ledger@{host}-{pid}-abc123", 10, 0)) == 1
+        ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+        # When a new writer takes a round
+        writer = LedgerWriter(settings, client, ledger, claim_idle_s=3600)
+        writer.step()
+        # Then the exited writer's record is in the ledger and it has left the group; the live one keeps its own
+        assert [r.job_id for r in ledger.iter_results("b")] == ["a"]
+        assert sorted(stream.consumers()) == sorted([f"ledger@{host}-{running.pid}-abc123", writer.consumer])
+        assert stream.length() == 1
+        ledger.close()
+    finally:
+        running.kill()
+        running.wait()
+        client.delete(Keys(namespace).results)
 
 
 def test_reading_results_never_removes_them(tmp_path, sim):

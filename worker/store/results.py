@@ -2,8 +2,9 @@
 
 A writer reads new records (XREADGROUP), stores them in the ledger and commits, and only then acks and
 deletes them (XACK + XDEL). A writer that dies in between leaves its records pending; another writer (or
-itself, restarted) claims them once they have been idle long enough (XAUTOCLAIM) and stores them again,
-which the ledger's unique (batch, job) turns into a no-op. So every record reaches the ledger once.
+itself, restarted) claims them once they have been idle long enough (XAUTOCLAIM), or at once when its
+process is known to be gone (`take_over`), and stores them again, which the ledger's unique (batch, job)
+turns into a no-op. So every record reaches the ledger once.
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ class ResultStream:
         """Records another writer read and did not ack for `min_idle_ms` (it died): now this consumer's."""
         _, entries, *_ = self.redis.xautoclaim(self.keys.results, GROUP, consumer, min_idle_ms, "0-0", count=count)
         return _entries(entries)
+
+    def consumers(self) -> list[str]:
+        """The names of the writers the group knows (a writer joins by reading; `take_over` removes the dead)."""
+        return [c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                for c in self.redis.xinfo_consumers(self.keys.results, GROUP)]
+
+    def take_over(self, dead: str, consumer: str, count: int = 1000) -> list[tuple[bytes, bytes]]:
+        """The records writer `dead` read and did not ack, now this consumer's whatever their idle time; the
+        dead writer leaves the group once it holds none (each killed process would otherwise stay listed)."""
+        pending = self.redis.xpending_range(self.keys.results, GROUP, "-", "+", count, consumername=dead)
+        ids = [p["message_id"] for p in pending]
+        claimed = _entries(self.redis.xclaim(self.keys.results, GROUP, consumer, 0, ids)) if ids else []
+        if len(ids) < count:
+            self.redis.xgroup_delconsumer(self.keys.results, GROUP, dead)
+        return claimed
 
     def ack(self, ids: list[bytes]) -> None:
         """The ledger committed these records: ack and delete them, so the stream stays short."""
