@@ -6,6 +6,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from cascade.cli.batches import _ledger, parse_age
 from cascade.cli.common import Command, config_option, load
@@ -28,6 +29,8 @@ def report(batch: str | None, pipeline: str | None, since: str, out: str, config
 
     if (batch is None) == (pipeline is None):
         raise click.UsageError("give a BATCH or --pipeline P (one of them)")
+    if batch is not None and click.get_current_context().get_parameter_source("since") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--since goes with --pipeline; a batch's report covers the whole batch")
     settings = load(config_path, None)
     with ExitStack() as stack:
         ledger = _ledger(settings, stack)

@@ -150,4 +150,7 @@ def test_unknown_batches_and_empty_pipelines_are_clear_errors(finished):
     both = run_cli(["cascade", "report", "rep-1", "--pipeline", "ticket-triage", "--out", out, "--config", config],
                    env)
     assert both.returncode == 2 and "give a BATCH or --pipeline P (one of them)" in both.stderr.decode()
+    since = run_cli(["cascade", "report", "rep-1", "--since", "1d", "--out", out, "--config", config], env)
+    assert since.returncode == 2
+    assert "--since goes with --pipeline; a batch's report covers the whole batch" in since.stderr.decode()
     assert not Path(out).exists()
