@@ -181,15 +181,15 @@ def ledger(once: bool, migrate_only: bool, loglevel: str, metrics_port: int | No
 
     settings = load(config_path, redis_url)
     configure_logging(loglevel, settings.metrics.log_format, secret_values(settings))
+    if settings.embedded and not migrate_only:     # before the database is opened: nothing is created for nothing
+        raise click.UsageError("the ledger service needs a Redis URL (--redis-url or CASCADE_REDIS_URL); in "
+                               "embedded mode cascade-submit writes the ledger itself")
     store = open_ledger(settings)
     try:
         store.migrate()
         if migrate_only:
             click.echo(f"ledger {redact_url(store.url)}: schema is current", err=True)
             return
-        if settings.embedded:
-            raise click.UsageError("the ledger service needs a Redis URL (--redis-url or CASCADE_REDIS_URL); in "
-                                   "embedded mode cascade-submit writes the ledger itself")
         writer = LedgerWriter(settings, redis_client(settings), store)
         writer.start()
         _serve_ledger_metrics(settings, metrics_port, once)

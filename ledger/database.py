@@ -9,6 +9,7 @@ delivered twice is stored once.
 from __future__ import annotations
 
 import fcntl
+import logging
 import re
 import threading
 import time
@@ -26,6 +27,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from cascade.errors import ConfigError
 from cascade.ledger.schema import alerts, batches, results, schedule_runs, shadow_pairs, tier_figures
+
+log = logging.getLogger("cascade.ledger")
 
 DEFAULT_FILE = "cascade-ledger.db"     # beside cascade.toml when [ledger] url is empty
 
@@ -101,6 +104,7 @@ class Ledger:
             return
         from alembic import command
         from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
 
         config = Config()
         config.set_main_option("script_location", str(resources.files("cascade.ledger").joinpath("migrations")))
@@ -110,9 +114,13 @@ class Ledger:
                     if self.dialect == "postgresql":    # two writers starting at once migrate one after the other
                         conn.execute(text("SELECT pg_advisory_xact_lock(4120131)"))
                     config.attributes["connection"] = conn
+                    before = MigrationContext.configure(conn).get_current_revision()
                     command.upgrade(config, "head")
+                    after = MigrationContext.configure(conn).get_current_revision()
             except SQLAlchemyError as e:
                 raise _error(f"ledger {redact_url(self.url)}: cannot migrate: {_short(e)}", e) from None
+            if after != before:
+                log.info("ledger %s: schema upgraded from %s to %s", redact_url(self.url), before or "empty", after)
             self._migrated = True
 
     @contextmanager

@@ -21,7 +21,7 @@ from cascade.worker.events import StepRecorded
 
 #: loggers that speak once per HTTP request or per Celery task: the job line says what an operator needs
 QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "urllib3", "celery.app.trace",
-                 "celery.worker.strategy")
+                 "celery.worker.strategy", "alembic")    # alembic: ten lines a start; the ledger says an upgrade
 #: the fields a job line carries; the JSON format gives each its own key
 JOB_FIELDS = ("batch", "job", "tier", "outcome", "reason", "cost_usd")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

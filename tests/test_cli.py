@@ -411,6 +411,15 @@ def test_an_embedded_run_refuses_a_batch_id_the_ledger_already_holds(tmp_path, s
     assert sim.stats()["totals"]["requests"] == calls
 
 
+def test_the_ledger_service_in_embedded_mode_is_a_usage_error_that_creates_no_database(tmp_path):
+    config = copy_config(tmp_path)
+    result = invoke(cascade, ["ledger", "--once", "--config", str(config)], cascade_env(None, "http://127.0.0.1:1"))
+    assert result.exit_code == 2
+    assert ("Error: the ledger service needs a Redis URL (--redis-url or CASCADE_REDIS_URL); in embedded mode "
+            "cascade-submit writes the ledger itself") in result.stderr
+    assert not list(config.parent.glob("cascade-ledger.db*"))
+
+
 def test_status_and_stats_read_the_ledger_when_redis_cannot_be_reached(tmp_path, sim):
     # Given a batch that ran (embedded) and is in the ledger
     source = tmp_path / "jobs.jsonl"
