@@ -49,7 +49,7 @@ import orjson
 from cascade.errors import ConfigError
 from cascade.recorded import RecordedRow, RecordedSet
 from cascade.tuning.label_free import agreement
-from cascade.tuning.profile import SCORED, cross_fitted, fit_map, profile_tier
+from cascade.tuning.profile import SCORED, TierProfile, cross_fitted, fit_map, profile_tier
 from cascade.tuning.replay import complete_rows, tier_cost, tier_samples
 from cascade.tuning.search import (
     NEVER,
@@ -80,6 +80,8 @@ class CalibrationResult:
     report: dict[str, Any]
     skipped: list[str] = field(default_factory=list)
     router: RouterFit | None = None
+    profiles: list[TierProfile] = field(default_factory=list, repr=False)   # every tier of the ladder on the rows
+    values: list[list[float | None]] = field(default_factory=list, repr=False)   # their calibrated values
 
     def meta(self) -> dict[str, Any]:
         """What the calibration file records beside its entries: the skipped tiers (the loader reads them) and
@@ -177,7 +179,7 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
                              f"({', '.join(skipped)} skipped)")
     if progress is not None:
         progress(steps, steps, "done")
-    return CalibrationResult(entries, report, skipped, router)
+    return CalibrationResult(entries, report, skipped, router, profiles, cal)
 
 
 def _text(output: Any) -> str:

@@ -40,14 +40,14 @@ def tier_accepts(p: TierProfile, i: int, cal: list[float | None], threshold: flo
 
 
 def run(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
-        keep_last: bool) -> tuple[list[int], int, list[int]]:
-    """Per-row correctness (0/1), total cost, and per row the tier whose answer it ends with."""
+        keep_last: bool) -> tuple[list[int], list[int], list[int]]:
+    """Per row: correctness (0/1), cost, and the tier whose answer it ends with."""
     n = len(profiles[0].correct)
-    correct, cost, where = [0] * n, 0, [0] * n
+    correct, cost, where = [0] * n, [0] * n, [0] * n
     for i in range(n):
         for t, p in enumerate(profiles):
             accepted, spent = tier_accepts(p, i, cal[t], thresholds[t])
-            cost += spent
+            cost[i] += spent
             if accepted or t == len(profiles) - 1:
                 correct[i] = int(p.correct[i] and (accepted or keep_last))
                 where[i] = t
@@ -60,7 +60,7 @@ def simulate(profiles: list[TierProfile], cal: list[list[float | None]], thresho
     """Per-row correctness (0/1), total cost and escalations per tier of the cascade at `thresholds`."""
     correct, cost, where = run(profiles, cal, thresholds, keep_last)
     escalated = [sum(1 for w in where if w > t) for t in range(len(profiles))]
-    return correct, cost, escalated
+    return correct, sum(cost), escalated
 
 
 def answer_floors(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
@@ -121,7 +121,8 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
 
     def consider(thresholds: list[float]) -> None:
         nonlocal best
-        correct, cost, where = run(profiles, cal, thresholds, keep_last)
+        correct, costs, where = run(profiles, cal, thresholds, keep_last)
+        cost = sum(costs)
         if best is not None and (cost, -sum(correct)) >= best[:2]:
             return
         if floor in GROUPED or floor == "reached":
