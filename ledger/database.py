@@ -110,7 +110,11 @@ class Ledger:
         config.set_main_option("script_location", str(resources.files("cascade.ledger").joinpath("migrations")))
         with self._lock, self._file_lock():
             try:
-                with self.engine.begin() as conn:
+                conn = self.engine.connect()
+            except SQLAlchemyError as e:     # not reached: what any command that reads the ledger first meets
+                raise _error(f"ledger {redact_url(self.url)}: cannot connect: {_short(e)}", e) from None
+            try:
+                with conn, conn.begin():
                     if self.dialect == "postgresql":    # two writers starting at once migrate one after the other
                         conn.execute(text("SELECT pg_advisory_xact_lock(4120131)"))
                     config.attributes["connection"] = conn

@@ -420,6 +420,14 @@ def test_the_ledger_service_in_embedded_mode_is_a_usage_error_that_creates_no_da
     assert not list(config.parent.glob("cascade-ledger.db*"))
 
 
+def test_a_ledger_database_that_cannot_be_reached_is_named_as_such(tmp_path):
+    env = {**cascade_env(None, "http://127.0.0.1:1"), "CASCADE_LEDGER_URL": "postgresql://cascade:pw@127.0.0.1:1/x"}
+    result = invoke(cascade, ["batches", "--config", str(copy_config(tmp_path))], env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ledger postgresql+psycopg://cascade:***@127.0.0.1:1/x: cannot connect: ")
+    assert "pw" not in result.stderr
+
+
 def test_status_and_stats_read_the_ledger_when_redis_cannot_be_reached(tmp_path, sim):
     # Given a batch that ran (embedded) and is in the ledger
     source = tmp_path / "jobs.jsonl"
