@@ -156,6 +156,8 @@ def results(batch: str, out: str | None, fmt: str, statuses: tuple[str, ...], fo
             sink = stack.enter_context(open(out, "wb")) if out else sys.stdout.buffer
         except OSError as e:
             raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
+        # a batch the ledger holds whole needs no Redis, even with --follow (its keys may be gone, or Redis down)
+        follow = follow and not (live is None and _ledger_finished(ledger, batch))
         # with Redis at hand this process is one more ledger writer, so --follow never waits on a missing service
         writer = LedgerWriter(settings, store.redis, ledger) if store is not None and follow else None
         collector = Collector(ledger, batch, RecordWriter(sink, fmt), writer, statuses)
@@ -178,6 +180,11 @@ def _finished(store: BatchStore | None, ledger: Ledger, batch: str) -> bool:
     record = store.batch(batch) if store is not None else None
     if record is not None:
         return record.finished and ledger.result_count(batch) >= record.done
+    return _ledger_finished(ledger, batch)
+
+
+def _ledger_finished(ledger: Ledger, batch: str) -> bool:
+    """The ledger's row says the batch is over, and the ledger holds every record it counts."""
     row = ledger.batch(batch)
     return row is not None and row["state"] in ("finished", "cancelled") and ledger.result_count(batch) >= row["done"]
 

@@ -447,6 +447,10 @@ def test_status_and_stats_read_the_ledger_when_redis_cannot_be_reached(tmp_path,
     assert stats.exit_code == 0, stats.output
     assert "the ledger's figures follow" in stats.stderr
     assert "pipeline ticket-triage (batches in the ledger)" in stats.stdout
+    follow = CliRunner().invoke(cascade, ["results", "seen-1", "--follow", "--config", config], env=down)
+    assert follow.exit_code == 0, follow.output
+    assert [r["id"] for r in map(orjson.loads, follow.stdout.splitlines())] == [r["id"] for r in read_jsonl(
+        tmp_path / "out.jsonl")]
 
 
 def test_controlling_a_batch_only_the_ledger_holds_says_its_live_state_is_gone(tmp_path, redis_url, sim):
