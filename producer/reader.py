@@ -30,6 +30,7 @@ class RawRow:
     value: dict[str, Any] | None
     error: str = ""
     raw: str = ""           # the row as read (what a rejected-rows file gives back to be fixed)
+    note: str = ""          # said after any reason the row is rejected for (a CSV record over several lines)
 
 
 def check_encoding(encoding: str) -> str:
@@ -82,30 +83,37 @@ def _jsonl_rows(lines: Iterator[tuple[int, bytes, str | None, str]], max_row_byt
 
 def _csv_rows(lines: Iterator[tuple[int, bytes, str | None, str]], max_row_bytes: int) -> Iterator[RawRow]:
     bad: list[RawRow] = []
+    read: list[tuple[int, bool]] = []      # the file's line number and blankness of each line the reader took
 
     def texts() -> Iterator[str]:
         for line, raw, text, problem in lines:
             if text is None:
                 bad.append(RawRow(line, None, problem, raw.decode("utf-8", "replace").rstrip("\r\n")))
                 continue
+            read.append((line, not text.strip()))
             yield text
 
     reader = csv.DictReader(texts())
+    _ = reader.fieldnames       # the header: the lines of each record are then the ones read since the last
+    read.clear()
     for row in reader:
         yield from _drain(bad)
-        line = reader.line_num
+        taken = [line for line, blank in read if not blank] or [line for line, _ in read]
+        read.clear()
+        line, note = taken[0], "" if len(taken) == 1 else (
+            f" (a quoted value runs from line {taken[0]} to line {taken[-1]}: is a quote left open?)")
         shown = orjson.dumps({k: v for k, v in row.items() if k is not None}).decode()
         if None in row:
-            yield RawRow(line, None, f"{len(row[None])} more value(s) than header columns", shown)
+            yield RawRow(line, None, f"{len(row[None])} more value(s) than header columns", shown, note)
             continue
         missing = [k for k, v in row.items() if v is None]
         size = sum(len(v) for v in row.values() if v)
         if size > max_row_bytes:
-            yield RawRow(line, None, f"row is {size} bytes, over the limit of {max_row_bytes}", shown[:1000])
+            yield RawRow(line, None, f"row is {size} bytes, over the limit of {max_row_bytes}", shown[:1000], note)
         elif missing:
-            yield RawRow(line, None, f"missing value(s) for column(s): {', '.join(missing)}", shown)
+            yield RawRow(line, None, f"missing value(s) for column(s): {', '.join(missing)}", shown, note)
         else:
-            yield RawRow(line, dict(row), raw=shown)
+            yield RawRow(line, dict(row), raw=shown, note=note)
     yield from _drain(bad)
 
 
@@ -116,20 +124,24 @@ def _drain(bad: list[RawRow]) -> Iterator[RawRow]:
 
 def to_job(row: RawRow, required_fields: Sequence[str]) -> Job:
     """The Job of a decoded row, or InputError naming the line and the problem."""
+
+    def rejected(problem: str) -> InputError:
+        return InputError(row.line, problem + row.note, row.raw)
+
     if row.value is None:
-        raise InputError(row.line, row.error, row.raw)
+        raise rejected(row.error)
     value = row.value
     if "id" not in value or value["id"] in (None, ""):
-        raise InputError(row.line, "missing 'id'", row.raw)
+        raise rejected("missing 'id'")
     job_id = value["id"]
     if isinstance(job_id, bool) or not isinstance(job_id, (str, int)):
-        raise InputError(row.line, f"'id' must be a string or an integer, got {type(job_id).__name__}", row.raw)
+        raise rejected(f"'id' must be a string or an integer, got {type(job_id).__name__}")
     job_id = str(job_id)
     if len(job_id) > MAX_ID_LENGTH:
-        raise InputError(row.line, f"'id' is longer than {MAX_ID_LENGTH} characters", row.raw)
+        raise rejected(f"'id' is longer than {MAX_ID_LENGTH} characters")
     missing = [f for f in required_fields if f not in value or value[f] is None]
     if missing:
         names = ", ".join(f"'{f}'" for f in missing)
-        raise InputError(row.line, f"missing field {names} used by the prompt", row.raw)
+        raise rejected(f"missing field {names} used by the prompt")
     fields = {k: v for k, v in value.items() if k != "id"}
     return Job(job_id, fields, row.line)

@@ -77,6 +77,25 @@ def test_csv_input_and_an_oversized_row(tmp_path, sim):
     assert sorted(r["id"] for r in read_jsonl(out)) == ["c1", "c3"]
 
 
+def test_csv_lines_are_named_as_in_the_file_and_an_open_quote_says_where_it_runs(tmp_path, sim):
+    # Given a CSV with an undecodable line, a short row after it, a legal quoted line break, and a quote left open
+    source = tmp_path / "jobs.csv"
+    source.write_bytes(b'id,subject,body\nc1,Login,I cannot log in\nc2,\xff,x\nc3,Box\n'
+                       b'c4,Two lines,"first\nsecond"\nc5,"Open,quote\nc6,Box,lost\nc7,Box,late\n')
+    out = tmp_path / "out.jsonl"
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
+                                     "--config", str(copy_config(tmp_path))], cascade_env(None, sim.url))
+    # Then each rejection names the line the row starts on; the open quote says how far it ran; valid rows go on
+    assert result.exit_code == EXIT_REJECTED
+    rejected = [line for line in result.stderr.splitlines() if line.startswith("rejected:")]
+    assert rejected == [
+        "rejected: line 3: not valid utf-8 (byte 0xff at column 4); give --encoding when the file uses another one",
+        "rejected: line 4: missing value(s) for column(s): body",
+        "rejected: line 7: missing value(s) for column(s): body (a quoted value runs from line 7 to line 9: is a "
+        "quote left open?)"]
+    assert sorted(r["id"] for r in read_jsonl(out)) == ["c1", "c4"]
+
+
 def test_a_clean_file_exits_zero_and_prints_the_savings(tmp_path, sim):
     source = tmp_path / "jobs.jsonl"
     source.write_bytes(lines(*GOOD))
