@@ -45,6 +45,7 @@ class Watch:
         try:
             stopped = self.backend.sweeps.stopped_tiers(self.tiers)
             for tier, reason in stopped.items():
+                reason = reason.rstrip(".")     # a provider's message often ends with one; ours follows
                 if self.backend.mode == "embedded":
                     raise TierStopped(f"tier '{tier}' cannot work: {reason}. Fix it and run the batch again")
                 self._say(f"stopped:{tier}", f"tier {tier} is stopped: {reason}. Its jobs wait: fix the key or "

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cascade.cli.main import cascade
 from cascade.cli.submit import EXIT_BUDGET, EXIT_FAILED, EXIT_REJECTED, submit_command
 from cascade.simulator import SimServer, load_scenario
-from tests.cluster import SCENARIO, cascade_env, cluster_config, delete_namespace, read_jsonl
+from tests.cluster import SCENARIO, cascade_env, cluster_config, delete_namespace, read_jsonl, run_cli
 from tests.helpers import copy_config
 
 GOOD = [{"id": f"r{i}", "subject": "Refund", "body": f"I was charged twice, order {i}"} for i in range(1, 6)]
@@ -94,6 +94,25 @@ def test_csv_lines_are_named_as_in_the_file_and_an_open_quote_says_where_it_runs
         "rejected: line 7: missing value(s) for column(s): body (a quoted value runs from line 7 to line 9: is a "
         "quote left open?)"]
     assert sorted(r["id"] for r in read_jsonl(out)) == ["c1", "c4"]
+
+
+def test_an_embedded_run_meeting_a_wrong_key_ends_saying_to_fix_it_and_run_again(tmp_path, sim):
+    import httpx2
+
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(*GOOD))
+    httpx2.post(sim.url + "/control", json={"api_key": "right"})
+    try:
+        result = run_cli(["cascade-submit", str(source), "-p", "ticket-triage", "--out", str(tmp_path / "o.jsonl"),
+                          "--no-progress", "--config", str(copy_config(tmp_path))],
+                         {**cascade_env(None, sim.url), "CASCADE_PROVIDER_API_KEY": "wrong"})
+    finally:
+        httpx2.post(sim.url + "/control", json={"api_key": None})
+    stderr = result.stderr.decode()
+    assert result.returncode == 1
+    assert stderr.rstrip().endswith("Error: tier 'cheap' cannot work: openai 401: Incorrect API key provided "
+                                    "(simulated). Fix it and run the batch again")
+    assert "its jobs wait. Fix the key or model and run the batch again." in stderr     # no workers to restart
 
 
 def test_a_clean_file_exits_zero_and_prints_the_savings(tmp_path, sim):

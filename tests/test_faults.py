@@ -213,6 +213,7 @@ def test_a_wrong_key_stops_the_tier_and_a_worker_restarted_with_the_right_one_fi
         time.sleep(1)
         log = (tmp_path / "worker-cheap-1.log").read_text()
         assert log.count("ERROR cascade.engine: tier cheap stopped") == 1
+        assert "Fix the key or model, then restart its workers: the work resumes." in log
         # Then the key is fixed and the worker restarted: the batch finishes, every job accepted
         wrong.terminate()
         wrong.wait(timeout=30)

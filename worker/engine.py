@@ -106,7 +106,7 @@ class Engine:
         self.sleep = sleep or self.keeper.sleep
         self.store = StoreRetry(self.sleep, settings.engine.store_retries)
         self.caller = TierCaller(providers, limiter or NoLimiter(), RetryPolicy.from_config(settings.engine),
-                                 self.sleep, TierHealth(sweeps, self.sleep), clock)
+                                 self.sleep, TierHealth(sweeps, self.sleep, settings.embedded), clock)
         self._chains: dict[tuple[str, str], VerifierChain] = {
             (pipeline.name, tier): build_chain(pipeline.verifier_specs(tier), settings.config_dir,
                                                f"{pipeline.source}: verifiers.{tier}")

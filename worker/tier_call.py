@@ -44,17 +44,20 @@ class CallResult:
 class TierHealth:
     """Stopped tiers, shared by every worker through the store (None: nothing is shared, e.g. in unit tests)."""
 
-    def __init__(self, sweeps: Any | None, sleep: Callable[[float], None]):
+    def __init__(self, sweeps: Any | None, sleep: Callable[[float], None], embedded: bool = False):
         self.sweeps = sweeps
         self.sleep = sleep
+        # what resumes the work: a restarted worker clears the stop; an embedded run ends and is run again
+        self.advice = ("Fix the key or model and run the batch again" if embedded
+                       else "Fix the key or model, then restart its workers: the work resumes")
 
     def stop_and_wait(self, tier: Tier, error: TierUnusable) -> None:
         """Stop the tier (saying so once, at ERROR) and wait until a restarted worker clears it."""
         if self.sweeps is None:
             raise error
         if self.sweeps.stop_tier(tier.name, error.provider_message):
-            log.error("tier %s stopped: %s. Every call to it would fail the same way; its jobs wait. Fix the "
-                      "key or model, then restart its workers: the work resumes.", tier.name, error.provider_message)
+            log.error("tier %s stopped: %s. Every call to it would fail the same way; its jobs wait. %s.",
+                      tier.name, error.provider_message.rstrip("."), self.advice)
         while self.sweeps.tier_stopped(tier.name) is not None:
             self.sleep(STOPPED_POLL_S)
 
