@@ -27,6 +27,8 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from cascade.simulator import SimServer, load_scenario
+from tests.cluster import SCENARIO
 from tests.redis_server import (
     ENV_URL,
     LOCAL_URL,
@@ -38,6 +40,13 @@ from tests.redis_server import (
     start_redis_server,
     stop_redis_server,
 )
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServer]:
+    """The simulator on the example scenario, one per test module (a module may give its own)."""
+    with SimServer(load_scenario(SCENARIO)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

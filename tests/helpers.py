@@ -7,10 +7,25 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import orjson
+from click.testing import CliRunner
+
 from cascade.errors import ProviderError
 from cascade.models import Completion, CompletionRequest, TokenLogprob, Usage
 
 REPO = Path(__file__).resolve().parent.parent
+#: five valid ticket rows for the example pipeline
+TICKETS = [{"id": f"r{i}", "subject": "Refund", "body": f"I was charged twice, order {i}"} for i in range(1, 6)]
+
+
+def lines(*rows) -> bytes:
+    """JSONL of these rows (a bytes row is taken as the line as it stands)."""
+    return b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in rows)
+
+
+def invoke(command, args, env):
+    """A click command run in this process, as a user would run it, exceptions not caught."""
+    return CliRunner().invoke(command, args, env=env, catch_exceptions=False)
 
 
 def copy_recorded_config(target: Path) -> Path:

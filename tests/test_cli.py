@@ -1,4 +1,5 @@
-"""The cascade-submit CLI: bad rows named by line, valid rows processed, resubmission without duplicates."""
+"""The CLI: cascade-submit's exits and summaries, resubmission without duplicates, budgets, URLs and keys refused
+at load, every command's help, the ledger read when Redis is down (input rows: tests/test_input.py)."""
 
 from __future__ import annotations
 
@@ -10,97 +11,16 @@ import redis
 from click.testing import CliRunner
 
 from cascade.cli.main import cascade
-from cascade.cli.submit import EXIT_BUDGET, EXIT_FAILED, EXIT_REJECTED, submit_command
-from cascade.simulator import SimServer, load_scenario
+from cascade.cli.submit import EXIT_BUDGET, EXIT_FAILED, submit_command
 from tests.cluster import SCENARIO, cascade_env, cluster_config, delete_namespace, read_jsonl, run_cli
-from tests.helpers import copy_config
-
-GOOD = [{"id": f"r{i}", "subject": "Refund", "body": f"I was charged twice, order {i}"} for i in range(1, 6)]
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimServer(load_scenario(SCENARIO)) as server:
-        yield server
-
-
-def lines(*rows) -> bytes:
-    return b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in rows)
-
-
-def invoke(command, args, env):
-    return CliRunner().invoke(command, args, env=env, catch_exceptions=False)
-
-
-def test_bad_rows_are_named_by_line_and_valid_rows_still_run(tmp_path, sim):
-    # Given a file with one row of each kind of mistake among valid rows
-    source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(
-        GOOD[0],
-        b'{"id": "r-bad", "subject": "x", "body": ',                 # line 2: bad JSON
-        {"subject": "no id", "body": "b"},                           # line 3: missing id
-        GOOD[1],
-        {"id": "r1", "subject": "again", "body": "dup"},             # line 5: duplicate id
-        {"id": "r-nobody", "subject": "only a subject"},             # line 6: missing template field
-        b"",                                                         # blank lines are not rows
-        GOOD[2],
-    ))
-    out = tmp_path / "out.jsonl"
-    # When it is submitted in embedded mode
-    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
-                                     "--config", str(copy_config(tmp_path))], cascade_env(None, sim.url))
-    # Then each bad row is reported with its line, the valid ones ran, and the exit status says so
-    assert result.exit_code == EXIT_REJECTED
-    stderr = result.stderr
-    assert "rejected: line 2: invalid JSON: " in stderr
-    assert "rejected: line 3: missing 'id'" in stderr
-    assert "rejected: line 5: duplicate id 'r1' (first on line 1)" in stderr
-    assert "rejected: line 6: missing field 'body' used by the prompt" in stderr
-    assert "4 rows rejected" in stderr
-    assert sorted(r["id"] for r in read_jsonl(out)) == ["r1", "r2", "r3"]
-    rejected = read_jsonl(tmp_path / "out.jsonl.rejected.jsonl")
-    assert sorted(r["line"] for r in rejected) == [2, 3, 5, 6]   # duplicates are found when a chunk registers
-    assert {"line": 3, "reason": "missing 'id'", "row": '{"subject":"no id","body":"b"}'} in rejected
-    assert {"line": 5, "reason": "duplicate id 'r1' (first on line 1)",
-            "row": '{"id":"r1","subject":"again","body":"dup"}'} in rejected
-
-
-def test_csv_input_and_an_oversized_row(tmp_path, sim):
-    config = copy_config(tmp_path, lambda t: t.replace("max_row_bytes = 65536", "max_row_bytes = 100"))
-    source = tmp_path / "jobs.csv"
-    source.write_text("id,subject,body\nc1,Login,I cannot log in\nc2,Big," + "x" * 200 + "\nc3,Box,Package lost\n")
-    out = tmp_path / "out.jsonl"
-    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
-                                     "--config", str(config)], cascade_env(None, sim.url))
-    assert result.exit_code == EXIT_REJECTED
-    assert "rejected: line 3: row is 205 bytes, over the limit of 100" in result.stderr
-    assert sorted(r["id"] for r in read_jsonl(out)) == ["c1", "c3"]
-
-
-def test_csv_lines_are_named_as_in_the_file_and_an_open_quote_says_where_it_runs(tmp_path, sim):
-    # Given a CSV with an undecodable line, a short row after it, a legal quoted line break, and a quote left open
-    source = tmp_path / "jobs.csv"
-    source.write_bytes(b'id,subject,body\nc1,Login,I cannot log in\nc2,\xff,x\nc3,Box\n'
-                       b'c4,Two lines,"first\nsecond"\nc5,"Open,quote\nc6,Box,lost\nc7,Box,late\n')
-    out = tmp_path / "out.jsonl"
-    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
-                                     "--config", str(copy_config(tmp_path))], cascade_env(None, sim.url))
-    # Then each rejection names the line the row starts on; the open quote says how far it ran; valid rows go on
-    assert result.exit_code == EXIT_REJECTED
-    rejected = [line for line in result.stderr.splitlines() if line.startswith("rejected:")]
-    assert rejected == [
-        "rejected: line 3: not valid utf-8 (byte 0xff at column 4); give --encoding when the file uses another one",
-        "rejected: line 4: missing value(s) for column(s): body",
-        "rejected: line 7: missing value(s) for column(s): body (a quoted value runs from line 7 to line 9: is a "
-        "quote left open?)"]
-    assert sorted(r["id"] for r in read_jsonl(out)) == ["c1", "c4"]
+from tests.helpers import TICKETS, copy_config, invoke, lines
 
 
 def test_an_embedded_run_meeting_a_wrong_key_ends_saying_to_fix_it_and_run_again(tmp_path, sim):
     import httpx2
 
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     httpx2.post(sim.url + "/control", json={"api_key": "right"})
     try:
         result = run_cli(["cascade-submit", str(source), "-p", "ticket-triage", "--out", str(tmp_path / "o.jsonl"),
@@ -117,7 +37,7 @@ def test_an_embedded_run_meeting_a_wrong_key_ends_saying_to_fix_it_and_run_again
 
 def test_a_clean_file_exits_zero_and_prints_the_savings(tmp_path, sim):
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(tmp_path / "o.jsonl"),
                                      "--no-progress", "--config", str(copy_config(tmp_path))],
                     cascade_env(None, sim.url))
@@ -128,7 +48,7 @@ def test_a_clean_file_exits_zero_and_prints_the_savings(tmp_path, sim):
 
 def test_json_summary_on_stdout(tmp_path, sim):
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(tmp_path / "o.jsonl"),
                                      "--json", "--no-progress", "--config", str(copy_config(tmp_path))],
                     cascade_env(None, sim.url))
@@ -149,7 +69,7 @@ def test_resubmitting_a_batch_id_enqueues_no_job_twice(tmp_path, redis_url, sim)
     config, ns = cluster_config(tmp_path)
     env = cascade_env(redis_url, sim.url)
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD[:3]))
+    source.write_bytes(lines(*TICKETS[:3]))
     args = [str(source), "-p", "ticket-triage", "--batch-id", "again-1", "--no-progress", "--config", str(config)]
     try:
         first = invoke(submit_command, args, env)
@@ -158,7 +78,7 @@ def test_resubmitting_a_batch_id_enqueues_no_job_twice(tmp_path, redis_url, sim)
         client = redis.Redis.from_url(redis_url)
         assert client.llen(queue) == 3
         # When the same file, with two more rows, is submitted again under the same batch id
-        source.write_bytes(lines(*GOOD))
+        source.write_bytes(lines(*TICKETS))
         second = invoke(submit_command, args, env)
         # Then only the new rows are enqueued
         assert second.exit_code == 0, second.stderr
@@ -190,7 +110,7 @@ def test_every_command_has_help_with_an_example():
 
 def test_unreachable_redis_is_one_clear_line(tmp_path):
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(GOOD[0]))
+    source.write_bytes(lines(TICKETS[0]))
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--no-progress",
                                      "--config", str(copy_config(tmp_path))], {"CASCADE_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.exit_code == 1
@@ -201,7 +121,7 @@ def test_unreachable_redis_is_one_clear_line(tmp_path):
 def test_a_budget_is_never_overspent_and_ends_the_rest_budget_exhausted(tmp_path, sim):
     # Given five jobs and a budget that fits two worst-case cheap calls (~$0.00009 each) but not five
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     out = tmp_path / "o.jsonl"
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--budget", "0.0002", "--out", str(out),
                                      "--json", "--no-progress", "--config", str(copy_config(tmp_path))],
@@ -211,7 +131,7 @@ def test_a_budget_is_never_overspent_and_ends_the_rest_budget_exhausted(tmp_path
     assert result.exit_code == EXIT_BUDGET, result.stderr
     summary = orjson.loads(result.stdout)
     records = read_jsonl(out)
-    assert sorted(r["id"] for r in records) == [row["id"] for row in GOOD]
+    assert sorted(r["id"] for r in records) == [row["id"] for row in TICKETS]
     statuses = summary["statuses"]
     assert statuses["budget_exhausted"] >= 1 and statuses["budget_exhausted"] < 5
     assert sum(statuses.values()) == 5
@@ -224,12 +144,12 @@ def test_a_resubmission_without_budget_still_reserves_against_the_first_runs(tmp
     config, ns = cluster_config(tmp_path)
     env = cascade_env(redis_url, sim.url)
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD[:3]))
+    source.write_bytes(lines(*TICKETS[:3]))
     args = [str(source), "-p", "ticket-triage", "--batch-id", "budgeted-1", "--no-progress", "--config", str(config)]
     client = redis.Redis.from_url(redis_url)
     try:
         assert invoke(submit_command, [*args, "--budget", "1"], env).exit_code == 0
-        source.write_bytes(lines(*GOOD))
+        source.write_bytes(lines(*TICKETS))
         assert invoke(submit_command, args, env).exit_code == 0
         # Then five small job references are queued, and every job, the new ones too, carries the prompt
         # estimate its calls reserve against the first run's budget
@@ -246,56 +166,9 @@ def test_a_resubmission_without_budget_still_reserves_against_the_first_runs(tmp
 # -- input that is not what the producer expects: a clear line and an exit status, never a traceback -----
 
 
-def test_a_utf8_byte_order_mark_is_read_past_in_jsonl_and_csv(tmp_path, sim):
-    config = str(copy_config(tmp_path))
-    jsonl = tmp_path / "bom.jsonl"
-    jsonl.write_bytes(b"\xef\xbb\xbf" + lines(*GOOD[:2]))
-    csv_file = tmp_path / "bom.csv"
-    csv_file.write_bytes(b"\xef\xbb\xbfid,subject,body\nc1,Login,I cannot log in\n")
-    for source in (jsonl, csv_file):
-        out = tmp_path / f"{source.suffix}.out"
-        result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
-                                         "--config", config], cascade_env(None, sim.url))
-        assert result.exit_code == 0, result.stderr
-        assert len(read_jsonl(out)) == (2 if source is jsonl else 1)
-
-
-def test_a_line_that_is_not_utf8_is_rejected_by_line_and_encoding_reads_it(tmp_path, sim):
-    source = tmp_path / "latin.jsonl"
-    source.write_bytes(lines(GOOD[0]) + '{"id": "r9", "subject": "Caf\u00e9", "body": "d\u00e9j\u00e0"}\n'.encode("latin-1"))
-    config = str(copy_config(tmp_path))
-    out = tmp_path / "o.jsonl"
-    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
-                                     "--config", config], cascade_env(None, sim.url))
-    assert result.exit_code == EXIT_REJECTED
-    assert ("rejected: line 2: not valid utf-8 (byte 0xe9 at column 29); give --encoding when the file uses "
-            "another one") in result.stderr
-    assert [r["id"] for r in read_jsonl(out)] == ["r1"]
-    again = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
-                                    "--encoding", "latin-1", "--config", config], cascade_env(None, sim.url))
-    assert again.exit_code == 0, again.stderr
-    assert sorted(r["id"] for r in read_jsonl(out)) == ["r1", "r9"]
-
-
-@pytest.mark.parametrize("kind", ["empty", "missing", "directory"])
-def test_an_input_that_cannot_be_read_or_is_empty_creates_no_batch(tmp_path, redis_url, sim, kind):
-    config, ns = cluster_config(tmp_path)
-    source = {"empty": tmp_path / "empty.jsonl", "missing": tmp_path / "nope.jsonl", "directory": tmp_path}[kind]
-    if kind == "empty":
-        source.write_bytes(b"\n\n")
-    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--batch-id", "none-1", "--no-progress",
-                                     "--config", str(config)], cascade_env(redis_url, sim.url))
-    expected = {"empty": (1, f"Error: {source}: no rows (the input is empty); nothing was submitted"),
-                "missing": (2, f"Invalid value for SOURCE: cannot read {source}: No such file or directory"),
-                "directory": (2, f"Invalid value for 'SOURCE': File '{source}' is a directory.")}[kind]
-    assert result.exit_code == expected[0]
-    assert expected[1] in result.stderr and "Traceback" not in result.output
-    assert not redis.Redis.from_url(redis_url).exists(f"{ns}:batch:none-1")
-
-
 def test_a_redis_url_without_a_scheme_names_the_variable(tmp_path):
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(GOOD[0]))
+    source.write_bytes(lines(TICKETS[0]))
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--config", str(copy_config(tmp_path))],
                     {"CASCADE_REDIS_URL": "localhost:6379"})
     assert result.exit_code == 1
@@ -313,7 +186,7 @@ def test_a_redis_url_without_a_scheme_names_the_variable(tmp_path):
 ])
 def test_a_url_that_cannot_work_is_refused_at_load_naming_where_it_came_from(tmp_path, args, env, message):
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(GOOD[0]))
+    source.write_bytes(lines(TICKETS[0]))
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--config", str(copy_config(tmp_path)),
                                      *args], env)
     assert result.exit_code == 1
@@ -323,7 +196,7 @@ def test_a_url_that_cannot_work_is_refused_at_load_naming_where_it_came_from(tmp
 @pytest.mark.parametrize("budget", ["0", "-1", "nan", "inf", "1e300", "ten"])
 def test_a_budget_that_is_not_a_positive_amount_is_a_usage_error(tmp_path, budget):
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(GOOD[0]))
+    source.write_bytes(lines(TICKETS[0]))
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--budget", budget,
                                      "--config", str(copy_config(tmp_path))], {})
     assert result.exit_code == 2 and "Traceback" not in result.output
@@ -333,14 +206,14 @@ def test_a_budget_that_is_not_a_positive_amount_is_a_usage_error(tmp_path, budge
 
 def test_results_written_over_the_input_or_into_a_missing_folder_are_refused_before_anything_runs(tmp_path, sim):
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     config = str(copy_config(tmp_path))
     env = cascade_env(None, sim.url)
     same = invoke(submit_command, [str(source), "-p", "ticket-triage", "--wait", "--out", str(source),
                                    "--no-progress", "--config", config], env)
     assert same.exit_code == 2
     assert f"Invalid value for --out: {source} is the input file: write the results elsewhere" in same.stderr
-    assert source.read_bytes() == lines(*GOOD)           # the input is untouched
+    assert source.read_bytes() == lines(*TICKETS)           # the input is untouched
     missing = tmp_path / "no" / "such" / "out.jsonl"
     nowhere = invoke(submit_command, [str(source), "-p", "ticket-triage", "--wait", "--out", str(missing),
                                       "--no-progress", "--config", config], env)
@@ -351,7 +224,7 @@ def test_results_written_over_the_input_or_into_a_missing_folder_are_refused_bef
 
 def test_a_missing_api_key_stops_an_embedded_run_before_anything_is_submitted(tmp_path, sim):
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     out = tmp_path / "o.jsonl"
     env = {"CASCADE_REDIS_URL": "", "CASCADE_PROVIDER_BASE_URL": "", "OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "x"}
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
@@ -376,7 +249,7 @@ def test_jobs_that_fail_give_exit_status_4(tmp_path, sim):
     pipeline.write_text(pipeline.read_text().replace('on_last_failure = "accept_flagged"', 'on_last_failure = "fail"')
                         .replace('{ name = "truncation" },', '{ name = "truncation" }, { name = "regex", pattern = "^NEVER$" },'))
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD[:2]))
+    source.write_bytes(lines(*TICKETS[:2]))
     result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(tmp_path / "o.jsonl"),
                                      "--no-progress", "--config", str(config)], cascade_env(None, sim.url))
     assert result.exit_code == EXIT_FAILED
@@ -391,7 +264,7 @@ def test_wait_warns_when_no_worker_consumes_the_first_queue(tmp_path, redis_url,
 
     config, ns = cluster_config(tmp_path)
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD[:2]))
+    source.write_bytes(lines(*TICKETS[:2]))
     err = tmp_path / "err.txt"
     proc = subprocess.Popen([str(BIN / "cascade-submit"), str(source), "-p", "ticket-triage", "--wait", "--no-progress",
                              "--out", str(tmp_path / "o.jsonl"), "--config", str(config)],
@@ -432,7 +305,7 @@ def run_cascade(args):
 def test_an_embedded_run_refuses_a_batch_id_the_ledger_already_holds(tmp_path, sim):
     # Given a batch run in embedded mode whose budget ran out
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     config = str(copy_config(tmp_path))
     env = cascade_env(None, sim.url)
     args = [str(source), "-p", "ticket-triage", "--batch-id", "emb-1", "--no-progress", "--config", config]
@@ -469,7 +342,7 @@ def test_a_ledger_database_that_cannot_be_reached_is_named_as_such(tmp_path):
 def test_status_and_stats_read_the_ledger_when_redis_cannot_be_reached(tmp_path, sim):
     # Given a batch that ran (embedded) and is in the ledger
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     config = str(copy_config(tmp_path))
     ran = invoke(submit_command, [str(source), "-p", "ticket-triage", "--batch-id", "seen-1", "--no-progress",
                                   "--out", str(tmp_path / "out.jsonl"), "--config", config], cascade_env(None, sim.url))
@@ -495,7 +368,7 @@ def test_controlling_a_batch_only_the_ledger_holds_says_its_live_state_is_gone(t
     # Given a batch that ran embedded: it is in the ledger, never in Redis
     config, ns = cluster_config(tmp_path)
     source = tmp_path / "jobs.jsonl"
-    source.write_bytes(lines(*GOOD))
+    source.write_bytes(lines(*TICKETS))
     ran = invoke(submit_command, [str(source), "-p", "ticket-triage", "--batch-id", "gone-1", "--no-progress",
                                   "--out", str(tmp_path / "out.jsonl"), "--config", str(config)],
                  cascade_env(None, sim.url))

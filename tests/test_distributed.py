@@ -8,9 +8,7 @@ import orjson
 import pytest
 import redis
 
-from cascade.simulator import SimServer, load_scenario
 from tests.cluster import (
-    SCENARIO,
     Workers,
     cascade_env,
     cluster_config,
@@ -22,12 +20,6 @@ from tests.cluster import (
 )
 
 JOBS = 300
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimServer(load_scenario(SCENARIO)) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

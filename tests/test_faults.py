@@ -7,15 +7,12 @@ import subprocess
 import time
 
 import orjson
-import pytest
 import redis
 
-from cascade.simulator import SimServer, load_scenario
 from cascade.worker.celery_app import ATTEMPT_TASK, create_app
 from cascade.worker.config import load_settings
 from tests.cluster import (
     BIN,
-    SCENARIO,
     Workers,
     cascade_env,
     cluster_config,
@@ -26,12 +23,6 @@ from tests.cluster import (
     write_tickets,
 )
 from tests.redis_server import PrivateRedis
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimServer(load_scenario(SCENARIO)) as server:
-        yield server
 
 
 def fast_reconciler(text: str) -> str:
