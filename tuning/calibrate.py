@@ -29,8 +29,7 @@ batch. But the rows a middle tier sees are the hard ones, where the last tier is
 let a strong middle tier accept only its surest answers. The reached floor fixed that for the average
 of the rows a tier sees, and the groups below it fix it where a tier is unsure: those are the jobs the
 last tier often gets wrong too (on mmlu-oai the groups let through cut the test cost from 0.416 to
-0.339 of gpt-4o). `python -m benchmarks.tuning_study` measures the rules side by side (README,
-"Tuning on your own recorded traffic").
+0.339 of gpt-4o). `python -m benchmarks.tuning_study` measures the rules side by side (docs/tuning.md).
 
 Step 1 is tuning/profile.py, step 3 tuning/search.py with the guards in tuning/target.py; this module
 runs them and writes what they found.

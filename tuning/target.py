@@ -85,7 +85,7 @@ def tiers_hold(correct: list[int], where: list[int], reference: list[int], targe
 
 
 def tiers_share_budget(correct: list[int], where: list[int], reference: list[int], target: Target, last: int) -> bool:
-    """The tier guard as one budget (measured and rejected: README): the losses of the tiers before the last
+    """The tier guard as one budget (measured and rejected: docs/tuning.md): the losses of the tiers before the last
     against the reference, each counted only where it loses, together within the drop."""
     if target.kind != "drop":
         return tiers_hold(correct, where, reference, target, last)
@@ -98,7 +98,7 @@ def tiers_share_budget(correct: list[int], where: list[int], reference: list[int
 
 def meets_calibrated(correct: list[int], reference: list[int], where: list[int],
                      values: Sequence[Sequence[float | None]], target: Target, last: int) -> bool:
-    """The batch bound on calibrated values (measured and rejected: README): each answer taken as right with its
+    """The batch bound on calibrated values (measured and rejected: docs/tuning.md): each answer taken as right with its
     tier's calibrated P(correct), paired row by row with the last tier's; outcomes where a value is missing."""
     if target.kind != "drop":
         return meets(correct, reference, target)
