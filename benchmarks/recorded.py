@@ -12,8 +12,8 @@ target there (`hindsight_cost_ratio`), and the cheapest as accurate there as the
 (`same_accuracy_hindsight_cost_ratio`): the first gap counts the accuracy the guards kept in hand, the
 second only the choice of thresholds. The reliable hindsight (benchmarks/hindsight.py) is the cheapest search on
 the test rows whose cascade meets the target on 9 of 10 resampled test sets (`reliable_hindsight_cost_ratio`;
-`hindsight_reliability`: how often the best in hindsight does). One JSON object per set on stdout, then one JSON line with every set;
-each step on stderr as it starts.
+`hindsight_reliability`: how often the best in hindsight does). One JSON object per set on stdout, then one JSON
+line with every set; each step on stderr as it starts.
 """
 
 from __future__ import annotations

@@ -122,10 +122,11 @@ def calibrated(profiles: list[P.TierProfile], fitted_on: list[P.TierProfile], ce
 
 
 def fixed_sequence(profiles: list[P.TierProfile], cal: list[list[float | None]], target: T.Target) -> S.LadderChoice:
-    """Learn then Test (Angelopoulos et al. 2021) along a one-parameter path, measured and not kept (docs/tuning.md): per
-    sub-ladder, one calibrated threshold for every tier before the last, tested from the highest down with the
-    batch bound, stopping at the first that fails (fixed-sequence testing needs no correction along the path);
-    the sub-ladders share the confidence (Bonferroni); the cheapest that passed, else the last tier alone."""
+    """Learn then Test (Angelopoulos et al. 2021) along a one-parameter path, measured and not kept
+    (docs/tuning.md): per sub-ladder, one calibrated threshold for every tier before the last, tested from the
+    highest down with the batch bound, stopping at the first that fails (fixed-sequence testing needs no correction
+    along the path); the sub-ladders share the confidence (Bonferroni); the cheapest that passed, else the last
+    tier alone."""
     ladders = S.sub_ladders(len(profiles))
     goal = T.Target(target.kind, target.value, 1 - (1 - target.confidence) / len(ladders))
     reference, _, _ = S.simulate(profiles[-1:], cal[-1:], [0.0], True)

@@ -46,8 +46,7 @@ def gone(consumer: str) -> bool:
     across pid namespaces (containers given one `hostname`) can make a live writer look gone; taking its
     records over then only stores them twice, which the ledger turns into a no-op.
     """
-    host_pid, _, _suffix = consumer.removeprefix("ledger@").rpartition("-")
-    host, _, pid = host_pid.rpartition("-")
+    host, _, pid = consumer.removeprefix("ledger@").rpartition("-")[0].rpartition("-")
     if (not consumer.startswith("ledger@") or not pid.isdigit() or host != socket.gethostname()[:40]
             or int(pid) == os.getpid()):
         return False
