@@ -317,6 +317,48 @@ def test_batches_status_and_stats_by_tag_read_the_ledger(tmp_path, sim):
     assert groups["core"]["attempts"] == sum(len(r["attempts"]) for r in records)
 
 
+def test_a_ledger_service_goes_on_after_redis_restarts_without_its_data(tmp_path, sim):
+    # Given a private Redis that keeps nothing on disk, workers, and a `cascade ledger` service that stored a batch
+    server = PrivateRedis(tmp_path / "redis", appendonly=False).start()
+    config, _ = cluster_config(tmp_path)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = {**cascade_env(server.url, sim.url), "CASCADE_LEDGER_URL": url}
+    write_tickets(tmp_path / "jobs.jsonl", 30)
+    workers = Workers(config, env, tmp_path)
+    service = None
+
+    def stored(batch: str, count: int) -> None:
+        deadline = time.monotonic() + 120
+        while (ledger := Ledger(url)).result_count(batch) < count:
+            ledger.close()
+            assert service.poll() is None and time.monotonic() < deadline, (tmp_path / "ledger-0.log").read_text()
+            time.sleep(0.2)
+        ledger.close()
+
+    try:
+        for tier in ("cheap", "mid", "frontier"):
+            workers.start(tier)
+        service = _ledger_service(config, env, tmp_path, 0)
+        for batch in ("before-1", "after-1"):
+            submit = run_cli(["cascade-submit", str(tmp_path / "jobs.jsonl"), "-p", "ticket-triage", "--batch-id",
+                              batch, "--config", str(config), "--no-progress"], env)
+            assert submit.returncode == 0, submit.stderr.decode()
+            stored(batch, 30)
+            if batch == "before-1":
+                # When Redis restarts empty: the results stream and the writers' consumer group are gone
+                server.shutdown()
+                server.start()
+        # Then the same service stores the next batch's records too, and says once that it made the group again
+        log = (tmp_path / "ledger-0.log").read_text()
+        assert "its consumer group was gone" in log and "a round failed" not in log
+    finally:
+        if service is not None:
+            service.terminate()
+            service.wait(timeout=30)
+        workers.close()
+        server.stop()
+
+
 def _ledger_service(config, env, tmp_path, n: int) -> subprocess.Popen:
     log = open(tmp_path / f"ledger-{n}.log", "wb")
     proc = subprocess.Popen([str(BIN / "cascade"), "ledger", "--config", str(config)], env=env, stdout=log,

@@ -9,13 +9,18 @@ turns into a no-op. So every record reaches the ledger once.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
 from cascade.worker.store.keys import Keys
 
 GROUP = "ledger"
+T = TypeVar("T")
+
+log = logging.getLogger("cascade.ledger")
 
 
 class ResultStream:
@@ -33,21 +38,36 @@ class ResultStream:
             if "BUSYGROUP" not in str(e):
                 raise
 
+    def _in_group(self, call: Callable[[], T]) -> T:
+        """Run a command of the group; a group gone with its stream (Redis restarted without its data, the
+        database flushed) is made again and the command run once more. The group starts at the stream's
+        beginning, so no record written since is missed."""
+        try:
+            return call()
+        except ResponseError as e:
+            if "NOGROUP" not in str(e) and "no such key" not in str(e):
+                raise
+            log.warning("results stream %s: its consumer group was gone (%s); made again", self.keys.results, e)
+            self.ensure_group()
+            return call()
+
     def read(self, consumer: str, count: int = 1000, block_ms: int = 1000) -> list[tuple[bytes, bytes]]:
         """New records for this consumer, as (stream id, record); they stay pending until `ack`."""
         # BLOCK 0 would wait forever: no BLOCK at all when the caller does not want to wait
-        reply = self.redis.xreadgroup(GROUP, consumer, {self.keys.results: ">"}, count=count, block=block_ms or None)
+        reply = self._in_group(lambda: self.redis.xreadgroup(GROUP, consumer, {self.keys.results: ">"}, count=count,
+                                                             block=block_ms or None))
         return _entries(reply[0][1] if reply else [])
 
     def claim_idle(self, consumer: str, min_idle_ms: int, count: int = 1000) -> list[tuple[bytes, bytes]]:
         """Records another writer read and did not ack for `min_idle_ms` (it died): now this consumer's."""
-        _, entries, *_ = self.redis.xautoclaim(self.keys.results, GROUP, consumer, min_idle_ms, "0-0", count=count)
+        _, entries, *_ = self._in_group(lambda: self.redis.xautoclaim(self.keys.results, GROUP, consumer, min_idle_ms,
+                                                                      "0-0", count=count))
         return _entries(entries)
 
     def consumers(self) -> list[str]:
         """The names of the writers the group knows (a writer joins by reading; `take_over` removes the dead)."""
         return [c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-                for c in self.redis.xinfo_consumers(self.keys.results, GROUP)]
+                for c in self._in_group(lambda: self.redis.xinfo_consumers(self.keys.results, GROUP))]
 
     def take_over(self, dead: str, consumer: str, count: int = 1000) -> list[tuple[bytes, bytes]]:
         """The records writer `dead` read and did not ack, now this consumer's whatever their idle time; the
