@@ -30,26 +30,51 @@ FLOORS = ("grouped", "reached", "answer", "none", "tiers", "tiers_bound", "budge
 GROUPED = ("grouped", "budget", "model")     # the rules whose answer guard lets groups through below a floor
 
 
+#: per row, what a threshold decides at one tier: (score, cost at or above it, cost below it, accepted at or above)
+Gate = tuple[float, int, int, bool]
+
+
+def gate(p: TierProfile, cal: Sequence[float | None], i: int) -> Gate:
+    """Row i at tier profile `p`: a row its static checks fail, or its score verifier gave no score, is below
+    every threshold; a tier without a score verifier is above every one."""
+    if not p.static_ok[i]:
+        return -math.inf, p.cost_full[i], p.cost_full[i], False
+    if not p.scored:
+        return math.inf, p.cost_full[i], p.cost_full[i], p.rest_ok[i]
+    if cal[i] is None:
+        return -math.inf, p.cost_fail[i], p.cost_fail[i], False
+    return cal[i], p.cost_full[i], p.cost_fail[i], p.rest_ok[i]
+
+
 def tier_accepts(p: TierProfile, i: int, cal: list[float | None], threshold: float) -> tuple[bool, int]:
     """Whether tier profile `p` accepts row i at `threshold`, and what the attempt cost."""
-    if not p.static_ok[i]:
-        return False, p.cost_full[i]
-    if p.scored and (cal[i] is None or cal[i] < threshold):
-        return False, p.cost_fail[i]
-    return p.rest_ok[i], p.cost_full[i]
+    score, above, below, ok = gate(p, cal, i)
+    return (ok, above) if score >= threshold else (False, below)
 
 
 def run(profiles: list[TierProfile], cal: list[list[float | None]], thresholds: Sequence[float],
         keep_last: bool) -> tuple[list[int], list[int], list[int]]:
     """Per row: correctness (0/1), cost, and the tier whose answer it ends with."""
-    n = len(profiles[0].correct)
+    gates = [[gate(p, c, i) for i in range(len(p.correct))] for p, c in zip(profiles, cal)]
+    return run_gates(gates, [p.correct for p in profiles], thresholds, keep_last)
+
+
+def run_gates(gates: list[list[Gate]], right: list[list[bool]], thresholds: Sequence[float],
+              keep_last: bool) -> tuple[list[int], list[int], list[int]]:
+    """`run` on gates built once: the search simulates thousands of thresholds over the same rows."""
+    n, last = len(gates[0]), len(gates) - 1
     correct, cost, where = [0] * n, [0] * n, [0] * n
     for i in range(n):
-        for t, p in enumerate(profiles):
-            accepted, spent = tier_accepts(p, i, cal[t], thresholds[t])
-            cost[i] += spent
-            if accepted or t == len(profiles) - 1:
-                correct[i] = int(p.correct[i] and (accepted or keep_last))
+        for t, threshold in enumerate(thresholds):
+            score, above, below, ok = gates[t][i]
+            if score >= threshold:
+                cost[i] += above
+                accepted = ok
+            else:
+                cost[i] += below
+                accepted = False
+            if accepted or t == last:
+                correct[i] = int(right[t][i] and (accepted or keep_last))
                 where[i] = t
                 break
     return correct, cost, where
@@ -118,10 +143,12 @@ def choose_thresholds(profiles: list[TierProfile], cal: list[list[float | None]]
         options[0] = sorted(set(candidates(cal[0], overall)) | set(candidates(below)))
     base = [NEVER if t in free else FLAG_THRESHOLD for t in range(len(profiles))]
     best: tuple[int, int, list[float]] | None = None
+    gates = [[gate(p, c, i) for i in range(len(p.correct))] for p, c in zip(profiles, cal)]
+    right = [p.correct for p in profiles]
 
     def consider(thresholds: list[float]) -> None:
         nonlocal best
-        correct, costs, where = run(profiles, cal, thresholds, keep_last)
+        correct, costs, where = run_gates(gates, right, thresholds, keep_last)
         cost = sum(costs)
         if best is not None and (cost, -sum(correct)) >= best[:2]:
             return
