@@ -117,19 +117,19 @@ class Submitter:
         result = SubmitResult(self.batch, self._run or self.open())
         required = self.pipeline.prompt.fields
         chunk: list[tuple[Job, str]] = []
+        rejected: list[InputError] = []     # said at the flush, in line order with the chunk's duplicate ids
         for row in rows:
             try:
                 chunk.append((to_job(row, required), row.raw))
             except InputError as error:
-                self._reject(result, error)
-            if len(chunk) >= self.settings.producer.chunk_size:
-                self._flush(result, chunk)
-                chunk = []
+                rejected.append(error)
+            if len(chunk) + len(rejected) >= self.settings.producer.chunk_size:
+                self._flush(result, chunk, rejected)
+                chunk, rejected = [], []
                 if self._cancelled():
                     result.cancelled = True
                     break
-        if not result.cancelled:
-            self._flush(result, chunk)
+        self._flush(result, [] if result.cancelled else chunk, rejected)
         self.waits("closing the submission", lambda: store.mark_submitted(self.batch, len(result.rejected)))
         return result
 
@@ -144,9 +144,14 @@ class Submitter:
             tokens = estimate_tokens(system) + estimate_tokens(user)
         return Registration(job.id, job.line, tokens, JobPayload(job).to_json())
 
-    def _flush(self, result: SubmitResult, chunk: list[tuple[Job, str]]) -> None:
-        if not chunk:
-            return
+    def _flush(self, result: SubmitResult, chunk: list[tuple[Job, str]], rejected: list[InputError]) -> None:
+        """Register and publish a chunk of jobs; then say the rows rejected among them, in line order."""
+        if chunk:
+            self._register(result, chunk, rejected)
+        for error in sorted(rejected, key=lambda e: e.line):
+            self._reject(result, error)
+
+    def _register(self, result: SubmitResult, chunk: list[tuple[Job, str]], rejected: list[InputError]) -> None:
         store = self.backend.store
         registrations = [self._registration(job) for job, _ in chunk]
         codes = self.waits("registering jobs", lambda: store.register_jobs(
@@ -158,7 +163,7 @@ class Submitter:
             elif code == 0:
                 result.already_submitted += 1
             else:
-                self._reject(result, InputError(job.line, f"duplicate id '{job.id}' (first on line {-code})", raw))
+                rejected.append(InputError(job.line, f"duplicate id '{job.id}' (first on line {-code})", raw))
         if refs:
             self._publish(refs)
             result.published += len(refs)

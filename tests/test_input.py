@@ -120,3 +120,19 @@ def test_an_input_that_cannot_be_read_or_is_empty_creates_no_batch(tmp_path, red
     assert result.exit_code == expected[0]
     assert expected[1] in result.stderr and "Traceback" not in result.output
     assert not redis.Redis.from_url(redis_url).exists(f"{ns}:batch:none-1")
+
+
+def test_rejected_rows_are_said_in_line_order_with_duplicate_ids_among_them(tmp_path, sim):
+    # Given chunks of 3 rows, a duplicate id on line 2 (found when its chunk registers) and a broken line 3
+    config = copy_config(tmp_path, lambda t: t.replace("chunk_size = 500", "chunk_size = 3"))
+    source = tmp_path / "jobs.jsonl"
+    source.write_bytes(lines(TICKETS[0], TICKETS[0], b"{broken", *TICKETS[1:4]))
+    out = tmp_path / "out.jsonl"
+    result = invoke(submit_command, [str(source), "-p", "ticket-triage", "--out", str(out), "--no-progress",
+                                     "--config", str(config)], cascade_env(None, sim.url))
+    # Then the rejections come in the file's order, and every valid row ran once
+    assert result.exit_code == EXIT_REJECTED
+    said = [line.split(":")[1].strip() for line in result.stderr.splitlines() if line.startswith("rejected:")]
+    assert said == ["line 2", "line 3"]
+    assert "rejected: line 2: duplicate id 'r1' (first on line 1)" in result.stderr
+    assert sorted(r["id"] for r in read_jsonl(out)) == ["r1", "r2", "r3", "r4"]
