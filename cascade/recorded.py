@@ -126,6 +126,9 @@ class RecordedSet:
         return tuple(seen)
 
 
+NOT_RECORDED_AFTER = 10    # lines refused before any row is read: the file is something else, said once
+
+
 def load_recorded(path: str | Path, split: str | None = None,
                   on_bad_row: Callable[[str], None] | None = None) -> RecordedSet:
     """Read a recorded file (only rows of `split` when given).
@@ -135,6 +138,8 @@ def load_recorded(path: str | Path, split: str | None = None,
     `skipped` lists them. Non-finite numbers as Python's json writes them (-Infinity, NaN) are read.
     A row keeps its place when one answer is unusable: a null text reads as no answer and a logprob
     above 0 as unknown (reported the same way, not skipped), as a live call would return them.
+    A file whose first NOT_RECORDED_AFTER lines are all refused is something else: a ConfigError says so
+    (a TOML or CSV file given by mistake gave one warning per line).
     """
     report = on_bad_row or _log.warning
     skipped: list[str] = []
@@ -166,20 +171,28 @@ def _rows(path: Path, bad: Callable[[str], None], note: Callable[[str], None]) -
         stream = path.open("rb")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read recorded responses: {e.strerror or e}") from None
+    read = refused = 0
     with stream:
         for number, line in enumerate(stream, start=1):
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
+                data = _parse(line)
+            except ValueError as e:      # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                why = f"not JSON ({e})"
+            else:
                 try:
-                    data = _parse(line)
-                except ValueError as e:      # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                    bad(f"{path}: line {number}: skipped, not a recorded row: not JSON ({e})")
+                    row = _row(data, lambda message, n=number: note(f"{path}: line {n}: {message}"))
+                except (ValueError, TypeError) as e:     # a RowError, or a count or cost that is not a number
+                    why = str(e)
+                else:
+                    read += 1
+                    yield row
                     continue
-                try:
-                    yield _row(data, lambda message, n=number: note(f"{path}: line {n}: {message}"))
-                except RowError as e:
-                    bad(f"{path}: line {number}: skipped, not a recorded row: {e}")
-                except (ValueError, TypeError) as e:     # a count or cost that is not a number
-                    bad(f"{path}: line {number}: skipped, not a recorded row: {e}")
+            bad(f"{path}: line {number}: skipped, not a recorded row: {why}")
+            refused += 1
+            if not read and refused >= NOT_RECORDED_AFTER:
+                raise ConfigError(f"{path}: not a recorded file: its first {refused} lines are not recorded rows")
 
 
 def _parse(line: bytes) -> Any:

@@ -59,13 +59,14 @@ def format_report(report: dict[str, Any], title: str) -> str:
         f"  escalated (share of jobs): {escalation or '-'}",
     ]
     if agreement:
-        lines.append("  labels: none in the rows (no correct, no gold): right means agreeing with the last tier")
+        why = ("not used (--label-free)" if report.get("labelled_rows") else "none in the rows (no correct, no gold)")
+        lines.append(f"  labels: {why}: right means agreeing with the last tier")
     if report.get("oracle_cost_ratio") is not None and report.get("oracle_accuracy") is not None:
         lines.append(f"  oracle (stop at the first correct tier): accuracy {_percent(report['oracle_accuracy'])}, "
                      f"cost ratio {report['oracle_cost_ratio']:.3f}")
     if "thresholds" in report:
         floors = ", ".join(f"{t} {v:.3f}" for t, v in report.get("floors", {}).items())
-        lines.append("  thresholds (calibrated P(correct)): "
+        lines.append(f"  thresholds (calibrated P({'agree' if agreement else 'correct'})): "
                      + ", ".join(f"{t} {'never' if v > 1 else f'{v:g}'}" for t, v in report["thresholds"].items())
                      + (f"; answer floors: {floors}" if floors else ""))
         for tier, groups in report.get("below_floors", {}).items():
@@ -183,6 +184,7 @@ def calibrate_command(pipeline: str | None, recorded: str | None, split: str | N
     """
     from cascade.recorded import load_recorded
     from cascade.tuning.calibrate import Target, calibrate, calibration_paths, write_placeholders
+    from cascade.tuning.profile import scored_index
     from cascade.verifiers.calibration import dump_calibration
 
     if (recorded is None) == (from_ledger is None):
@@ -200,6 +202,9 @@ def calibrate_command(pipeline: str | None, recorded: str | None, split: str | N
         pipe = settings.pipeline(pipeline)
     except CascadeError as e:
         raise click.ClickException(str(e)) from None
+    scored = [t for t in pipe.full_ladder if scored_index(pipe.verifier_specs(t)) is not None]
+    if not scored:
+        raise click.ClickException(f"pipeline {pipeline} has no logprob or self_consistency verifier to calibrate")
     pipeline_file = config_dir / "pipelines" / f"{pipeline}.toml"
     named = calibration_paths(pipeline_file)
     if out is None and len(named) != 1:
@@ -223,13 +228,8 @@ def calibrate_command(pipeline: str | None, recorded: str | None, split: str | N
     for note in result.report.get("left_out", []):
         _warn(note)
     if not result.entries:
-        from cascade.tuning.profile import scored_index
-
-        scored = [t for t in pipe.full_ladder if scored_index(pipe.verifier_specs(t)) is not None]
-        if scored:
-            raise click.ClickException(f"{recorded}: no row gives {', '.join(scored)} a score (a finite logprob, or "
-                                       "samples to agree) that passed the checks before it: nothing to calibrate")
-        raise click.ClickException(f"pipeline {pipeline} has no logprob or self_consistency verifier to calibrate")
+        raise click.ClickException(f"{recorded}: no row gives {', '.join(scored)} a score (a finite logprob, or "
+                                   "samples to agree) that passed the checks before it: nothing to calibrate")
     meta = {"method": "isotonic", **{k: result.report[k] for k in ("pipeline", "target", "confidence", "rows")},
             "labels": result.report["labels"], "fitted_on": recorded, "split": split,
             **result.meta()}   # `cascade audit`, the alert baselines and `cascade estimate` read its "expected"

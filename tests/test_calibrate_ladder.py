@@ -176,6 +176,12 @@ def test_recorded_readers_take_non_finite_logprobs_and_skip_a_bad_row_by_line(co
     assert replayed.exit_code == 0, replayed.output
     assert orjson.loads(replayed.stdout)["jobs"] == 6
     assert f"Warning: {path}: line 4: skipped" in replayed.stderr
+    # a file that is no recording at all is refused once its first ten lines are refused, not line by line
+    other = run("replay", "-p", "mc3", "-r", str(config), "--config", str(config))      # cascade.toml, given by mistake
+    assert other.exit_code == 1
+    assert other.stderr.splitlines()[-1] == (f"Error: {config}: not a recorded file: its first 10 lines are not "
+                                             "recorded rows")
+    assert other.stderr.count("Warning: ") == 10
 
 
 def test_rows_without_a_tiers_response_are_left_out_and_named(config, tmp_path):
@@ -254,7 +260,13 @@ def test_rows_without_labels_are_fitted_on_agreement_with_the_last_tier(config, 
     shown = run("calibrate", "-p", "mc3", "-r", str(recorded), "--target", "drop=0.05", "--config", str(config))
     assert "rows: 120; agreement with the last tier 100.0% (last tier alone 100.0%)" in shown.stderr
     assert "labels: none in the rows (no correct, no gold): right means agreeing with the last tier" in shown.stderr
-    assert "qwen72 never" in shown.stderr
+    assert "qwen72 never" in shown.stderr and "thresholds (calibrated P(agree)): " in shown.stderr
+    # asked for on labelled rows, it says the labels were set aside, not that there were none
+    labelled = write(tmp_path / "labelled.jsonl", data)
+    asked = run("calibrate", "-p", "mc3", "-r", str(labelled), "--label-free", "--target", "drop=0.05", "--config",
+                str(config))
+    assert asked.exit_code == 0, asked.output
+    assert "labels: not used (--label-free): right means agreeing with the last tier" in asked.stderr
 
 
 def test_calibrate_names_an_unknown_pipeline_and_rows_without_any_score(config, tmp_path):
@@ -271,6 +283,10 @@ def test_calibrate_names_an_unknown_pipeline_and_rows_without_any_score(config, 
     assert fit.stderr.strip() == (f"Error: {no_score}: no row gives mini, qwen72, gpt4o a score (a finite logprob, or "
                                   "samples to agree) that passed the checks before it: nothing to calibrate")
     assert not (config.parent / "calibration" / "mc3.json").exists()
+    # a pipeline with nothing to calibrate says so, not "give --out" (which then led to the same end)
+    static = run("calibrate", "-p", "gsm8k", "-r", str(recorded), "--config", str(config))
+    assert static.exit_code == 1
+    assert static.stderr.strip() == "Error: pipeline gsm8k has no logprob or self_consistency verifier to calibrate"
 
 
 def test_calibrate_from_the_ledgers_shadow_pairs_raises_a_threshold_that_disagrees(config, tmp_path):

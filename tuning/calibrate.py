@@ -150,7 +150,7 @@ def calibrate(settings: Settings, pipeline: Pipeline, recorded: RecordedSet, tar
     report = {
         "pipeline": pipeline.name, "recorded": recorded.source, "rows": n,
         "target": f"{target.kind}={target.value:g}", "confidence": target.confidence, "feasible": best.feasible,
-        "labels": "agreement with the last tier" if label_free else "recorded",
+        "labels": "agreement with the last tier" if label_free else "recorded", "labelled_rows": labelled,
         "ladder": [ladder[t] for t in best.kept], "skipped": skip_reasons(ladder, best, tried, last_cost or 1),
         "thresholds": {p.name: thresholds[t] for t, p in enumerate(profiles) if p.name in maps},
         "answer_floor": answer_floor(reference, target),
