@@ -190,20 +190,22 @@ def buckets(train: list[P.TierProfile], test: list[P.TierProfile]) -> dict[str, 
         cal = [values[t] for t in best.kept]
         _, _, where = S.run(kept, cal, best.thresholds, True)
         for k, p in enumerate(kept[:-1]):
-            groups: dict[float, list[int]] = {}
+            # a group is the jobs of one rounded value on one side of the threshold: a threshold can fall inside
+            # a rounded value (a map's values a hair apart), and the jobs below it are escalated
+            groups: dict[tuple[float, bool], list[int]] = {}
             for i, w in enumerate(where):
                 if w >= k and cal[k][i] is not None:
-                    groups.setdefault(round(cal[k][i], 2), []).append(i)
+                    groups.setdefault((round(cal[k][i], 2), cal[k][i] >= best.thresholds[k]), []).append(i)
             rows = out.setdefault(p.name, [])
-            for value, members in sorted(groups.items()):
-                entry = next((r for r in rows if r["value"] == value), None)
+            for (value, accepted), members in sorted(groups.items()):
+                entry = next((r for r in rows if (r["value"], r["accepted"]) == (value, accepted)), None)
                 if entry is None:
-                    entry = {"value": value, "accepted": value >= round(best.thresholds[k], 2)}
+                    entry = {"value": value, "accepted": accepted}
                     rows.append(entry)
                 entry[split] = {"jobs": len(members),
                                 "accuracy": round(statistics.fmean(p.correct[i] for i in members), 3),
                                 "last_tier": round(statistics.fmean(kept[-1].correct[i] for i in members), 3)}
-    return {name: sorted(rows, key=lambda r: r["value"]) for name, rows in out.items()}
+    return {name: sorted(rows, key=lambda r: (r["value"], r["accepted"])) for name, rows in out.items()}
 
 
 def measure_router(train: list[P.TierProfile], test: list[P.TierProfile], train_texts: list[str],
