@@ -4,6 +4,7 @@
     ├── ConfigError              bad or inconsistent configuration (names file and key)
     ├── InputError               a bad input row (names the line)
     ├── PoisonMessage            a queue message that is not a job of any batch (dead-lettered, never retried)
+    ├── BatchGone                a batch's live state vanished from Redis while it was submitted or waited on
     └── ProviderError            a model call failed; `.provider_message` keeps the provider's words,
         │                        `.spent` the usage of the parts that were answered (and billed)
         ├── Retryable            worth trying again on the same tier: the tier waits, the job does not fail
@@ -39,6 +40,16 @@ class InputError(CascadeError):
 
 class PoisonMessage(CascadeError):
     """A queue message that cannot be a job (malformed, unknown batch or pipeline): dead-lettered, never retried."""
+
+
+class BatchGone(CascadeError):
+    """A batch's live state is no longer in Redis (restarted without its data, flushed): the producer opens it
+    again and submits what was lost, a reader says so instead of waiting for it."""
+
+    def __init__(self, batch: str):
+        super().__init__(f"batch {batch}: its live state is gone from Redis (restarted without its data, or "
+                         "flushed)")
+        self.batch = batch
 
 
 class ProviderError(CascadeError):

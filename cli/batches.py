@@ -13,7 +13,7 @@ from contextlib import ExitStack
 import click
 import orjson
 
-from cascade.cli.common import Command, config_option, load, load_pipeline, redact, redis_option
+from cascade.cli.common import Command, config_option, load, load_pipeline, redact, redis_option, state_left_redis
 from cascade.errors import CascadeError
 from cascade.ledger.database import Ledger, LedgerError, open_ledger, redact_url
 from cascade.models import Status
@@ -42,16 +42,16 @@ def _ledger(settings: Settings, stack: ExitStack) -> Ledger:
     return ledger
 
 
-def _live(store: BatchStore | None, batch: str) -> BatchRecord | None:
-    """The batch's live record in Redis; None in embedded mode, or when Redis cannot be reached (said on stderr:
-    the ledger's record is what there is)."""
+def _live(store: BatchStore | None, batch: str) -> BatchRecord | None | bool:
+    """The batch's live record in Redis; None when Redis has none (or in embedded mode); False when Redis
+    cannot be reached (said on stderr: the ledger's record is what there is)."""
     if store is None:
         return None
     try:
         return store.batch(batch)
     except StoreError as e:
         click.echo(f"cascade: Redis cannot be reached ({e}): the ledger's record of {batch} follows", err=True)
-        return None
+        return False
     except CascadeError as e:
         raise click.BadParameter(str(e), param_hint="BATCH") from None
 
@@ -70,7 +70,7 @@ def status(batch: str, as_json: bool, config_path: str | None, redis_url: str | 
     store = _redis_store(settings)
     with ExitStack() as stack:
         record = _live(store, batch)
-        if record is not None:
+        if record:
             pipe = load_pipeline(settings, record.pipeline)
             state = "finished" if record.finished and record.state == "submitted" else record.state
             summary = summarize(record.counters, settings, pipe) | {"batch": batch, "state": state}
@@ -86,6 +86,9 @@ def status(batch: str, as_json: bool, config_path: str | None, redis_url: str | 
                 raise click.ClickException(f"no batch '{batch}' in {where}the ledger")
             pipe = load_pipeline(settings, row["pipeline"])
             summary = summarize(row["counters"], settings, pipe) | {"batch": batch, "state": row["state"]}
+            if record is None and store is not None and row["state"] not in ("finished", "cancelled"):
+                click.echo(f"cascade: batch {batch}: {state_left_redis(batch, row, settings.redis.retention_days)}",
+                           err=True)
     if as_json:
         click.echo(orjson.dumps(summary).decode())
         return
@@ -148,7 +151,7 @@ def results(batch: str, out: str | None, fmt: str, statuses: tuple[str, ...], fo
     store = _redis_store(settings)
     with ExitStack() as stack:
         ledger = _ledger(settings, stack)
-        live = _live(store, batch)
+        live = _live(store, batch) or None
         if live is None and ledger.batch(batch) is None:
             where = f"{redact(settings.redis.url)} or " if store is not None else ""
             raise click.ClickException(f"no batch '{batch}' in {where}the ledger ({redact_url(ledger.url)})")
@@ -164,7 +167,7 @@ def results(batch: str, out: str | None, fmt: str, statuses: tuple[str, ...], fo
         try:
             if follow:
                 waits = StoreWaits(lambda message: click.echo(f"cascade results: {message}", err=True))
-                collector.wait(lambda: _finished(store, ledger, batch), through=waits)
+                collector.wait(lambda: _finished(store, ledger, batch, settings.redis.retention_days), through=waits)
             else:
                 collector.collect()
         except BrokenPipeError:         # `cascade results B | head`: the reader went away; nothing is lost
@@ -175,12 +178,18 @@ def results(batch: str, out: str | None, fmt: str, statuses: tuple[str, ...], fo
     click.echo(f"results: {collector.out.written} records" + (f" written to {out}" if out else ""), err=True)
 
 
-def _finished(store: BatchStore | None, ledger: Ledger, batch: str) -> bool:
-    """The batch is finished and the ledger holds all its records."""
+def _finished(store: BatchStore | None, ledger: Ledger, batch: str, retention_days: float) -> bool:
+    """The batch is finished and the ledger holds all its records; a ClickException when Redis no longer has an
+    unfinished batch (waiting would be waiting forever)."""
     record = store.batch(batch) if store is not None else None
     if record is not None:
         return record.finished and ledger.result_count(batch) >= record.done
-    return _ledger_finished(ledger, batch)
+    if _ledger_finished(ledger, batch):
+        return True
+    row = ledger.batch(batch)
+    if store is not None and row is not None:
+        raise click.ClickException(f"batch {batch}: {state_left_redis(batch, row, retention_days)}")
+    return False
 
 
 def _ledger_finished(ledger: Ledger, batch: str) -> bool:

@@ -76,3 +76,14 @@ class Group(click.Group):
 
     command_class = Command
     group_class = type
+
+
+def state_left_redis(batch: str, row: dict, retention_days: float) -> str:
+    """What to do about a batch the ledger holds but Redis no longer does: a finished one's keys expired; an
+    unfinished one will not finish by itself, and submitting its input again under its id resumes it."""
+    if row["state"] in ("finished", "cancelled"):
+        return (f"the ledger has it ({row['state']}), but its live state is gone (it ran embedded, or its keys "
+                f"expired {retention_days:g} days after it finished); submit its input again under a new --batch-id")
+    return (f"the ledger has it ({row['state']}, {row['done']} of {row['total']} done), but its live state is gone "
+            "from Redis (restarted without its data, or flushed): it will not finish by itself; submit its input "
+            f"again under --batch-id {batch} (the jobs whose records the ledger holds are not run again)")

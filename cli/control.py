@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cascade.cli.common import USD, Command, config_option, load, redact, redis_option
+from cascade.cli.common import USD, Command, config_option, load, redact, redis_option, state_left_redis
 from cascade.worker.config import Settings
 
 
@@ -34,9 +34,7 @@ def _not_live(settings: Settings, batch: str) -> str:
         return where
     if row is None:
         return where
-    return (f"{where}: the ledger has it ({row['state']}), but its live state is gone (it ran embedded, or its keys "
-            f"expired {settings.redis.retention_days:g} days after it finished); submit its input again under a new "
-            "--batch-id")
+    return f"{where}: {state_left_redis(batch, row, settings.redis.retention_days)}"
 
 
 @click.command(cls=Command)

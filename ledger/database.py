@@ -268,6 +268,11 @@ class Ledger:
         """How many jobs of the batch have their record in the ledger."""
         return int(self._scalar(select(func.count()).select_from(results).where(results.c.batch_id == batch_id)))
 
+    def job_ids(self, batch_id: str) -> set[str]:
+        """The jobs of the batch whose record the ledger holds (what a resubmission need not run again)."""
+        query = select(results.c.job_id).where(results.c.batch_id == batch_id)
+        return {row["job_id"] for row in self._all(query)}
+
     def results(self, batch_id: str, after: int = 0, status: Sequence[str] = (), limit: int = 5000
                 ) -> list[ResultRow]:
         """Up to `limit` records of a batch that arrived after arrival number `after`, in arrival order."""

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from redis.exceptions import ResponseError
 
-from cascade.errors import InputError
+from cascade.errors import BatchGone, InputError
 from cascade.ledger.database import LedgerError
 from cascade.models import Job
 from cascade.producer.reader import RawRow, to_job
@@ -98,6 +98,8 @@ class Submitter:
         self.source = ""
         self._run = 0
         self._budgeted = budget_nanos > 0
+        self._server: str | None = None     # the Redis run id when the batch was opened (None: cannot restart)
+        self.lost = False       # Redis lost the batch while this producer fed it (restarted without its data)
 
     def open(self, source: str = "") -> int:
         """Create the batch, or reopen it to resume; return this run's number (1 for a new batch)."""
@@ -107,6 +109,7 @@ class Submitter:
         # server that is down, and the user should hear so at once. Outages after this are waited out.
         self._run = store.open_batch(self.batch, self.pipeline.name, self.budget_nanos, self.backend.mode,
                                      self.source)
+        self._server = self._server or store.server_id()
         # an earlier run's budget still holds when this one gives none: every job needs its prompt estimate
         self._budgeted = self.waits("reading the batch", lambda: store.batch(self.batch)).budget_nanos > 0
         return self._run
@@ -130,8 +133,36 @@ class Submitter:
                     result.cancelled = True
                     break
         self._flush(result, [] if result.cancelled else chunk, rejected)
-        self.waits("closing the submission", lambda: store.mark_submitted(self.batch, len(result.rejected)))
+        self._in_batch(result, "closing the submission", lambda: store.mark_submitted(self.batch, len(result.rejected)))
         return result
+
+    def forgot(self) -> bool:
+        """Whether Redis may have forgotten rows this producer registered: it was unreachable for a while, it
+        restarted (another run id: a quick restart is retried inside the client, unseen), or it lost the batch.
+        The input is then read once more (`resubmit`)."""
+        if self.lost or self.waits.outages:
+            return True
+        server = self.waits("reading the server", self.backend.store.server_id)
+        return self._server is not None and server != self._server
+
+    def resubmit(self, rows: Iterable[RawRow]) -> SubmitResult:
+        """Read the input once more into the reopened batch: the rows Redis forgot are submitted again, the rest
+        are skipped as submitted (the caller leaves out the rows whose records the ledger holds already)."""
+        self.lost, self.waits.outages, self._server = False, 0, None
+        self.waits("reopening the batch", self.open)
+        return self.run(rows)
+
+    def _in_batch(self, result: SubmitResult, what: str, call: Callable[[], T]) -> T:
+        """A store call on the batch; when Redis has lost the batch, it is opened again and the call made again
+        (the rows it had are read again once this pass ends: `forgot`)."""
+        try:
+            return self.waits(what, call)
+        except BatchGone:
+            self.waits.say(f"batch {self.batch}: Redis lost it (restarted without its data, or flushed); it is "
+                           "opened again, and the rows submitted before are read again once this pass ends")
+            self.lost = True
+            result.run = self.waits("reopening the batch", self.open)
+            return self.waits(what, call)
 
     def _cancelled(self) -> bool:
         record = self.waits("reading the batch", lambda: self.backend.store.batch(self.batch))
@@ -154,7 +185,7 @@ class Submitter:
     def _register(self, result: SubmitResult, chunk: list[tuple[Job, str]], rejected: list[InputError]) -> None:
         store = self.backend.store
         registrations = [self._registration(job) for job, _ in chunk]
-        codes = self.waits("registering jobs", lambda: store.register_jobs(
+        codes = self._in_batch(result, "registering jobs", lambda: store.register_jobs(
             self.batch, result.run, self.first_tier, registrations))
         refs = []
         for (job, raw), code in zip(chunk, codes):

@@ -1,14 +1,17 @@
 """`cascade-submit --wait`: after submitting, collect the batch from the ledger until it is finished.
 
 The batch is finished when Redis says every job is done and the ledger holds a record for each. When
-Redis was unreachable at some point, the input is read once more: a Redis that lost its last second of
-writes forgot some registrations, and those rows are submitted again (the others are skipped).
+Redis may have forgotten rows (it was unreachable for a while, it restarted, or it lost the batch), the
+input is read once more: a Redis that lost its last second of writes forgot some registrations, one that
+restarted without its data forgot the batch, and those rows are submitted again. Rows registered still,
+or whose records the ledger holds, are not run again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
+from cascade.errors import BatchGone
 from cascade.producer.collect import Collector
 from cascade.producer.reader import RawRow
 from cascade.producer.submit import Submitter
@@ -28,6 +31,7 @@ class BatchWait:
         self.watch = watch
         self.on_progress = on_progress
         self.say = say
+        self.vanished = False       # Redis no longer has the batch it was waiting on
 
     def record(self) -> BatchRecord | None:
         """The batch's Redis record (Redis outages waited out)."""
@@ -43,20 +47,28 @@ class BatchWait:
             self.on_progress(record)
 
     def finished(self) -> bool:
-        """Every job is done in Redis, and its record is in the ledger."""
+        """Every job is done in Redis, and its record is in the ledger; or the batch is gone from Redis, and
+        waiting longer would be waiting forever."""
         record = self.record()
-        return record is not None and record.finished and \
-            self.collector.ledger.result_count(self.submitter.batch) >= record.done
+        if record is None:
+            self.vanished = True
+            return True
+        return record.finished and self.collector.ledger.result_count(self.submitter.batch) >= record.done
 
-    def until_finished(self, rows: Callable[[], Iterable[RawRow]] | None) -> BatchRecord:
-        """Wait for the end; `rows` reads the input again (None for stdin, which cannot be read twice)."""
+    def until_finished(self, rows: Callable[[], Iterable[RawRow]] | None) -> BatchRecord | None:
+        """Wait for the end; `rows` reads the input again (None for stdin, which cannot be read twice: a batch
+        Redis lost is then BatchGone)."""
         self._wait()
         for _ in range(RESUBMIT_ROUNDS):
-            if not self.submitter.waits.outages or rows is None:
+            if not (self.vanished or self.submitter.forgot()):
                 break
-            self.submitter.waits.outages = 0
-            self.submitter.waits("reopening the batch", self.submitter.open)
-            again = self.submitter.run(rows())
+            if rows is None:
+                if self.vanished:
+                    raise BatchGone(self.submitter.batch)
+                break
+            self.vanished = False
+            kept = self.collector.ledger.job_ids(self.submitter.batch)     # done before Redis forgot: not again
+            again = self.submitter.resubmit(without(rows(), kept))
             if not again.published:
                 break
             self.say(f"{again.published} rows were lost by Redis and are submitted again")
@@ -71,3 +83,14 @@ class BatchWait:
         record = self.record()
         if record is not None:
             self.on_progress(record)
+
+
+def without(rows: Iterable[RawRow], kept: set[str]) -> Iterator[RawRow]:
+    """The rows whose job has no record in the ledger yet (those that have one are not run again)."""
+    return (row for row in rows if _job_id(row) not in kept)
+
+
+def _job_id(row: RawRow) -> str | None:
+    """A row's job id as the store keys it (None for a row that is not a job: it is rejected again)."""
+    value = row.value.get("id") if row.value is not None else None
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None

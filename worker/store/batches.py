@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from cascade.errors import ConfigError
+from redis.exceptions import ResponseError
+
+from cascade.errors import BatchGone, ConfigError
 from cascade.worker.store.keys import Keys, check_batch_id
 from cascade.worker.store.scripts import load_script
 
@@ -131,11 +134,21 @@ class BatchStore:
             args += (job.job_id, job.line, job.prompt_tokens, job.payload)
         keys = [self.keys.jobs(batch), self.keys.batch(batch), self.keys.live(batch), self.keys.payload(batch),
                 self.keys.queued(first_tier), self.keys.tier_seq(first_tier)]
-        return [int(code) for code in self._register(keys=keys, args=args)]
+        with _gone_as(batch):
+            return [int(code) for code in self._register(keys=keys, args=args)]
 
     def mark_submitted(self, batch: str, rejected: int) -> None:
         """The producer has read the whole input: the batch is complete once `done == total`."""
-        self._submitted(keys=self.keys.batch_keys(batch), args=[rejected, self.retention_ms])
+        with _gone_as(batch):
+            self._submitted(keys=self.keys.batch_keys(batch), args=[rejected, self.retention_ms])
+
+    def server_id(self) -> str | None:
+        """The Redis server's run id: another one means it restarted, and may have forgotten writes; None where
+        the server cannot say (the in-process store of embedded mode has no INFO, and cannot restart)."""
+        try:
+            return self.redis.info("server").get("run_id")
+        except ResponseError:
+            return None
 
     def batch(self, batch: str) -> BatchRecord | None:
         """The batch record with its counters, or None when there is no such batch."""
@@ -194,3 +207,14 @@ class BatchStore:
     def queued_jobs(self, tier: str) -> int:
         """Jobs waiting for a worker of `tier` (their messages on its queue, or about to be published)."""
         return int(self.redis.zcard(self.keys.queued(tier)))
+
+
+@contextmanager
+def _gone_as(batch: str) -> Iterator[None]:
+    """A script's refusal of a batch that is not in Redis (its NOBATCH error reply) as BatchGone."""
+    try:
+        yield
+    except ResponseError as e:
+        if str(e).startswith("NOBATCH"):
+            raise BatchGone(batch) from None
+        raise

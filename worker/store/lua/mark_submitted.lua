@@ -3,6 +3,7 @@
 -- A cancelled batch stays cancelled.
 -- KEYS: every key of the batch, the batch hash first
 -- ARGV[1] rejected rows, ARGV[2] retention (ms, 0: keep)
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOBATCH the batch is not in Redis') end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'cancelled' then redis.call('HSET', KEYS[1], 'state', 'submitted') end
 redis.call('HSET', KEYS[1], 'rejected', ARGV[1])

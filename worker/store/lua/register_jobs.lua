@@ -5,6 +5,9 @@
 -- ARGV[1] run number, ARGV[2] batch id, then for each job: id, line, prompt tokens, payload
 -- Returns one integer per job: its message's sequence number (> 0: publish it), 0 already submitted by an
 -- earlier run (the reconciler owns its message now), -L duplicate of line L in this run.
+-- A batch hash that is gone (Redis restarted without its data) is an error: HINCRBY would make a hash with
+-- no pipeline, and the producer would go on submitting into a batch nothing else knows.
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('NOBATCH the batch is not in Redis') end
 local run = ARGV[1]
 local prefix = ARGV[2] .. '\31'
 local out = {}
