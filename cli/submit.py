@@ -18,11 +18,12 @@ from cascade.cli.common import USD, Command, config_option, load, redact, redis_
 from cascade.errors import BatchGone, CascadeError, InputError
 from cascade.ledger.database import LedgerError, open_ledger, redact_url
 from cascade.ledger.writer import LedgerWriter
+from cascade.producer import resume
 from cascade.producer.collect import Collector, RecordWriter
 from cascade.producer.reader import check_encoding, read_rows
 from cascade.producer.report import format_summary, summarize
 from cascade.producer.submit import Submitter
-from cascade.producer.waiting import RESUBMIT_ROUNDS, BatchWait, without
+from cascade.producer.waiting import BatchWait
 from cascade.producer.watch import TierStopped, Watch
 from cascade.worker.store import BatchRecord
 
@@ -130,14 +131,9 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
         say = lambda message: bar.bar.write(f"cascade-submit: {message}", file=sys.stderr)
         submitter = Submitter(backend, settings, pipe, batch, round((budget or 0) * 1e9),
                               on_reject=lambda err: rejected_out.write(err, bar), say=say)
-        if submitter.open(source if source != "-" else "stdin") == 1 and backend.mode == "distributed":
-            # new to Redis: where the ledger holds records of this batch id, its Redis state is gone (lost, or
-            # expired after the retention): the rows it holds records of are not run again
-            kept = _kept(settings, batch, say)
-            if kept:
-                say(f"batch {batch}: the ledger holds {len(kept)} records of it from before its state left Redis; "
-                    "those rows are not run again")
-                first_rows = without(first_rows, kept)
+        run = submitter.open(source if source != "-" else "stdin")
+        first_rows = resume.first_rows(run, backend.mode == "distributed", first_rows,
+                                       lambda: _kept(settings, batch, say), say, batch)
         waiting = None
         if wait:
             # the file is written from the ledger, which holds every run's records: a resumed run rewrites it
@@ -158,7 +154,8 @@ def submit_command(source: str, pipeline: str, batch_id: str | None, wait: bool,
                        + (" (the batch was cancelled: the rest of the input was not read)" if result.cancelled
                           else ""), err=True)
             if waiting is None:
-                _resubmit_forgotten(submitter, rows if source != "-" else None, settings, say)
+                resume.submit_forgotten(submitter, rows if source != "-" else None,
+                                        lambda: _kept(settings, batch, say), say)
                 click.echo(f"cascade-submit: follow it with: cascade status {batch} / cascade results {batch} "
                            "--follow", err=True)
                 record = None
@@ -223,23 +220,6 @@ def _refuse_a_batch_run_before(ledger, batch: str) -> None:
             f"batch {batch} is already in the ledger ({redact_url(ledger.url)}, {found['state']}): an embedded run "
             "cannot resume it, it would pay for every job again. Submit under a new --batch-id (or none), or resume "
             "it with the Redis it ran on")
-
-
-def _resubmit_forgotten(submitter: Submitter, rows, settings, say) -> None:
-    """Without --wait: read the input again where Redis may have forgotten rows of this submission (it was
-    unreachable, restarted, or lost the batch); rows the ledger holds records of are not run again."""
-    batch = submitter.batch
-    for _ in range(RESUBMIT_ROUNDS):
-        if not submitter.forgot():
-            return
-        if rows is None:
-            say(f"Redis may have forgotten rows of batch {batch} (it restarted or was unreachable) and stdin cannot "
-                f"be read again: see `cascade status {batch}`, and submit the input again under --batch-id {batch}")
-            return
-        again = submitter.resubmit(without(rows(), _kept(settings, batch, say)))
-        if not again.published:
-            return
-        say(f"{again.published} rows were lost by Redis and are submitted again")
 
 
 def _kept(settings, batch: str, say) -> set[str]:

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from cascade.worker.store_retry import PASSING
 log = logging.getLogger("cascade.schedules")
 
 HEARTBEAT_S = 5.0             # a submitting run's row is touched this often
+LOST_CHECK_RUNS = 5           # the newest runs of a schedule whose batch is looked for in Redis (in flight)
 STALE_SUBMITTING_S = 30.0     # a submitting row untouched this long was left by a process that died: resume it
 SUBMITTING, SUBMITTED, FAILED, EXPORTED = "submitting", "submitted", "failed", "exported"
 REDIS_PATIENCE_S = 3600.0     # how long a scheduled run waits for an unreachable Redis before it is failed
@@ -254,7 +256,8 @@ def _audit(settings: Settings, ledger: Ledger, run: RunPlan) -> RunOutcome:
 
 def _submit_file(settings: Settings, ledger: Ledger, run: RunPlan):
     """The producer's code path, as `cascade-submit` without --wait: open the batch, feed every row."""
-    from cascade.producer.reader import read_rows
+    from cascade.producer import resume
+    from cascade.producer.reader import RawRow, read_rows
     from cascade.producer.submit import Submitter
     from cascade.worker.backends import open_backend
 
@@ -266,15 +269,26 @@ def _submit_file(settings: Settings, ledger: Ledger, run: RunPlan):
             touched[0] = time.monotonic()
             ledger.update_schedule_run(run.schedule.name, run.key, SUBMITTING)
 
+    fmt = "csv" if run.input.suffix.lower() == ".csv" else "jsonl"
+
+    def rows() -> Iterator[RawRow]:
+        with run.input.open("rb") as stream:
+            yield from read_rows(stream, fmt, settings.producer.max_row_bytes)
+
+    def say(message: str) -> None:
+        log.warning("schedule %s: %s", run.schedule.name, message)
+
+    def kept() -> set[str]:
+        return ledger.job_ids(run.batch)
+
     backend = open_backend(settings, pipeline=pipeline)
     try:
         submitter = Submitter(backend, settings, pipeline, run.batch, round(run.schedule.budget_usd * 1e9),
-                              while_waiting=heartbeat,
-                              say=lambda message: log.warning("schedule %s: %s", run.schedule.name, message))
-        submitter.open(str(run.input))
-        fmt = "csv" if run.input.suffix.lower() == ".csv" else "jsonl"
-        with run.input.open("rb") as stream:
-            return submitter.run(read_rows(stream, fmt, settings.producer.max_row_bytes))
+                              while_waiting=heartbeat, say=say)
+        number = submitter.open(str(run.input))
+        result = submitter.run(resume.first_rows(number, True, rows(), kept, say, run.batch))
+        resume.submit_forgotten(submitter, rows, kept, say)      # what Redis forgot while the pass ran
+        return result
     finally:
         backend.close()
 
@@ -322,18 +336,50 @@ def export_run(settings: Settings, ledger: Ledger, name: str, key: str) -> bool:
 
 
 def maintain(settings: Settings, ledger: Ledger) -> list[RunOutcome]:
-    """Beat's periodic check: resume runs left submitting by a dead process, export finished batches."""
+    """Beat's periodic check: resume runs left submitting by a dead process, or whose batch Redis lost before it
+    finished; export finished batches."""
     resumed = []
+    lost = _lost_batches(settings, ledger)
     for name, schedule in settings.schedules.items():
         for row in ledger.schedule_runs(name):
             try:
                 if row["state"] == SUBMITTING and time.time() - row["updated_at"] >= STALE_SUBMITTING_S:
                     resumed.append(run_schedule(settings, name, row["run_date"], ledger))
+                elif row["state"] == SUBMITTED and row["batch_id"] in lost:
+                    log.warning("schedule %s: run %s: Redis lost batch %s before it finished (restarted without its "
+                                "data?); submitting what the ledger does not hold", name, row["run_date"],
+                                row["batch_id"])
+                    ledger.update_schedule_run(name, row["run_date"], SUBMITTING, "Redis lost its batch: resuming")
+                    resumed.append(_submit(settings, ledger, plan(settings, name, row["run_date"]), "resumed"))
                 elif row["state"] == SUBMITTED and schedule.export:
                     export_run(settings, ledger, name, row["run_date"])
             except ValueError as error:     # a row from an earlier config of the schedule (every_s vs cron)
                 log.debug("schedule %s: run %s skipped: %s", name, row["run_date"], error)
     return resumed
+
+
+def _lost_batches(settings: Settings, ledger: Ledger) -> set[str]:
+    """The batches of submitted runs that the ledger holds unfinished and Redis no longer has (it lost them);
+    none when Redis cannot be reached (it cannot say)."""
+    unfinished = set()
+    for name in settings.schedules:
+        for row in ledger.schedule_runs(name)[:LOST_CHECK_RUNS]:
+            if row["state"] == SUBMITTED:
+                batch = ledger.batch(row["batch_id"])
+                if batch is not None and batch["state"] not in ("finished", "cancelled"):
+                    unfinished.add(row["batch_id"])
+    if not unfinished or settings.embedded:
+        return set()
+    from cascade.worker.backends import batch_store, redis_client
+
+    client = redis_client(settings)
+    try:
+        store = batch_store(settings, client)
+        return {batch for batch in unfinished if store.batch(batch) is None}
+    except StoreError:
+        return set()
+    finally:
+        client.close()
 
 
 def last_runs(ledger: Ledger, name: str, n: int = 3) -> list[dict[str, Any]]:

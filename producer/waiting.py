@@ -2,23 +2,20 @@
 
 The batch is finished when Redis says every job is done and the ledger holds a record for each. When
 Redis may have forgotten rows (it was unreachable for a while, it restarted, or it lost the batch), the
-input is read once more: a Redis that lost its last second of writes forgot some registrations, one that
-restarted without its data forgot the batch, and those rows are submitted again. Rows registered still,
-or whose records the ledger holds, are not run again.
+input is read once more, between waits (producer/resume.py says how).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from cascade.errors import BatchGone
 from cascade.producer.collect import Collector
 from cascade.producer.reader import RawRow
+from cascade.producer.resume import RESUBMIT_ROUNDS, without
 from cascade.producer.submit import Submitter
 from cascade.producer.watch import Watch
 from cascade.worker.store import BatchRecord
-
-RESUBMIT_ROUNDS = 3
 
 
 class BatchWait:
@@ -83,14 +80,3 @@ class BatchWait:
         record = self.record()
         if record is not None:
             self.on_progress(record)
-
-
-def without(rows: Iterable[RawRow], kept: set[str]) -> Iterator[RawRow]:
-    """The rows whose job has no record in the ledger yet (those that have one are not run again)."""
-    return (row for row in rows if _job_id(row) not in kept)
-
-
-def _job_id(row: RawRow) -> str | None:
-    """A row's job id as the store keys it (None for a row that is not a job: it is rejected again)."""
-    value = row.value.get("id") if row.value is not None else None
-    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None

@@ -11,6 +11,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 from click.testing import CliRunner
@@ -18,8 +19,9 @@ from click.testing import CliRunner
 from cascade.cli.main import cascade
 from cascade.errors import ConfigError
 from cascade.ledger.database import Ledger, ledger_url
+from cascade.ledger.writer import LedgerWriter
 from cascade.ops.cron import CronError, next_runs, parse_cron, previous_run
-from cascade.ops.schedules import batch_id, plan, run_key
+from cascade.ops.schedules import batch_id, maintain, plan, run_key, run_schedule
 from cascade.simulator import SimServer
 from cascade.worker.config import load_settings
 from cascade.worker.config.schema import Schedule
@@ -35,6 +37,7 @@ from tests.cluster import (
     write_tickets,
 )
 from tests.helpers import copy_config
+from tests.redis_server import PrivateRedis
 
 
 def with_schedules(config: Path, text: str) -> Path:
@@ -239,6 +242,43 @@ budget_usd = 2.5
     finally:
         ledger.close()
         delete_namespace(redis_url, ns)
+
+
+def test_a_submitted_run_whose_batch_redis_lost_is_resumed_without_the_jobs_the_ledger_holds(tmp_path):
+    # Given a private Redis that keeps nothing on disk, a nightly run submitted (20 jobs, no worker running),
+    # its batch row in the ledger with the records of two of its jobs
+    server = PrivateRedis(tmp_path / "redis", appendonly=False).start()
+    try:
+        config, ns = cluster_config(tmp_path)
+        with_schedules(config, """
+[schedules.nightly]
+pipeline = "ticket-triage"
+input = "in/tickets-{date}.jsonl"
+cron = "0 2 * * *"
+""")
+        (tmp_path / "config" / "in").mkdir()
+        rows = write_tickets(tmp_path / "config" / "in" / "tickets-2026-11-30.jsonl", 20)
+        settings = load_settings(config, environ={"CASCADE_REDIS_URL": server.url,
+                                                  "CASCADE_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}"})
+        ledger = Ledger(settings.ledger.url)
+        client = redis.Redis.from_url(server.url)
+        assert run_schedule(settings, "nightly", "2026-11-30", ledger).state == "submitted"
+        LedgerWriter(settings, client, ledger).drain()
+        ledger.write_results([orjson.dumps({"id": r["id"], "batch": "nightly-2026-11-30", "status": "accepted"})
+                              for r in rows[:2]])
+        # When Redis restarts without its data, and beat's check runs
+        server.shutdown()
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        resumed = maintain(settings, ledger)
+        # Then the run is submitted again into the batch, without the two jobs the ledger holds, and stays submitted
+        assert [(r.schedule, r.outcome, r.published) for r in resumed] == [("nightly", "resumed", 18)]
+        assert int(client.hget(f"{ns}:batch:nightly-2026-11-30", "total")) == 18
+        assert ledger.schedule_runs("nightly")[0]["state"] == "submitted"
+        assert maintain(settings, ledger) == []          # found in Redis again: nothing more to do
+        ledger.close()
+    finally:
+        server.stop()
 
 
 def test_a_run_due_while_redis_is_down_waits_and_beat_submits_it_once_redis_is_back(tmp_path, monkeypatch):
