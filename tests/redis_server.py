@@ -399,6 +399,11 @@ class PrivateRedis:
                                 capture_output=True, text=True, timeout=60)
         return (result.stdout + result.stderr).strip()
 
+    def forget_data(self) -> None:
+        """While stopped: remove everything it kept on disk, so the next start is a Redis that lost its data."""
+        shutil.rmtree(self.root / "appendonlydir", ignore_errors=True)
+        (self.root / "dump.rdb").unlink(missing_ok=True)
+
     def _wait(self) -> None:
         if self.process is not None:
             try:
