@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import redis
@@ -27,6 +29,22 @@ def sim():
         yield server
 
 
+@contextmanager
+def producer(tmp_path: Path, server: PrivateRedis, batch: str, chunk_size: int = 500):
+    """The namespace of settings on `server` (rows registered `chunk_size` at a time), a backend, and a Submitter
+    that opened `batch` of the ticket pipeline; the backend is closed after."""
+    config, ns = cluster_config(tmp_path)
+    config.write_text(config.read_text().replace("chunk_size = 500", f"chunk_size = {chunk_size}"))
+    settings = load_settings(config, environ={"CASCADE_REDIS_URL": server.url})
+    backend = open_backend(settings)
+    try:
+        submitter = Submitter(backend, settings, settings.pipeline("ticket-triage"), batch)
+        submitter.open("jobs.jsonl")
+        yield ns, backend, submitter
+    finally:
+        backend.close()
+
+
 def _rows(tickets: list[dict], flush: redis.Redis | None = None, after: int = 0):
     """The tickets as input rows; with `flush`, the Redis database is emptied once `after` rows were read."""
     for line, ticket in enumerate(tickets, start=1):
@@ -39,14 +57,8 @@ def test_a_batch_flushed_away_while_it_is_submitted_is_opened_again_and_every_ro
     # Given a private Redis, a producer feeding 50 rows in chunks of 10, and the database emptied after 25 rows
     server = PrivateRedis(tmp_path / "redis", appendonly=False).start()
     try:
-        config, ns = cluster_config(tmp_path)
-        config.write_text(config.read_text().replace("chunk_size = 500", "chunk_size = 10"))
-        settings = load_settings(config, environ={"CASCADE_REDIS_URL": server.url})
         tickets = write_tickets(tmp_path / "jobs.jsonl", 50)
-        backend = open_backend(settings)
-        try:
-            submitter = Submitter(backend, settings, settings.pipeline("ticket-triage"), "lost-1")
-            submitter.open("jobs.jsonl")
+        with producer(tmp_path, server, "lost-1", chunk_size=10) as (ns, backend, submitter):
             client = redis.Redis.from_url(server.url)
             # When it reads its input
             first = submitter.run(_rows(tickets, flush=client, after=25))
@@ -61,8 +73,6 @@ def test_a_batch_flushed_away_while_it_is_submitted_is_opened_again_and_every_ro
             keys = Keys(ns)
             # (the queued set is what a worker's reconciler publishes again from, were a message lost)
             assert client.hlen(keys.jobs("lost-1")) == 50 and client.zcard(keys.queued("cheap")) == 50
-        finally:
-            backend.close()
     finally:
         server.stop()
 
@@ -71,13 +81,8 @@ def test_a_restart_that_keeps_the_data_is_seen_and_the_input_read_again_register
     # Given a private Redis with its AOF, and a batch of 20 rows submitted
     server = PrivateRedis(tmp_path / "redis", appendonly=True).start()
     try:
-        config, _ = cluster_config(tmp_path)
-        settings = load_settings(config, environ={"CASCADE_REDIS_URL": server.url})
         tickets = write_tickets(tmp_path / "jobs.jsonl", 20)
-        backend = open_backend(settings)
-        try:
-            submitter = Submitter(backend, settings, settings.pipeline("ticket-triage"), "kept-1")
-            submitter.open("jobs.jsonl")
+        with producer(tmp_path, server, "kept-1") as (_, backend, submitter):
             assert submitter.run(_rows(tickets)).published == 20 and not submitter.forgot()
             # When Redis restarts (a restart the client may retry through without a word)
             server.shutdown()
@@ -87,8 +92,6 @@ def test_a_restart_that_keeps_the_data_is_seen_and_the_input_read_again_register
             again = submitter.resubmit(_rows(tickets))
             assert again.published == 0 and again.already_submitted == 20
             assert backend.store.batch("kept-1").total == 20
-        finally:
-            backend.close()
     finally:
         server.stop()
 

@@ -46,6 +46,18 @@ def with_schedules(config: Path, text: str) -> Path:
     return config
 
 
+def nightly(tmp_path: Path, config: Path, n: int = 20) -> list[dict]:
+    """The config with a nightly schedule at 02:00 UTC, and its input of 2026-11-30 (`n` tickets, returned)."""
+    with_schedules(config, """
+[schedules.nightly]
+pipeline = "ticket-triage"
+input = "in/tickets-{date}.jsonl"
+cron = "0 2 * * *"
+""")
+    (tmp_path / "config" / "in").mkdir()
+    return write_tickets(tmp_path / "config" / "in" / "tickets-2026-11-30.jsonl", n)
+
+
 # -- timing: cron in a time zone, run keys, batch ids --------------------------------------------------------
 
 def test_a_nightly_cron_fires_at_local_time_on_both_sides_of_a_dst_change():
@@ -250,14 +262,7 @@ def test_a_submitted_run_whose_batch_redis_lost_is_resumed_without_the_jobs_the_
     server = PrivateRedis(tmp_path / "redis", appendonly=False).start()
     try:
         config, ns = cluster_config(tmp_path)
-        with_schedules(config, """
-[schedules.nightly]
-pipeline = "ticket-triage"
-input = "in/tickets-{date}.jsonl"
-cron = "0 2 * * *"
-""")
-        (tmp_path / "config" / "in").mkdir()
-        rows = write_tickets(tmp_path / "config" / "in" / "tickets-2026-11-30.jsonl", 20)
+        rows = nightly(tmp_path, config)
         settings = load_settings(config, environ={"CASCADE_REDIS_URL": server.url,
                                                   "CASCADE_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}"})
         ledger = Ledger(settings.ledger.url)
@@ -288,14 +293,7 @@ def test_a_run_due_while_redis_is_down_waits_and_beat_submits_it_once_redis_is_b
     server = PrivateRedis(tmp_path / "redis").start()
     server.shutdown()
     config, ns = cluster_config(tmp_path)
-    with_schedules(config, """
-[schedules.nightly]
-pipeline = "ticket-triage"
-input = "in/tickets-{date}.jsonl"
-cron = "0 2 * * *"
-""")
-    (tmp_path / "config" / "in").mkdir()
-    write_tickets(tmp_path / "config" / "in" / "tickets-2026-11-30.jsonl", 20)
+    nightly(tmp_path, config)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     env = {**cascade_env(server.url, "http://127.0.0.1:1"), "CASCADE_LEDGER_URL": url}
     ledger = Ledger(ledger_url(url, tmp_path))
