@@ -16,7 +16,7 @@ import orjson
 
 from cascade.cli.common import USD, Command, config_option, load, redact, redis_option
 from cascade.errors import BatchGone, CascadeError, InputError
-from cascade.ledger.database import LedgerError, open_ledger, redact_url
+from cascade.ledger.database import DEFAULT_FILE, LedgerError, open_ledger, redact_url
 from cascade.ledger.writer import LedgerWriter
 from cascade.producer import resume
 from cascade.producer.collect import Collector, RecordWriter
@@ -223,7 +223,10 @@ def _refuse_a_batch_run_before(ledger, batch: str) -> None:
 
 
 def _kept(settings, batch: str, say) -> set[str]:
-    """The jobs of the batch whose records the ledger holds (not run again); none when it cannot say."""
+    """The jobs of the batch whose records the ledger holds (not run again); none when it cannot say, or no
+    ledger was ever written here (reading it would create its file)."""
+    if not settings.ledger.url and not (settings.config_dir / DEFAULT_FILE).exists():
+        return set()
     try:
         ledger = open_ledger(settings)
         try:

@@ -133,7 +133,8 @@ class Submitter:
                     result.cancelled = True
                     break
         self._flush(result, [] if result.cancelled else chunk, rejected)
-        self._in_batch(result, "closing the submission", lambda: store.mark_submitted(self.batch, len(result.rejected)))
+        self._in_batch(result, "closing the submission",
+                       lambda: store.mark_submitted(self.batch, len(result.rejected)))
         return result
 
     def forgot(self) -> bool:

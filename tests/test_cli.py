@@ -74,6 +74,7 @@ def test_resubmitting_a_batch_id_enqueues_no_job_twice(tmp_path, redis_url, sim)
     try:
         first = invoke(submit_command, args, env)
         assert first.exit_code == 0, first.stderr
+        assert not (config.parent / "cascade-ledger.db").exists()    # no ledger here: submitting made none
         queue = f"{ns}.tier.cheap\x06\x169"     # ordinary messages wait at priority 9
         client = redis.Redis.from_url(redis_url)
         assert client.llen(queue) == 3
