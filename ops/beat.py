@@ -25,6 +25,7 @@ from celery.beat import Scheduler
 from cascade.ledger.database import Ledger, LedgerError
 from cascade.ops.schedules import RunOutcome, key_time, maintain, run_key, run_schedule, timing
 from cascade.worker.config.schema import Settings
+from cascade.worker.store import BatchStore
 
 log = logging.getLogger("cascade.beat")
 
@@ -48,6 +49,7 @@ class ScheduleScheduler(Scheduler):
         self._maintained = 0.0
         self._stopping = threading.Event()
         self._said_maintain = -math.inf
+        self._store: BatchStore | None = None       # where the resume check looks for lost batches, opened once
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
@@ -135,7 +137,11 @@ class ScheduleScheduler(Scheduler):
 
     def _maintain(self) -> None:
         try:
-            maintain(self.settings, self.ledger)
+            if self._store is None and not self.settings.embedded:
+                from cascade.worker.backends import batch_store, redis_client
+
+                self._store = batch_store(self.settings, redis_client(self.settings))
+            maintain(self.settings, self.ledger, self._store)
         except LedgerError as error:
             if time.monotonic() - self._said_maintain >= 60:      # a database restarting: said once a minute
                 self._said_maintain = time.monotonic()
@@ -157,6 +163,8 @@ class ScheduleScheduler(Scheduler):
         """
         self._stopping.set()        # a run waiting for the ledger gives up: the next beat catches it up
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._store is not None:
+            self._store.redis.close()
         super().close()
 
     @property

@@ -28,7 +28,7 @@ from cascade.errors import CascadeError, ConfigError
 from cascade.ledger.database import Ledger, open_ledger
 from cascade.ops.cron import Every, ZonedCrontab, parse_cron, previous_run, zone
 from cascade.worker.config.schema import Schedule, Settings
-from cascade.worker.store import StoreError
+from cascade.worker.store import BatchStore, StoreError
 from cascade.worker.store_retry import PASSING
 
 log = logging.getLogger("cascade.schedules")
@@ -335,11 +335,12 @@ def export_run(settings: Settings, ledger: Ledger, name: str, key: str) -> bool:
     return True
 
 
-def maintain(settings: Settings, ledger: Ledger) -> list[RunOutcome]:
+def maintain(settings: Settings, ledger: Ledger, store: BatchStore | None = None) -> list[RunOutcome]:
     """Beat's periodic check: resume runs left submitting by a dead process, or whose batch Redis lost before it
-    finished; export finished batches."""
+    finished (`store`: the batch store to look in, kept by the caller; else one is opened for the look);
+    export finished batches."""
     resumed = []
-    lost = _lost_batches(settings, ledger)
+    lost = _lost_batches(settings, ledger, store)
     for name, schedule in settings.schedules.items():
         for row in ledger.schedule_runs(name):
             try:
@@ -358,7 +359,7 @@ def maintain(settings: Settings, ledger: Ledger) -> list[RunOutcome]:
     return resumed
 
 
-def _lost_batches(settings: Settings, ledger: Ledger) -> set[str]:
+def _lost_batches(settings: Settings, ledger: Ledger, store: BatchStore | None) -> set[str]:
     """The batches of submitted runs that the ledger holds unfinished and Redis no longer has (it lost them);
     none when Redis cannot be reached (it cannot say)."""
     unfinished = set()
@@ -372,14 +373,15 @@ def _lost_batches(settings: Settings, ledger: Ledger) -> set[str]:
         return set()
     from cascade.worker.backends import batch_store, redis_client
 
-    client = redis_client(settings)
+    client = None if store is not None else redis_client(settings)
     try:
-        store = batch_store(settings, client)
+        store = store or batch_store(settings, client)
         return {batch for batch in unfinished if store.batch(batch) is None}
     except StoreError:
         return set()
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def last_runs(ledger: Ledger, name: str, n: int = 3) -> list[dict[str, Any]]:
